@@ -1,0 +1,289 @@
+"""The ``transferlm`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from .config import CompareConfig, RunConfig, from_dict, load_yaml, parse_shots, set_dotted
+from .errors import ConfigError, TransferLMError
+
+EXAMPLES = {
+    "run": """examples:
+  transferlm run --task SST-2 --data-dir ../shared/data --shots 16 --seed 13 --model minilm-l6 \\
+      --method finetune --output runs/sst2-ft-13
+  transferlm run --task SST-2 --shots full --model minilm-l6 --set train.epochs=1 --output runs/sst2-full
+  transferlm run --task mine --train-file train.csv --test-file test.csv --text-columns review \\
+      --label-column stars --shots 8 --output runs/mine
+  transferlm run --config experiment.yaml --seed 21""",
+    "compare": """examples:
+  transferlm compare --task SST-2 --data-dir ../shared/data --methods finetune --model minilm-l6 --output runs/cmp
+  transferlm compare --task cr --methods finetune --seeds 13,21 --grid train.learning_rate=1e-5,3e-5 \\
+      --output runs/cr""",
+    "tasks": "examples:\n  transferlm tasks\n  transferlm tasks --data-dir ../shared/data",
+    "models": "examples:\n  transferlm models",
+    "methods": "examples:\n  transferlm methods",
+    "kshot": """examples:
+  transferlm kshot --task SST-2 --data-dir ../shared/data --output /tmp/kshot
+  transferlm kshot --task mr --data-dir ../shared/data --k 16 --seeds 13,21 --output /tmp/kshot --verify""",
+}
+
+
+def _add_run_options(p: argparse.ArgumentParser, compare: bool) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument("--config", help="YAML file with run settings (flags override it)")
+    g.add_argument("--task", help="task name (see `transferlm tasks`) or a name for your own files")
+    g.add_argument("--data-dir", help="data root (default: $TRANSFERLM_DATA)")
+    g.add_argument("--shots", help="examples per class (K), or 'full'/0 for the whole training set (default 16)")
+    g.add_argument("--model", help="zoo name (see `transferlm models`), local folder or hub id (default minilm-l6)")
+    g.add_argument("--output", help="output folder" + (" for every run and summary.json" if compare else ""))
+    if compare:
+        g.add_argument("--methods", help="comma-separated methods (default finetune)")
+        g.add_argument("--seeds", help="comma-separated seeds (default 13,21,42,87,100)")
+        g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="hyper-parameter grid searched per seed on dev, e.g. train.learning_rate=1e-5,2e-5")
+    else:
+        g.add_argument("--method", help="transfer method (see `transferlm methods`; default finetune)")
+        g.add_argument("--seed", type=int, help="random seed; also picks the k-shot split (default 13)")
+    t = p.add_argument_group("training")
+    t.add_argument("--lr", type=float, help="learning rate (train.learning_rate)")
+    t.add_argument("--steps", type=int, help="optimisation steps (train.max_steps)")
+    t.add_argument("--batch-size", type=int, help="global batch size (train.batch_size)")
+    t.add_argument("--max-length", type=int, help="max tokens per input (train.max_length)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, dotted, e.g. --set train.eval_every=100 --set method_args.pooling=mean")
+    t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
+    d = p.add_argument_group("your own data")
+    d.add_argument("--train-file", help="training file (.csv .tsv .jsonl .json)")
+    d.add_argument("--dev-file", help="dev file (default: K per class sampled after train, or a hold-out)")
+    d.add_argument("--test-file", help="test file")
+    d.add_argument("--text-columns", help="one or two comma-separated text columns (names or 0-based indices)")
+    d.add_argument("--label-column", help="label column (name or 0-based index)")
+    d.add_argument("--labels", help="comma-separated label values, in class order")
+    d.add_argument("--empty-text", choices=["error", "drop", "keep"], help="what to do with empty text rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+
+def _column(v: str) -> str | int:
+    return int(v) if v.strip().isdigit() else v.strip()
+
+
+def _yaml_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
+    d: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    run_keys = {k: d.pop(k) for k in list(d) if k not in ("methods", "seeds", "grid")}
+    compare_keys = d
+    r = run_keys
+    flags = {"task": args.task, "model": args.model, "output": args.output,
+             "method": getattr(args, "method", None), "seed": getattr(args, "seed", None)}
+    for k, v in flags.items():
+        if v is not None:
+            r[k] = v
+    data = {"data_dir": args.data_dir, "train_file": args.train_file, "dev_file": args.dev_file,
+            "test_file": args.test_file, "label_column": _column(args.label_column) if args.label_column else None,
+            "text_columns": [_column(c) for c in args.text_columns.split(",")] if args.text_columns else None,
+            "labels": [x.strip() for x in args.labels.split(",")] if args.labels else None,
+            "empty_text": args.empty_text}
+    for k, v in data.items():
+        if v is not None:
+            set_dotted(r, f"data.{k}", v)
+    if args.shots is not None:
+        set_dotted(r, "data.shots", args.shots)
+    if "data" in r and "shots" in r["data"]:
+        r["data"]["shots"] = parse_shots(r["data"]["shots"])
+    for k, v in {"learning_rate": args.lr, "max_steps": args.steps, "batch_size": args.batch_size,
+                 "max_length": args.max_length}.items():
+        if v is not None:
+            set_dotted(r, f"train.{k}", v)
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        set_dotted(r, k.strip(), _yaml_value(v))
+    if args.no_resume:
+        r["resume"] = False
+    if args.quiet:
+        r["quiet"] = True
+    r.setdefault("data", {}).setdefault("data_dir", os.environ.get("TRANSFERLM_DATA"))
+    return {"run": r, **compare_keys}
+
+
+def _list_arg(raw: Any, cast: type) -> list[Any]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    try:
+        return [cast(str(x).strip()) for x in items if str(x).strip()]
+    except ValueError:
+        raise ConfigError(f"bad list value {raw!r}: expected comma-separated {cast.__name__}s") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .protocol.run import run
+
+    cfg = RunConfig.from_dict(build_run_dict(args)["run"], source=args.config or "flags")
+    if not cfg.output:
+        raise ConfigError("run needs --output (a folder for results.json)")
+    res = run(cfg).results
+    metrics = res["metrics"] or res["dev_metrics"]
+    print(f"{res['task']} {res['method']} seed {res['seed']}: {res['primary_metric']} = "
+          f"{metrics.get(res['primary_metric'], float('nan')):.4f} on {res['split']} "
+          f"({res['trainable_params']:,} trainable of {res['total_params']:,} params; "
+          f"train {res['train_seconds']:.1f}s) -> {cfg.output}/results.json")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .protocol.compare import compare
+
+    d = build_run_dict(args)
+    run_cfg = RunConfig.from_dict(d["run"], source=args.config or "flags")
+    grid = dict(d.get("grid") or {})
+    for item in args.grid:
+        if "=" not in item:
+            raise ConfigError(f"--grid expects KEY=V1,V2, got '{item}'")
+        k, v = item.split("=", 1)
+        grid[k.strip()] = [_yaml_value(x) for x in v.split(",")]
+    cfg = CompareConfig(run=run_cfg, output=run_cfg.output,
+                        methods=_list_arg(args.methods or d.get("methods") or "finetune", str),
+                        seeds=_list_arg(args.seeds or d.get("seeds") or "13,21,42,87,100", int),
+                        grid=grid)
+    summary = compare(cfg)
+    print(summary["table"])
+    print(f"summary: {cfg.output}/summary.json")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .data.tasks import list_tasks
+
+    rows = [("task", "family", "labels", "pair", "metric", "description")]
+    for t in list_tasks():
+        rows.append((t.name, t.family, "regression" if t.regression else str(len(t.labels)),
+                     "yes" if t.is_pair else "no", t.metric, t.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if args.data_dir or os.environ.get("TRANSFERLM_DATA"):
+        from .data.loading import find_task_dir, resolve_data_dir
+
+        root = resolve_data_dir(args.data_dir)
+        missing = []
+        for t in list_tasks():
+            try:
+                find_task_dir(t.name, root)
+            except TransferLMError:
+                missing.append(t.name)
+        print(f"\ndata: {root}; " + (f"missing: {', '.join(missing)}" if missing else "all tasks present"))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.zoo import format_models_table, list_models
+
+    print(format_models_table(list_models()))
+    print("\nAny Hugging Face model id or local model folder also works wherever a model name is asked for.")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import list_methods
+
+    for name, cls in list_methods().items():
+        print(f"{name:20s} {cls.description}")
+    return 0
+
+
+def cmd_kshot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.kshot import generate_kshot, read_checksums, verify_kshot
+    from .data.loading import find_task_dir, resolve_data_dir
+
+    root = resolve_data_dir(args.data_dir)
+    task_dir = find_task_dir(args.task, root)
+    out = Path(args.output) / args.task
+    seeds = _list_arg(args.seeds, int)
+    files = generate_kshot(args.task, task_dir / "original", out, k=args.k, seeds=seeds)
+    print(f"wrote {len(files)} files under {out}")
+    if args.verify:
+        sums_path = task_dir.parent / "CHECKSUMS-lm-bff-k-shot.txt"
+        if not sums_path.is_file():
+            raise ConfigError(f"--verify needs {sums_path}")
+        n, bad = verify_kshot(out, read_checksums(sums_path), args.task)
+        print(f"verified {n} files against {sums_path.name}: " + ("all identical" if not bad else f"MISMATCH {bad}"))
+        return 1 if bad or n == 0 else 0
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="transferlm", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Transfer a pretrained language model to your task and measure which method wins.",
+        epilog="examples:\n  transferlm compare --task SST-2 --data-dir ../shared/data --methods finetune "
+               "--model minilm-l6 --output runs/cmp\n  transferlm run --help")
+    parser.add_argument("--version", action="version", version=f"transferlm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str, fn: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    _add_run_options(add("run", "train and evaluate one method on one task and seed", cmd_run), compare=False)
+    _add_run_options(add("compare", "run methods over seeds and print a mean (std) table", cmd_compare), compare=True)
+    add("tasks", "list the built-in tasks", cmd_tasks).add_argument("--data-dir")
+    add("models", "list the built-in models and whether each is installed", cmd_models)
+    add("methods", "list the transfer methods", cmd_methods)
+    k = add("kshot", "regenerate LM-BFF k-shot splits from a task's original/ files", cmd_kshot)
+    k.add_argument("--task", required=True)
+    k.add_argument("--data-dir")
+    k.add_argument("--output", required=True)
+    k.add_argument("--k", type=int, default=16)
+    k.add_argument("--seeds", default="13,21,42,87,100")
+    k.add_argument("--verify", action="store_true", help="compare md5s with CHECKSUMS-lm-bff-k-shot.txt")
+    return parser
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        if quiet:
+            transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(getattr(args, "quiet", False))
+    try:
+        return args.fn(args)
+    except TransferLMError as e:
+        print(f"transferlm: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("transferlm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

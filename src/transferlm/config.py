@@ -1,0 +1,199 @@
+"""Configuration: dataclasses that load from YAML and round-trip to JSON.
+
+Precedence: built-in defaults < ``--config`` YAML file < command-line flags.
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every trainable method."""
+
+    learning_rate: float = 2e-5
+    batch_size: int = 8
+    eval_batch_size: int = 64
+    max_steps: int = 200
+    # When set, max_steps is derived from epochs over the training set.
+    epochs: float | None = None
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    # Evaluate on dev every N steps and keep the best state (LM-BFF model selection). 0: only at the end.
+    eval_every: int = 50
+    select_on_dev: bool = True
+    # Write a resumable checkpoint every N steps (0: never).
+    checkpoint_every: int = 50
+    keep_checkpoint: bool = False
+    mixed_precision: str = "no"
+
+    def validate(self) -> None:
+        positive = ("learning_rate", "batch_size", "eval_batch_size", "max_steps", "max_length")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"train.epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision}")
+
+
+@dataclass
+class DataConfig:
+    """How to read the task's data beyond its registry entry."""
+
+    data_dir: str | None = None
+    shots: int | None = 16  # None / "full" / 0: the whole training set
+    empty_text: str | None = None
+    train_file: str | None = None
+    dev_file: str | None = None
+    test_file: str | None = None
+    text_columns: list[str] | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
+    format: str | None = None
+    header: bool | None = None
+
+
+@dataclass
+class RunConfig:
+    """One run: one task, model, method and seed."""
+
+    task: str = "SST-2"
+    model: str = "minilm-l6"
+    method: str = "finetune"
+    seed: int = 13
+    output: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Method-specific options, validated by the method's own config dataclass.
+    method_args: dict[str, Any] = field(default_factory=dict)
+    resume: bool = True
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        return from_dict(cls, d, source)
+
+
+@dataclass
+class CompareConfig:
+    """Several methods over several seeds, with per-seed dev selection from a grid."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    methods: list[str] = field(default_factory=lambda: ["finetune"])
+    seeds: list[int] = field(default_factory=lambda: [13, 21, 42, 87, 100])
+    # Dotted key -> candidate values, e.g. {"train.learning_rate": [1e-5, 2e-5]}; every combination is
+    # trained per seed and the one with the best dev metric is reported, as LM-BFF does.
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    output: str | None = None
+
+
+def parse_shots(value: Any) -> int | None:
+    """``16`` -> 16; ``full``/``0``/None -> None (whole training set)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("full", "all", "0")) or value == 0:
+        return None
+    try:
+        shots = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--shots must be a positive integer, 0 or 'full', got {value!r}") from None
+    if shots < 0:
+        raise ConfigError(f"--shots must be a positive integer, 0 or 'full', got {value!r}")
+    return shots
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        last: Exception | None = None
+        for a in args:
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                last = e
+        raise last or ConfigError(f"{where}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            value = [v.strip() for v in str(value).split(",")] if isinstance(value, str) else [value]
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(inner, v, where) for v in value]
+    if origin is dict or tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1"):
+            return True
+        if str(value).lower() in ("false", "no", "0"):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp in (int, float, str):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls: type[T], d: dict[str, Any], source: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and bad types are one-line errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, f"{source}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
+    return data
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``train.learning_rate``-style keys in a nested dict."""
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value

@@ -1,0 +1,216 @@
+"""Find a task's files under a data directory and build its train/dev/test splits.
+
+Layouts understood (``D`` is ``--data-dir`` or ``$TRANSFERLM_DATA``):
+
+* LM-BFF: ``D/[lm-bff/]<task>/k-shot/<K>-<seed>/{train,dev,test}.{tsv,csv}`` with the
+  full files in ``D/[lm-bff/]<task>/original/``;
+* flat: ``D/[domain/]<task>/{train,dev,test}.{jsonl,tsv,csv}``;
+* user files named directly (``train_file``/``dev_file``/``test_file``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from .example import Example, TaskData
+from .readers import cell, iter_rows, read_examples
+from .sampling import holdout, sample_kshot
+from .tasks import TASKS, TaskSpec
+
+DATA_ENV = "TRANSFERLM_DATA"
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Everything beyond the task name that decides which examples are loaded."""
+
+    shots: int | None = 16  # None = the whole training set
+    seed: int = 13
+    empty_text: str | None = None  # None: the task's own policy
+    train_file: str | None = None
+    dev_file: str | None = None
+    test_file: str | None = None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
+    raw = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
+    if not raw:
+        raise DataError(f"no data directory: pass --data-dir or set {DATA_ENV} (e.g. ../shared/data)")
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data directory not found: {path}; pass an existing folder with --data-dir")
+    return path
+
+
+def find_task_dir(name: str, root: Path) -> Path:
+    for candidate in (root / "lm-bff" / name, root / "domain" / name, root / name):
+        if candidate.is_dir():
+            return candidate
+    raise DataError(f"task folder '{name}' not found under {root} (looked in lm-bff/, domain/ and the root); "
+                    "check --data-dir and the task name (see `transferlm tasks`)")
+
+
+def infer_spec(name: str, task_dir: Path) -> TaskSpec:
+    """Describe a task folder the registry does not know, from its files."""
+    sample = _first_existing(task_dir, ["k-shot/*/train.*", "original/train.*", "train.*"])
+    if sample is None:
+        raise DataError(f"{task_dir}: no train file found (expected k-shot/<K>-<seed>/train.*, original/train.* "
+                        "or train.*)")
+    fmt = sample.suffix.lstrip(".")
+    if fmt == "csv":
+        # LM-BFF csv layout: label,text without a header.
+        spec = TaskSpec(name=name, text_columns=(1,), label_column=0, format="csv", header=False, family="user")
+    elif fmt == "tsv":
+        header = sample.read_text(encoding="utf-8-sig").splitlines()[0].split("\t")
+        if "sentence1" in header and "sentence2" in header:
+            text: tuple[str, ...] = ("sentence1", "sentence2")
+        elif "sentence" in header:
+            text = ("sentence",)
+        elif "text" in header:
+            text = ("text",)
+        else:
+            raise DataError(f"{sample}: cannot tell the text column from header {header}; "
+                            "pass --text-columns (and --label-column)")
+        spec = TaskSpec(name=name, text_columns=text, label_column="label" if "label" in header else header[-1],
+                        format="tsv", header=True, family="user")
+    elif fmt in ("jsonl", "json"):
+        spec = TaskSpec(name=name, text_columns=("text",), label_column="label", format=fmt, family="user")
+    else:
+        raise DataError(f"{sample}: unsupported file type; use tsv, csv, jsonl or json")
+    ext = f".{fmt}"
+    return spec.with_overrides(files={"train": f"train{ext}", "dev": f"dev{ext}", "test": f"test{ext}"},
+                               original={"train": f"train{ext}", "test": f"test{ext}"})
+
+
+def _first_existing(task_dir: Path, patterns: list[str]) -> Path | None:
+    for pattern in patterns:
+        hits = sorted(task_dir.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+def with_inferred_labels(spec: TaskSpec, files: list[Path]) -> TaskSpec:
+    """Fill in the label set from the files when the user did not declare it."""
+    if spec.labels or spec.regression:
+        return spec
+    # Read with a permissive spec: every raw label becomes its own class, in sorted order.
+    seen: set[str] = set()
+    for path in files:
+        if path.is_file():
+            fmt = spec.format or path.suffix.lstrip(".")
+            seen.update(cell(row, spec.label_column, path, i).strip() for i, row in iter_rows(path, fmt, spec.header))
+    if not seen:
+        raise DataError(f"task {spec.name}: could not find any labels; declare them with --labels")
+    labels = tuple(sorted(seen, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s)))
+    return spec.with_overrides(labels=labels, label_names=spec.label_names or labels)
+
+
+def resolve_spec(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None,
+                 options: DataOptions) -> tuple[TaskSpec, Path | None]:
+    """The task's spec and folder (None when the user named the files directly)."""
+    if isinstance(task, TaskSpec):
+        spec = task
+    elif options.train_file:
+        spec = TaskSpec(name=task, family="user", format="")
+    else:
+        spec = None
+    if options.train_file:
+        return spec, None
+    root = resolve_data_dir(data_dir)
+    name = spec.name if spec else task
+    known = TASKS.get(name) or next((t for t in TASKS.values() if t.name.lower() == str(name).lower()), None)
+    task_dir = find_task_dir(known.name if known else name, root)
+    if spec is None:
+        spec = known or infer_spec(name, task_dir)
+    return spec, task_dir
+
+
+def load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None = None,
+              options: DataOptions | None = None) -> tuple[TaskSpec, TaskData]:
+    """Load a task's splits for one (shots, seed) setting of the few-shot protocol."""
+    options = options or DataOptions()
+    spec, task_dir = resolve_spec(task, data_dir, options)
+    if task_dir is None:
+        return _load_user_files(spec, options)
+
+    def read(path: Path) -> list[Example]:
+        return read_examples(path, spec, empty_text=options.empty_text)
+
+    original = task_dir / "original"
+    kdir = task_dir / "k-shot" / f"{options.shots}-{options.seed}"
+    notes: list[str] = []
+    if options.shots is not None and kdir.is_dir():
+        spec = with_inferred_labels(spec, [kdir / spec.files.get("train", "")])
+        train, dev = read(kdir / spec.files["train"]), read(kdir / spec.files["dev"])
+        test_path = kdir / spec.files.get("test", "")
+        test = read(test_path) if "test" in spec.files and test_path.is_file() else []
+        notes.append(f"k-shot files {kdir}")
+    else:
+        pool_path = _pool_path(spec, task_dir, original)
+        spec = with_inferred_labels(spec, [pool_path])
+        pool = read(pool_path)
+        test_path = _test_path(spec, task_dir, original)
+        test = read(test_path) if test_path else []
+        if options.shots is None:
+            dev_path = task_dir / spec.files["dev"] if "dev" in spec.files else None
+            if dev_path is not None and dev_path.is_file() and not original.is_dir():
+                train, dev = pool, read(dev_path)
+            else:
+                train, dev = holdout(pool, options.seed)
+                notes.append(f"dev = seeded {len(dev)}-example hold-out of {pool_path.name}")
+        else:
+            train, dev = sample_kshot(pool, options.shots, options.seed, regression=spec.regression,
+                                      source=str(pool_path), label_names=spec.label_names or spec.labels)
+            notes.append(f"K={options.shots} sampled from {pool_path} with the LM-BFF procedure (seed {options.seed})")
+    if not test:
+        notes.append("no test split available: test metrics are not reported")
+    return spec, TaskData(train=train, dev=dev, test=test, notes=notes)
+
+
+def _pool_path(spec: TaskSpec, task_dir: Path, original: Path) -> Path:
+    if original.is_dir():
+        name = spec.original.get("train") or spec.files.get("train", "train.tsv")
+        path = original / name
+    else:
+        path = task_dir / spec.files.get("train", "train.tsv")
+    if not path.is_file():
+        raise DataError(f"task {spec.name}: the full training file {path} is absent, so only the provided "
+                        "k-shot splits can be used; pass --shots 16 with a seed that has a k-shot folder")
+    return path
+
+
+def _test_path(spec: TaskSpec, task_dir: Path, original: Path) -> Path | None:
+    candidates = []
+    if original.is_dir() and spec.original.get("test"):
+        candidates.append(original / spec.original["test"])
+    if spec.files.get("test"):
+        candidates.append(task_dir / spec.files["test"])
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _load_user_files(spec: TaskSpec, options: DataOptions) -> tuple[TaskSpec, TaskData]:
+    train_path = Path(options.train_file)
+    if not spec.format:
+        spec = spec.with_overrides(format=train_path.suffix.lstrip(".").lower())
+    paths = [Path(p) for p in (options.train_file, options.dev_file, options.test_file) if p]
+    spec = with_inferred_labels(spec, paths)
+
+    def read(p: str | None) -> list[Example]:
+        return read_examples(p, spec, empty_text=options.empty_text) if p else []
+
+    pool, dev, test = read(options.train_file), read(options.dev_file), read(options.test_file)
+    notes = [f"user files: train={options.train_file}"]
+    if options.shots is not None:
+        train, sampled_dev = sample_kshot(pool, options.shots, options.seed, regression=spec.regression,
+                                          source=str(train_path), label_names=spec.label_names or spec.labels)
+        dev = dev or sampled_dev
+    else:
+        train = pool
+        if not dev:
+            train, dev = holdout(pool, options.seed)
+            notes.append(f"dev = seeded {len(dev)}-example hold-out of the train file")
+    return spec, TaskData(train=train, dev=dev, test=test, notes=notes)

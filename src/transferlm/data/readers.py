@@ -1,0 +1,148 @@
+"""Read one data file (tsv, csv, jsonl, json) into :class:`Example` objects.
+
+The task spec says which columns hold the text(s) and the label; every problem is a
+one-line :class:`DataError` naming the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from .example import Example
+from .tasks import Column, TaskSpec
+
+EMPTY_POLICIES = ("error", "drop", "keep")
+
+
+def read_examples(path: str | Path, spec: TaskSpec, *, empty_text: str | None = None) -> list[Example]:
+    """Read ``path`` as described by ``spec``.
+
+    ``empty_text`` says what to do with rows whose text is empty: ``"error"`` (the error names
+    the row and suggests ``--empty-text drop``), ``"drop"`` (skip the row) or ``"keep"`` (keep
+    it as an empty string). ``None`` uses the task's own policy: ``keep`` for the registry's
+    LM-BFF tasks, whose published splits contain a few blank rows (cr), ``error`` otherwise.
+    """
+    empty_text = empty_text or spec.empty_text
+    path = Path(path)
+    if empty_text not in EMPTY_POLICIES:
+        raise DataError(f"empty_text must be one of {EMPTY_POLICIES}, got '{empty_text}'")
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}; check --data-dir and the task name")
+    fmt = spec.format or _format_from_suffix(path)
+    rows = list(iter_rows(path, fmt, spec.header))
+    if not rows:
+        raise DataError(f"{path} has no data rows")
+    examples = []
+    for lineno, row in rows:
+        texts = [cell(row, col, path, lineno) for col in spec.text_columns]
+        if empty_text != "keep" and any(not t.strip() for t in texts):
+            if empty_text == "drop":
+                continue
+            raise DataError(f"{path}:{lineno}: empty text in column {spec.text_columns}; "
+                            "fix the row or set empty_text: drop (--empty-text drop) to skip such rows")
+        raw = cell(row, spec.label_column, path, lineno)
+        examples.append(Example(text_a=texts[0], text_b=texts[1] if len(texts) > 1 else None,
+                                label=_label(raw, spec, path, lineno), guid=f"{path.name}:{lineno}"))
+    if not examples:
+        raise DataError(f"{path}: every row has empty text; nothing to load")
+    return examples
+
+
+def read_texts(path: str | Path, field: str = "text") -> list[str]:
+    """Unlabelled text: .txt (one document per line), .jsonl/.json (``field``), .tsv/.csv (column ``field``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"text file not found: {path}")
+    if path.suffix == ".txt":
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    fmt = _format_from_suffix(path)
+    texts = []
+    for lineno, row in iter_rows(path, fmt, header=True):
+        texts.append(cell(row, field, path, lineno))
+    return [t for t in texts if t.strip()]
+
+
+def _format_from_suffix(path: Path) -> str:
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in ("tsv", "csv", "jsonl", "json"):
+        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use .tsv, .csv, .jsonl or .json")
+    return fmt
+
+
+def iter_rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, Any]]:
+    try:
+        if fmt == "jsonl":
+            with path.open(encoding="utf-8") as f:
+                for i, line in enumerate(f, 1):
+                    if line.strip():
+                        yield i, _json_obj(line, path, i)
+        elif fmt == "json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            records = data.values() if isinstance(data, dict) else data
+            for i, rec in enumerate(records, 1):
+                yield i, rec
+        elif fmt == "tsv":
+            # GLUE files are not quoted: split on tabs like the LM-BFF reader does.
+            with path.open(encoding="utf-8-sig") as f:
+                lines = f.read().splitlines()
+            names = lines[0].split("\t") if header and lines else None
+            for i, line in enumerate(lines[1:] if header else lines, 2 if header else 1):
+                if line.strip():
+                    cells = line.split("\t")
+                    yield i, dict(zip(names, cells, strict=False)) | {"__cells__": cells} if names else cells
+        elif fmt == "csv":
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                reader = csv.reader(f)
+                names = next(reader, None) if header else None
+                for i, cells in enumerate(reader, 2 if header else 1):
+                    if cells:
+                        yield i, dict(zip(names, cells, strict=False)) | {"__cells__": cells} if names else cells
+        else:
+            raise DataError(f"{path}: unknown format '{fmt}'; use tsv, csv, jsonl or json")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _json_obj(line: str, path: Path, lineno: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{lineno}: each JSON line must be an object with named fields")
+    return obj
+
+
+def cell(row: Any, col: Column, path: Path, lineno: int) -> str:
+    try:
+        if isinstance(col, int):
+            cells = row["__cells__"] if isinstance(row, dict) and "__cells__" in row else row
+            value = cells[col]
+        else:
+            value = row[col]
+    except (KeyError, IndexError, TypeError):
+        have = [k for k in row if k != "__cells__"] if isinstance(row, dict) else f"{len(row)} columns"
+        raise DataError(f"{path}:{lineno}: missing column {col!r} (found {have}); "
+                        "set text/label columns with --text-columns/--label-column") from None
+    return "" if value is None else str(value)
+
+
+def _label(raw: str, spec: TaskSpec, path: Path, lineno: int) -> int | float:
+    raw = raw.strip()
+    if spec.regression:
+        try:
+            return float(raw)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: label {raw!r} is not a number (task {spec.name} is regression)") from None
+    try:
+        return spec.labels.index(raw)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: label {raw!r} is not in the declared label set {list(spec.labels)}; "
+                        "fix the file or declare the labels with --labels") from None

@@ -1,0 +1,47 @@
+"""Task metrics, computed with scikit-learn and scipy (no hub-loaded ``evaluate``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from ..errors import ConfigError
+
+MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+def _classification(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    out = {"accuracy": float(accuracy_score(y_true, y_pred)),
+           "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+    if len(np.unique(y_true)) <= 2 and set(np.unique(y_true)) <= {0, 1}:
+        out["f1"] = float(f1_score(y_true, y_pred, average="binary", pos_label=1, zero_division=0))
+    out["mcc"] = float(matthews_corrcoef(y_true, y_pred)) if len(np.unique(y_pred)) > 1 else 0.0
+    return out
+
+
+def _regression(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    if np.std(y_pred) == 0 or np.std(y_true) == 0:
+        # Constant predictions have no correlation; report 0 rather than NaN.
+        return {"pearson": 0.0, "spearman": 0.0, "mse": float(np.mean((y_true - y_pred) ** 2))}
+    return {"pearson": float(pearsonr(y_true, y_pred)[0]), "spearman": float(spearmanr(y_true, y_pred)[0]),
+            "mse": float(np.mean((y_true - y_pred) ** 2))}
+
+
+PRIMARY = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
+
+
+def compute_metrics(y_true: Sequence[float], y_pred: Sequence[float], *, regression: bool,
+                    primary: str) -> dict[str, float]:
+    """All metrics of the task family; ``primary`` must be among them."""
+    if primary not in PRIMARY:
+        raise ConfigError(f"unknown metric '{primary}'; choose one of {', '.join(PRIMARY)}")
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if len(t) == 0:
+        return {}
+    out = _regression(t.astype(float), p.astype(float)) if regression else _classification(t.astype(int), p.astype(int))
+    if primary not in out:
+        raise ConfigError(f"metric '{primary}' does not apply to this task (available: {', '.join(out)})")
+    return out

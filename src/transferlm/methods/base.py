@@ -1,0 +1,95 @@
+"""The contract between a transfer method and the training engine.
+
+A method turns (backbone, task) into a :class:`Prepared` bundle: a module that maps a
+collated batch to per-class scores, a collate function, and which parameters train.
+The engine only ever sees logits ``[batch, num_labels]`` (or ``[batch]`` for regression),
+so every method — heads, prompts, adapters — is trained and evaluated by the same loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..config import from_dict
+from ..data.example import Example
+from ..data.tasks import TaskSpec
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Prepared:
+    model: torch.nn.Module
+    # Turns a list of examples into model inputs (labels are added by the engine).
+    collate: Callable[[Sequence[Example]], Batch]
+    trains: bool = True
+    # Optional optimizer parameter groups (e.g. layer-wise learning rates); default: all trainable params.
+    param_groups: list[dict[str, Any]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    """Base for method options; subclasses add fields. Round-trips through dicts/JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Method(ABC):
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    # Which head the backbone is loaded with: "base", "mlm" or "causal".
+    backbone_head: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+
+    def parse_config(self, args: dict[str, Any]) -> MethodConfig:
+        cfg = from_dict(self.config_cls, dict(args), source=f"method_args ({self.name})")
+        validate = getattr(cfg, "validate", None)
+        if validate:
+            validate()
+        return cfg
+
+    @abstractmethod
+    def prepare(self, backbone: Any, spec: TaskSpec, cfg: MethodConfig, *, max_length: int,
+                train: Sequence[Example]) -> Prepared:
+        """Build the trainable module for ``spec`` on ``backbone``."""
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total), counting shared (tied) tensors once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def freeze_unused_parameters(model: torch.nn.Module, batch: Batch) -> list[str]:
+    """Stop training parameters the forward pass never reaches (e.g. BERT's pooler under our own head).
+
+    They would never change anyway; freezing them keeps the trainable count honest and lets
+    DistributedDataParallel run without ``find_unused_parameters``.
+    """
+    was_training = model.training
+    model.eval()
+    out = model(**batch)
+    out.float().sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in model.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused

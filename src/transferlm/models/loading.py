@@ -1,0 +1,67 @@
+"""Load a backbone (encoder or decoder) and its tokenizer from a zoo name, folder or hub id."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+from ..errors import ModelError
+from .zoo import resolve_model
+
+log = logging.getLogger(__name__)
+
+# Architectures by family: data, not code paths.
+DECODER_TYPES = {"llama", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3", "mistral", "gpt2",
+                 "gpt_neox", "phi", "phi3", "opt", "smollm3", "olmo", "olmo2"}
+
+
+@dataclass
+class Backbone:
+    name: str
+    path: str
+    model: torch.nn.Module
+    tokenizer: Any
+    is_decoder: bool
+    kind: str  # "encoder" | "mlm" | "causal"
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model")
+
+
+def _load_tokenizer(path: str, trust_remote_code: bool) -> Any:
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Decoders often ship without a pad token; padding uses EOS and the attention mask hides it.
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def load_backbone(name: str, *, head: str = "base", trust_remote_code: bool = False) -> Backbone:
+    """Load ``name`` as a bare backbone (``head="base"``) or with its LM head (``"mlm"``/``"causal"``)."""
+    resolved = resolve_model(name)
+    path = str(resolved.path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model '{name}' ({_first_line(e)}); use a built-in name "
+                         "(`transferlm models`), a local folder with config.json, or a hub id while online") from None
+    is_decoder = config.model_type in DECODER_TYPES or bool(getattr(config, "is_decoder", False))
+    cls = {"base": AutoModel, "mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}[head]
+    try:
+        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model '{name}' with a {head} head ({_first_line(e)})") from None
+    tokenizer = _load_tokenizer(path, trust_remote_code)
+    kind = "causal" if is_decoder else ("mlm" if head == "mlm" else "encoder")
+    return Backbone(name=name, path=path, model=model, tokenizer=tokenizer, is_decoder=is_decoder, kind=kind)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,101 @@
+"""One run of the protocol: load data and model, transfer with a method, evaluate, write results.json."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..config import RunConfig
+from ..data.loading import DataOptions, load_task
+from ..data.tasks import TaskSpec
+from ..errors import ConfigError
+from ..io import write_json
+from ..methods import get_method
+from ..methods.base import count_parameters, freeze_unused_parameters
+from ..models.loading import load_backbone
+from ..training.engine import Engine
+
+log = logging.getLogger(__name__)
+RESULTS = "results.json"
+
+
+@dataclass
+class RunResult:
+    results: dict[str, Any]
+    engine: Engine | None = None
+
+
+def task_overrides(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.data
+    return {"text_columns": d.text_columns, "label_column": d.label_column, "labels": d.labels,
+            "label_names": d.labels, "format": d.format, "header": d.header}
+
+
+def load_run_data(cfg: RunConfig):
+    d = cfg.data
+    options = DataOptions(shots=d.shots, seed=cfg.seed, empty_text=d.empty_text, train_file=d.train_file,
+                          dev_file=d.dev_file, test_file=d.test_file)
+    overrides = {k: v for k, v in task_overrides(cfg).items() if v is not None}
+    task: str | TaskSpec = cfg.task
+    if overrides:
+        from ..data.tasks import TASKS
+
+        base = TASKS.get(cfg.task) or TaskSpec(name=cfg.task, family="user", format=d.format or "")
+        task = base.with_overrides(**overrides)
+    return load_task(task, d.data_dir, options)
+
+
+def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
+    """Run one (task, model, method, seed). Validates everything before writing anything."""
+    cfg.train.validate()
+    method = get_method(cfg.method)
+    method_cfg = method.parse_config(cfg.method_args)
+    spec, data = load_run_data(cfg)
+    if not data.train and method.trains:
+        raise ConfigError(f"task {spec.name}: empty training split")
+    backbone = load_backbone(cfg.model, head=method.backbone_head)
+    torch.manual_seed(cfg.seed)  # the head's initialisation depends on the seed
+    prepared = method.prepare(backbone, spec, method_cfg, max_length=cfg.train.max_length, train=data.train)
+    if prepared.trains and data.train:
+        unused = freeze_unused_parameters(prepared.model, prepared.collate(data.train[:2]))
+        if unused:
+            log.info("not trained (unused by the forward pass): %s", ", ".join(unused))
+    trainable, total = count_parameters(prepared.model)
+    out_dir = Path(cfg.output) if cfg.output else None
+    engine = Engine(prepared, spec, cfg.train, seed=cfg.seed, out_dir=out_dir, quiet=cfg.quiet, resume=cfg.resume)
+    fit = None
+    if prepared.trains:
+        fit = engine.fit(data.train, data.dev)
+    dev_eval = engine.evaluate(data.dev, desc="dev") if data.dev else None
+    test_eval = engine.evaluate(data.test, desc="test") if data.test else None
+    results: dict[str, Any] = {
+        "task": spec.name, "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
+        "shots": cfg.data.shots if cfg.data.shots is not None else "full",
+        "metrics": test_eval.metrics if test_eval else {},
+        "dev_metrics": dev_eval.metrics if dev_eval else {},
+        "primary_metric": spec.metric,
+        "split": "test" if test_eval else "dev",
+        "trainable_params": trainable, "total_params": total,
+        "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
+        "train_seconds": round(fit.train_seconds, 3) if fit else 0.0,
+        "eval_seconds": round((test_eval.seconds if test_eval else 0.0) + (dev_eval.seconds if dev_eval else 0.0), 3),
+        "steps": fit.steps if fit else 0, "best_step": fit.best_step if fit else None,
+        "resumed_from_step": fit.resumed_from if fit else None,
+        "history": fit.history if fit else [],
+        "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels)},
+        "config": cfg.to_dict(),
+        "method_config": method_cfg.to_dict(),
+        "environment": {"transferlm": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                        "processes": engine.acc.num_processes, "device": str(engine.acc.device),
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+    if out_dir is not None and engine.acc.is_main_process:
+        write_json(out_dir / RESULTS, results)
+    return RunResult(results=results, engine=engine if keep_engine else None)

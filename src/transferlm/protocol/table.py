@@ -1,0 +1,32 @@
+"""Tables in the seed lecture's style: mean (std) per method, with trainable parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_ABBREV = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "Matt.", "pearson": "Pear.",
+                 "spearman": "Spear."}
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    metric = METRIC_ABBREV.get(summary.get("primary_metric", ""), summary.get("primary_metric", ""))
+    header = ["Method", f"{summary['task']} ({metric})", "# Trainable params", "Train s/run"]
+    rows = [header]
+    for r in summary["rows"]:
+        pct = 100.0 * r["trainable_params"] / max(r.get("total_params") or 1, 1)
+        rows.append([r["method"], f"{100 * r['mean']:.1f} ({100 * r['std']:.1f})",
+                     f"{human_count(r['trainable_params'])} ({pct:.2f}%)", f"{r['train_seconds']:.1f}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    split = summary.get("split", "test")
+    lines.append(f"mean (std) over seeds {', '.join(map(str, summary['seeds']))} on the {split} split; "
+                 f"model {summary['model']}, K={summary['shots']}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Resumable checkpoints in safetensors, written atomically.
+
+A checkpoint folder holds the trainable weights (``model.safetensors``), the best-on-dev
+weights so far (``best.safetensors``), the optimizer's tensors (``optimizer.safetensors``)
+and everything else as JSON (``state.json``). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+from ..io import atomic_dir
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unexpected = [n for n in state if n not in params]
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not match the model (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}); it was written for another model or method: delete it")
+    with torch.no_grad():
+        for n, t in state.items():
+            if params[n].shape != t.shape:
+                raise CheckpointError(f"{source}: tensor {n} has shape {tuple(t.shape)}, model expects "
+                                      f"{tuple(params[n].shape)}; delete the checkpoint")
+            params[n].copy_(t)
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, state: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
+    with atomic_dir(out_dir / CHECKPOINT_DIR) as tmp:
+        save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        if best is not None:
+            save_file(best, str(tmp / "best.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        meta = dict(state, optimizer=opt_meta, scheduler=scheduler.state_dict())
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
+    """Restore model/optimizer/scheduler in place; return (state, best weights) or None if absent."""
+    ck = out_dir / CHECKPOINT_DIR
+    if not ck.is_dir():
+        return None
+    try:
+        meta = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+        load_trainable(model, load_file(str(ck / "model.safetensors")), str(ck))
+        best_path = ck / "best.safetensors"
+        best = load_file(str(best_path)) if best_path.is_file() else None
+        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(ck / "optimizer.safetensors")), meta["optimizer"]))
+        scheduler.load_state_dict(meta["scheduler"])
+    except (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {ck} is corrupt or incomplete ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); delete it or rerun with --no-resume") from None
+    return meta, best
+
+
+def remove_checkpoint(out_dir: Path) -> None:
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    for stale in out_dir.glob(f".{CHECKPOINT_DIR}.*"):
+        shutil.rmtree(stale, ignore_errors=True)

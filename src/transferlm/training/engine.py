@@ -1,0 +1,216 @@
+"""The training engine: one loop for every method, on accelerate.
+
+It runs single-process on CPU or GPU and unchanged under ``accelerate launch`` or
+``torchrun`` with several processes. Each optimisation step takes one *global* batch
+(the same examples whatever the number of processes); each process computes its share
+and the loss is scaled so the averaged gradient equals the single-process gradient.
+Data order and dropout are functions of (seed, step), so a run killed and resumed from
+its last checkpoint takes exactly the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data.example import Example
+from ..data.tasks import TaskSpec
+from ..evaluation.metrics import compute_metrics
+from ..methods.base import Prepared
+from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint, trainable_state
+from .seeding import set_seed, step_seed
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FitResult:
+    steps: int
+    best_step: int | None
+    best_dev: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+@dataclass
+class Predictions:
+    predictions: np.ndarray
+    scores: np.ndarray  # probabilities (classification) or values (regression)
+    metrics: dict[str, float]
+    seconds: float
+
+
+def get_accelerator(mixed_precision: str = "no") -> Accelerator:
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+
+
+class Engine:
+    def __init__(self, prepared: Prepared, spec: TaskSpec, cfg: TrainConfig, *, seed: int,
+                 out_dir: Path | None = None, quiet: bool = False, resume: bool = True,
+                 accelerator: Accelerator | None = None) -> None:
+        self.prepared, self.spec, self.cfg, self.seed = prepared, spec, cfg, seed
+        self.out_dir, self.quiet, self.resume = out_dir, quiet, resume
+        self.acc = accelerator or get_accelerator(cfg.mixed_precision)
+        self.model = prepared.model.to(self.acc.device)
+        self.loss_hooks: list[Callable[..., torch.Tensor]] = []
+
+    # -- loss -------------------------------------------------------------------------------------------
+    def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.spec.regression:
+            return F.mse_loss(logits.float(), labels.float(), reduction="none")
+        return F.cross_entropy(logits.float(), labels.long(), reduction="none")
+
+    # -- training ---------------------------------------------------------------------------------------
+    def total_steps(self, n_train: int) -> int:
+        if self.cfg.epochs is not None:
+            return max(1, math.ceil(self.cfg.epochs * math.ceil(n_train / self.cfg.batch_size)))
+        return self.cfg.max_steps
+
+    def _batch_indices(self, step: int, n: int) -> list[int]:
+        per_epoch = math.ceil(n / self.cfg.batch_size)
+        epoch, pos = divmod(step, per_epoch)
+        order = np.random.RandomState((self.seed * 7_777 + epoch) % (2**32)).permutation(n)
+        return order[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size].tolist()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        groups = self.prepared.param_groups
+        if groups is None:
+            decay, no_decay = [], []
+            for n, p in self.model.named_parameters():
+                if p.requires_grad:
+                    (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
+            groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                      {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        return torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+
+    def fit(self, train: Sequence[Example], dev: Sequence[Example]) -> FitResult:
+        cfg, acc = self.cfg, self.acc
+        set_seed(self.seed)
+        total = self.total_steps(len(train))
+        optimizer = self._optimizer()
+        warmup = int(cfg.warmup_ratio * total)
+
+        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+            if step < warmup:
+                return (step + 1) / max(1, warmup)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        start, best, best_score, best_step, history = 0, None, -math.inf, None, []
+        resumed_from = None
+        if self.out_dir is not None and self.resume:
+            restored = load_checkpoint(self.out_dir, self.model, optimizer, scheduler)
+            if restored is not None:
+                state, best = restored
+                start, best_score, best_step = state["step"], state["best_score"], state["best_step"]
+                history, resumed_from = state["history"], state["step"]
+        model, optimizer = acc.prepare(self.model, optimizer)
+        world, rank = acc.num_processes, acc.process_index
+        t0 = time.perf_counter()
+        bar = tqdm(total=total, initial=start, desc=f"train {self.spec.name} seed {self.seed}", unit="step",
+                   disable=self.quiet or not acc.is_main_process, leave=False)
+        model.train()
+        for step in range(start, total):
+            torch.manual_seed(step_seed(self.seed, step, rank))
+            idx = self._batch_indices(step, len(train))
+            mine = idx[rank::world]
+            weights = [1.0] * len(mine)
+            if not mine:  # every process must join the gradient all-reduce
+                mine, weights = idx[:1], [0.0]
+            examples = [train[i] for i in mine]
+            batch = {k: v.to(acc.device) for k, v in self.prepared.collate(examples).items()}
+            labels = torch.tensor([e.label for e in examples], device=acc.device)
+            with acc.autocast():
+                logits = model(**batch)
+                per_ex = self.per_example_loss(logits, labels)
+                for hook in self.loss_hooks:
+                    per_ex = per_ex + hook(model=model, batch=batch, logits=logits, labels=labels, step=step)
+            w = torch.tensor(weights, device=acc.device)
+            loss = (per_ex * w).sum() / len(idx) * world
+            acc.backward(loss)
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            done = step + 1
+            # Each process holds its share of the global-batch loss; the mean over processes is the whole.
+            logged = acc.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
+            record: dict[str, Any] = {"step": done, "loss": float(logged)}
+            at_eval = (cfg.eval_every and done % cfg.eval_every == 0) or done == total
+            if at_eval and dev:
+                dev_metrics = self.evaluate(dev, desc="dev").metrics
+                record["dev"] = dev_metrics
+                score = dev_metrics[self.spec.metric]
+                model.train()
+                if score > best_score:
+                    best_score, best_step = score, done
+                    best = trainable_state(acc.unwrap_model(model)) if cfg.select_on_dev else None
+            history.append(record)
+            if (self.out_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                    and done < total):
+                if acc.is_main_process:
+                    save_checkpoint(self.out_dir, acc.unwrap_model(model), optimizer, scheduler,
+                                    {"step": done, "best_score": best_score, "best_step": best_step,
+                                     "history": history, "seed": self.seed}, best)
+                acc.wait_for_everyone()
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        self.model = acc.unwrap_model(model)
+        if cfg.select_on_dev and best is not None:
+            from .checkpoint import load_trainable
+
+            load_trainable(self.model, best, "best-on-dev state")
+        if self.out_dir is not None and not cfg.keep_checkpoint and acc.is_main_process:
+            remove_checkpoint(self.out_dir)
+        best_dev = next((h["dev"] for h in history if h["step"] == best_step and "dev" in h), {})
+        return FitResult(steps=total, best_step=best_step, best_dev=best_dev, history=history,
+                         train_seconds=train_seconds, resumed_from=resumed_from)
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, examples: Sequence[Example], desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+        acc, model = self.acc, self.model
+        model.eval()
+        world, rank = acc.num_processes, acc.process_index
+        mine = list(range(rank, len(examples), world))
+        # Sort by length so each batch pads little (dynamic padding); order is restored below.
+        mine.sort(key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
+        out: list[tuple[int, list[float]]] = []
+        bs = self.cfg.eval_batch_size
+        for start in tqdm(range(0, len(mine), bs), desc=desc, leave=False,
+                          disable=self.quiet or not acc.is_main_process or len(mine) <= bs):
+            chunk = mine[start:start + bs]
+            batch = {k: v.to(acc.device) for k, v in self.prepared.collate([examples[i] for i in chunk]).items()}
+            with acc.autocast():
+                logits = model(**batch).float()
+            scores = logits if self.spec.regression else logits.softmax(-1)
+            out.extend(zip(chunk, scores.cpu().tolist(), strict=True))
+        if world > 1:
+            out = gather_object(out)
+        out.sort(key=lambda t: t[0])
+        scores = np.asarray([s for _, s in out], dtype=np.float64)
+        preds = scores if self.spec.regression else scores.argmax(-1)
+        return preds, scores
+
+    def evaluate(self, examples: Sequence[Example], desc: str = "eval") -> Predictions:
+        t0 = time.perf_counter()
+        preds, scores = self.predict(examples, desc=desc)
+        metrics = compute_metrics([e.label for e in examples], preds, regression=self.spec.regression,
+                                  primary=self.spec.metric)
+        return Predictions(preds, scores, metrics, time.perf_counter() - t0)
