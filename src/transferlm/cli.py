@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .config import CompareConfig, RunConfig, from_dict, load_yaml, parse_shots, set_dotted
+from .config import CompareConfig, RunConfig, load_yaml, parse_shots, set_dotted
 from .errors import ConfigError, TransferLMError
 
 EXAMPLES = {

@@ -12,6 +12,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +32,8 @@ class Prepared:
     trains: bool = True
     # Optional optimizer parameter groups (e.g. layer-wise learning rates); default: all trainable params.
     param_groups: list[dict[str, Any]] | None = None
+    # Writes the method's own weights (and config) into a folder; None: nothing worth saving on its own.
+    save: Callable[[Path], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

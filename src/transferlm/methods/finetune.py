@@ -1,6 +1,6 @@
 """Standard fine-tuning: a classification head on a pooled representation, all weights trained.
 
-Encoders pool the first ([CLS]) token or the mean of tokens; decoders pool the last
+Encoders pool the mean of tokens (or the first, [CLS], token); decoders pool the last
 non-padding token, since a causal model has seen the whole input only there.
 """
 
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
+from ..io import write_json
 from .base import Batch, Method, MethodConfig, Prepared
 from .registry import register
 
@@ -23,7 +26,9 @@ POOLINGS = ("auto", "cls", "mean", "last")
 
 @dataclass
 class FinetuneConfig(MethodConfig):
-    pooling: str = "auto"  # auto: cls for encoders, last for decoders
+    # auto: mean of tokens for encoders (sentence encoders such as MiniLM are trained that way),
+    # the last token for decoders.
+    pooling: str = "auto"
     dropout: float = 0.1
 
     def validate(self) -> None:
@@ -91,8 +96,17 @@ class Finetune(Method):
 
     def prepare(self, backbone, spec: TaskSpec, cfg: FinetuneConfig, *, max_length: int,
                 train: Sequence[Example]) -> Prepared:
-        pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "cls")
+        pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
         model = SequenceClassifier(backbone.model, backbone.hidden_size, spec.num_labels, pooling, cfg.dropout)
         for p in model.parameters():
             p.requires_grad_(True)
-        return Prepared(model=model, collate=make_collate(backbone.tokenizer, spec, max_length))
+
+        def save(folder: Path) -> None:
+            # A complete, reloadable model: the fine-tuned backbone in HF format plus our head.
+            model.backbone.save_pretrained(folder / "backbone")
+            backbone.tokenizer.save_pretrained(folder / "backbone")
+            save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(folder / "head.safetensors"))
+            write_json(folder / "method.json", {"method": self.name, "config": cfg.to_dict(), "pooling": pooling,
+                                                "task": spec.to_dict()})
+
+        return Prepared(model=model, collate=make_collate(backbone.tokenizer, spec, max_length), save=save)

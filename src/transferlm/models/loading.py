@@ -31,7 +31,7 @@ class Backbone:
     @property
     def hidden_size(self) -> int:
         cfg = self.model.config
-        return getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model")
+        return getattr(cfg, "hidden_size", None) or cfg.d_model
 
 
 def _load_tokenizer(path: str, trust_remote_code: bool) -> Any:

@@ -16,7 +16,7 @@ from ..config import RunConfig
 from ..data.loading import DataOptions, load_task
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
-from ..io import write_json
+from ..io import atomic_dir, write_json
 from ..methods import get_method
 from ..methods.base import count_parameters, freeze_unused_parameters
 from ..models.loading import load_backbone
@@ -63,6 +63,8 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
     backbone = load_backbone(cfg.model, head=method.backbone_head)
     torch.manual_seed(cfg.seed)  # the head's initialisation depends on the seed
     prepared = method.prepare(backbone, spec, method_cfg, max_length=cfg.train.max_length, train=data.train)
+    if cfg.save_model and prepared.save is None:
+        raise ConfigError(f"method {cfg.method} has no weights of its own to save; drop save_model")
     if prepared.trains and data.train:
         unused = freeze_unused_parameters(prepared.model, prepared.collate(data.train[:2]))
         if unused:
@@ -97,5 +99,9 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     if out_dir is not None and engine.acc.is_main_process:
+        if cfg.save_model and prepared.save is not None:
+            with atomic_dir(out_dir / "model") as tmp:
+                prepared.save(tmp)
+            results["model_dir"] = str(out_dir / "model")
         write_json(out_dir / RESULTS, results)
     return RunResult(results=results, engine=engine if keep_engine else None)

@@ -1,0 +1,27 @@
+"""Helpers for tests that drive the real command line in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, **extra)
+    return env
+
+
+def run_cli(*args: str, check: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "transferlm", *args], capture_output=True, text=True,
+                          env=cli_env(**extra), timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"transferlm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def toy_run_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--task", "toy", "--data-dir", str(data), "--shots", "8", "--model", str(model),
+            "--output", str(out), "--quiet", "--lr", "3e-3", "--set", "method_args.dropout=0", *extra]

@@ -1,0 +1,147 @@
+"""Task registry, file readers, the LM-BFF sampler and every data error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from transferlm.data.loading import DataOptions, load_task
+from transferlm.data.readers import read_examples
+from transferlm.data.sampling import sample_kshot
+from transferlm.data.tasks import TASKS, TaskSpec, get_task
+from transferlm.errors import DataError
+
+LM_BFF = ["SST-2", "sst-5", "mr", "cr", "trec", "CoLA", "RTE", "MRPC", "QNLI", "MNLI", "SNLI", "QQP", "STS-B"]
+DOMAIN = ["chemprot", "acl-arc", "sciie", "imdb"]
+METRICS = {"CoLA": "mcc", "MRPC": "f1", "QQP": "f1", "STS-B": "pearson", "acl-arc": "macro_f1",
+           "sciie": "macro_f1", "imdb": "macro_f1"}
+
+
+def test_registry_covers_every_task_with_its_metric() -> None:
+    assert set(LM_BFF + DOMAIN) <= set(TASKS)
+    for name in LM_BFF + DOMAIN:
+        assert TASKS[name].metric == METRICS.get(name, "accuracy"), name
+    assert TASKS["RTE"].is_pair and not TASKS["SST-2"].is_pair
+    assert TASKS["STS-B"].regression and TASKS["STS-B"].num_labels == 1
+    assert get_task("sst-2").name == "SST-2"
+
+
+@pytest.mark.parametrize("task", LM_BFF)
+def test_kshot_splits_load(data_dir: Path, task: str) -> None:
+    spec, data = load_task(task, data_dir, DataOptions(shots=16, seed=42))
+    n_classes = 2 if spec.regression else len(spec.labels)
+    assert len(data.train) == 16 * n_classes
+    assert len(data.dev) == 16 * n_classes
+    assert all(ex.text_a is not None for ex in data.train)
+    assert all((ex.text_b is not None) == spec.is_pair for ex in data.train)
+    if task in ("MNLI", "SNLI", "QQP"):
+        assert data.test == [] and any("no test split" in n for n in data.notes)
+    else:
+        assert len(data.test) > 0
+
+
+def test_in_memory_sampler_reproduces_the_paper_split(data_dir: Path) -> None:
+    spec = TASKS["SST-2"]
+    pool = read_examples(data_dir / "lm-bff/SST-2/original/train.tsv", spec)
+    train, dev = sample_kshot(pool, 16, 87)
+    _, paper = load_task("SST-2", data_dir, DataOptions(shots=16, seed=87))
+    assert [e.text_a for e in train] == [e.text_a for e in paper.train]
+    assert [e.text_a for e in dev] == [e.text_a for e in paper.dev]
+
+
+def test_other_k_and_full_data(data_dir: Path) -> None:
+    _, data = load_task("cr", data_dir, DataOptions(shots=4, seed=13))
+    assert len(data.train) == 8 and len(data.dev) == 8 and len(data.test) == 2000
+    _, full = load_task("SST-2", data_dir, DataOptions(shots=None, seed=13))
+    assert len(full.train) + len(full.dev) == 6920 and len(full.test) == 872
+
+
+@pytest.mark.parametrize("task", DOMAIN)
+def test_domain_tasks_load_full(data_dir: Path, task: str) -> None:
+    spec, data = load_task(task, data_dir, DataOptions(shots=None, seed=13))
+    assert data.train and data.dev and data.test
+    assert {ex.label for ex in data.train} <= set(range(len(spec.labels)))
+
+
+def test_unknown_folder_in_lmbff_layout_loads_by_name(tmp_path: Path) -> None:
+    kdir = tmp_path / "mytask" / "k-shot" / "2-13"
+    kdir.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        (kdir / f"{split}.tsv").write_text("sentence\tlabel\nhappy day\tpos\nsad day\tneg\nnice\tpos\nugly\tneg\n")
+    spec, data = load_task("mytask", tmp_path, DataOptions(shots=2, seed=13))
+    assert spec.labels == ("neg", "pos") and len(data.train) == 4 and data.train[0].label == 1
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_user_files_with_column_mapping(tmp_path: Path, fmt: str) -> None:
+    rows = [("great stuff", "b", "good"), ("awful", "b", "bad"), ("lovely", "c", "good"), ("bad one", "c", "bad")]
+    path = tmp_path / f"train.{fmt}"
+    if fmt == "jsonl":
+        import json
+
+        path.write_text("".join(json.dumps({"review": r, "x": x, "stars": s}) + "\n" for r, x, s in rows))
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        path.write_text(f"review{sep}x{sep}stars\n" + "".join(f"{r}{sep}{x}{sep}{s}\n" for r, x, s in rows))
+    spec = TaskSpec(name="mine", text_columns=("review",), label_column="stars", format=fmt, family="user")
+    spec, data = load_task(spec, None, DataOptions(shots=1, seed=13, train_file=str(path)))
+    assert spec.labels == ("bad", "good")
+    assert len(data.train) == 2 and len(data.dev) == 2
+    assert {e.text_a for e in data.train} | {e.text_a for e in data.dev} == {r for r, _, _ in rows}
+
+
+# --- bad input: one clear line each --------------------------------------------------------------
+
+
+def _one_line(err: pytest.ExceptionInfo[DataError]) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_data_dir(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as e:
+        load_task("SST-2", tmp_path / "nope", DataOptions())
+    assert "data directory not found" in _one_line(e) and "--data-dir" in str(e.value)
+
+
+def test_unknown_task(data_dir: Path) -> None:
+    with pytest.raises(DataError) as e:
+        load_task("no-such-task", data_dir, DataOptions())
+    assert "no-such-task" in _one_line(e)
+
+
+def test_missing_columns(tmp_path: Path) -> None:
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\nhello,a\n")
+    spec = TaskSpec(name="x", text_columns=("review",), label_column="label", format="csv", labels=("a",))
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    assert "missing column 'review'" in _one_line(e) and str(p) in str(e.value)
+
+
+def test_label_outside_declared_set(tmp_path: Path) -> None:
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\nhello,a\nbye,z\n")
+    spec = TaskSpec(name="x", text_columns=("text",), label_column="label", format="csv", labels=("a", "b"))
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    assert "'z'" in _one_line(e) and ":3" in str(e.value)
+
+
+def test_empty_text_rows_error_or_drop(tmp_path: Path) -> None:
+    p = tmp_path / "train.csv"
+    p.write_text('text,label\nhello,a\n"  ",b\nbye,b\n')
+    spec = TaskSpec(name="x", text_columns=("text",), label_column="label", format="csv", labels=("a", "b"))
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    assert "empty text" in _one_line(e) and "--empty-text drop" in str(e.value)
+    assert [x.text_a for x in read_examples(p, spec, empty_text="drop")] == ["hello", "bye"]
+    assert len(read_examples(p, spec, empty_text="keep")) == 3
+
+
+def test_shots_larger_than_a_class(data_dir: Path) -> None:
+    with pytest.raises(DataError) as e:
+        load_task("chemprot", data_dir, DataOptions(shots=16, seed=13))
+    assert "larger than class" in _one_line(e) and "--shots full" in str(e.value)

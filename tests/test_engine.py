@@ -1,0 +1,134 @@
+"""The training engine: determinism, kill/resume, several processes, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import cli_env, run_cli, toy_run_args
+from transferlm.config import RunConfig
+from transferlm.errors import CheckpointError
+from transferlm.protocol.run import run
+
+
+def _cfg(model: Path, data: Path, out: Path | None, **train: object) -> RunConfig:
+    return RunConfig.from_dict({"task": "toy", "model": str(model), "output": str(out) if out else None,
+                                "data": {"data_dir": str(data), "shots": 8}, "quiet": True,
+                                "method_args": {"dropout": 0.1},
+                                "train": {"max_steps": 12, "learning_rate": 3e-3, "eval_every": 4,
+                                          "checkpoint_every": 0, **train}})
+
+
+def test_same_seed_same_numbers(tiny_bert: Path, toy_data: Path) -> None:
+    a = run(_cfg(tiny_bert, toy_data, None)).results
+    b = run(_cfg(tiny_bert, toy_data, None)).results
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["metrics"] == b["metrics"]
+    c = run(RunConfig.from_dict({**_cfg(tiny_bert, toy_data, None).to_dict(), "seed": 21})).results
+    assert [h["loss"] for h in c["history"]] != [h["loss"] for h in a["history"]]
+
+
+def test_results_json_contract(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
+    res = run(_cfg(tiny_llama, toy_data, tmp_path / "o")).results
+    on_disk = json.loads((tmp_path / "o" / "results.json").read_text())
+    for key in ("task", "method", "model", "seed", "shots", "metrics", "primary_metric", "trainable_params",
+                "total_params", "train_seconds", "eval_seconds", "config"):
+        assert key in on_disk, key
+    assert on_disk["primary_metric"] == "accuracy" and "accuracy" in on_disk["metrics"]
+    assert on_disk["config"]["train"]["max_steps"] == 12
+    assert 0 < res["trainable_params"] <= res["total_params"]
+    # Checkpoints are removed once a run finishes.
+    assert not (tmp_path / "o" / "checkpoint").exists()
+
+
+def test_dev_selection_keeps_the_best_step(tiny_bert: Path, toy_data: Path) -> None:
+    res = run(_cfg(tiny_bert, toy_data, None, max_steps=16)).results
+    dev_scores = {h["step"]: h["dev"]["accuracy"] for h in res["history"] if "dev" in h}
+    assert res["best_step"] in dev_scores
+    assert dev_scores[res["best_step"]] == max(dev_scores.values())
+    # The reported dev metric is that of the restored best state.
+    assert res["dev_metrics"]["accuracy"] == dev_scores[res["best_step"]]
+
+
+def test_resume_after_a_real_kill(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
+    args = ["--steps", "400", "--set", "train.checkpoint_every=20", "--set", "train.eval_every=100"]
+    ref = run_cli(*toy_run_args(tiny_bert, toy_data, tmp_path / "ref", *args), check=True)
+    assert ref.returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "transferlm", *toy_run_args(tiny_bert, toy_data, out, *args)],
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the run ended before writing a checkpoint"
+    assert not (out / "results.json").exists(), "the run finished before it could be killed"
+    killed_at = json.loads(state.read_text())["step"]
+    assert 0 < killed_at < 400
+
+    run_cli(*toy_run_args(tiny_bert, toy_data, out, *args), check=True)
+    a = json.loads((tmp_path / "ref" / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    assert b["resumed_from_step"] is not None and b["resumed_from_step"] >= killed_at
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["metrics"] == b["metrics"] and a["dev_metrics"] == b["dev_metrics"]
+
+
+def test_two_processes_match_one(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
+    args = ["--steps", "16", "--set", "train.eval_every=8", "--set", "train.checkpoint_every=0"]
+    run_cli(*toy_run_args(tiny_bert, toy_data, tmp_path / "one", *args), check=True)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun not found beside the interpreter"
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "transferlm",
+                           *toy_run_args(tiny_bert, toy_data, tmp_path / "two", *args)],
+                          capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert b["environment"]["processes"] == 2 and a["environment"]["processes"] == 1
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5)
+    for k, v in a["metrics"].items():
+        assert b["metrics"][k] == pytest.approx(v, abs=1e-6)
+
+
+def test_checkpoints_are_safetensors_and_corruption_is_caught(tiny_bert: Path, toy_data: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    cfg = _cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4, keep_checkpoint=True)
+    run(cfg)
+    ck = out / "checkpoint"
+    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "best.safetensors", "optimizer.safetensors",
+                                               "state.json"}
+    assert load_file(str(ck / "model.safetensors"))  # readable without unpickling
+    (ck / "model.safetensors").write_bytes(b"garbage")
+    (out / "results.json").unlink()
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run(_cfg(tiny_bert, toy_data, out, max_steps=12, checkpoint_every=4))
+    assert not (out / "results.json").exists()
+    proc = run_cli(*toy_run_args(tiny_bert, toy_data, out, "--steps", "12"))
+    assert proc.returncode == 2 and "corrupt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_save_model_writes_a_reloadable_folder(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    cfg = _cfg(tiny_bert, toy_data, tmp_path / "o", max_steps=4)
+    cfg.save_model = True
+    res = run(cfg).results
+    folder = Path(res["model_dir"])
+    assert (folder / "head.safetensors").is_file() and (folder / "method.json").is_file()
+    reloaded = AutoModel.from_pretrained(folder / "backbone")
+    assert sum(p.numel() for p in reloaded.parameters()) > 0
+    head = load_file(str(folder / "head.safetensors"))
+    assert head["weight"].shape == (2, reloaded.config.hidden_size)

