@@ -42,6 +42,16 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_checkpoint: bool = False
     mixed_precision: str = "no"
+    # Layer-wise decreasing learning rate ξ in (0, 1]: block k gets lr·ξ^(L-k), embeddings lr·ξ^L.
+    layer_decay: float | None = None
+    # Self-ensemble (Xu et al. 2020): evaluate/deploy the average of the parameters over the last
+    # `ensemble_window` snapshots taken every `ensemble_every` steps ("window"), or an EMA ("ema").
+    self_ensemble: str = "none"
+    ensemble_window: int = 5
+    ensemble_every: int = 10
+    ema_decay: float = 0.99
+    # Self-distillation weight λ: loss = CE + λ·MSE(student logits, self-ensemble teacher logits).
+    self_distill: float = 0.0
 
     def validate(self) -> None:
         positive = ("learning_rate", "batch_size", "eval_batch_size", "max_steps", "max_length")
@@ -55,6 +65,16 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"train.layer_decay (ξ) must be in (0, 1], got {self.layer_decay}")
+        if self.self_ensemble not in ("none", "window", "ema"):
+            raise ConfigError(f"train.self_ensemble must be none, window or ema, got '{self.self_ensemble}'")
+        if self.ensemble_every < 1 or self.ensemble_window < 1:
+            raise ConfigError("train.ensemble_every and train.ensemble_window must be >= 1")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.self_distill < 0:
+            raise ConfigError(f"train.self_distill (λ) must be >= 0, got {self.self_distill}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision}")
 

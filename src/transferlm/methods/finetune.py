@@ -18,6 +18,7 @@ from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
 from ..io import write_json
+from ..training.layers import layer_of, num_layers
 from .base import Batch, Method, MethodConfig, Prepared
 from .registry import register
 
@@ -30,8 +31,20 @@ class FinetuneConfig(MethodConfig):
     # the last token for decoders.
     pooling: str = "auto"
     dropout: float = 0.1
+    # Layer selection (Sun et al. 2019): which hidden states feed the head. 1..L are the blocks,
+    # 0 the embeddings, negatives count from the top; None = the last block. Several are combined.
+    layers: list[int] | None = None
+    layer_combine: str = "concat"  # concat | mean
+    # Freeze the embeddings and the lowest n blocks.
+    freeze_layers: int = 0
 
     def validate(self) -> None:
+        if self.layer_combine not in ("concat", "mean"):
+            raise ConfigError(f"method_args.layer_combine must be concat or mean, got '{self.layer_combine}'")
+        if self.freeze_layers < 0:
+            raise ConfigError(f"method_args.freeze_layers must be >= 0, got {self.freeze_layers}")
+        if self.layers is not None and not self.layers:
+            raise ConfigError("method_args.layers must name at least one layer (or be omitted)")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"method_args.pooling must be one of {POOLINGS}, got '{self.pooling}'")
         if not 0 <= self.dropout < 1:
@@ -55,21 +68,52 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 class SequenceClassifier(nn.Module):
     """Backbone + pooling + linear head; returns logits (``[N, C]``, or ``[N]`` for regression)."""
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int, pooling: str, dropout: float):
+    def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int, pooling: str, dropout: float,
+                 layers: Sequence[int] | None = None, combine: str = "concat"):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
+        self.layers = resolve_layers(layers, num_layers(backbone)) if layers is not None else None
+        self.combine = combine
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, num_labels)
+        width = hidden_size * (len(self.layers) if self.layers and combine == "concat" else 1)
+        self.head = nn.Linear(width, num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.regression = num_labels == 1
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
+        if self.layers is None:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw)
+            pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
+        else:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kw)
+            chosen = [pool(out.hidden_states[i], attention_mask, self.pooling) for i in self.layers]
+            pooled = torch.cat(chosen, -1) if self.combine == "concat" else torch.stack(chosen).mean(0)
         logits = self.head(self.dropout(pooled))
         return logits.squeeze(-1) if self.regression else logits
+
+
+def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
+    """Map 0..L / negative layer numbers to indices into ``hidden_states`` (0 = embeddings)."""
+    out = []
+    for k in layers:
+        idx = k if k >= 0 else depth + 1 + k
+        if not 0 <= idx <= depth:
+            raise ConfigError(f"method_args.layers: layer {k} does not exist (the model has {depth} layers; "
+                              f"use 0..{depth} or -1..-{depth + 1})")
+        out.append(idx)
+    return out
+
+
+def freeze_lower_layers(model: nn.Module, n: int, depth: int) -> None:
+    """Freeze the embeddings and blocks 1..n of the backbone (the head stays trainable)."""
+    if n > depth:
+        raise ConfigError(f"method_args.freeze_layers={n} exceeds the model's {depth} layers")
+    for name, p in model.named_parameters():
+        k = layer_of(name)
+        if name.startswith("backbone.") and k is not None and k <= n:
+            p.requires_grad_(False)
 
 
 def make_collate(tokenizer, spec: TaskSpec, max_length: int):
@@ -97,9 +141,12 @@ class Finetune(Method):
     def prepare(self, backbone, spec: TaskSpec, cfg: FinetuneConfig, *, max_length: int,
                 train: Sequence[Example]) -> Prepared:
         pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
-        model = SequenceClassifier(backbone.model, backbone.hidden_size, spec.num_labels, pooling, cfg.dropout)
+        model = SequenceClassifier(backbone.model, backbone.hidden_size, spec.num_labels, pooling, cfg.dropout,
+                                   layers=cfg.layers, combine=cfg.layer_combine)
         for p in model.parameters():
             p.requires_grad_(True)
+        if cfg.freeze_layers:
+            freeze_lower_layers(model, cfg.freeze_layers, num_layers(backbone.model))
 
         def save(folder: Path) -> None:
             # A complete, reloadable model: the fine-tuned backbone in HF format plus our head.

@@ -62,9 +62,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
+                    scheduler: Any, state: dict[str, Any], best: dict[str, torch.Tensor] | None,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
     with atomic_dir(out_dir / CHECKPOINT_DIR) as tmp:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        if extra:
+            save_file({k: v.contiguous() for k, v in extra.items()}, str(tmp / "extra.safetensors"))
         if best is not None:
             save_file(best, str(tmp / "best.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
@@ -74,8 +77,9 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
-    """Restore model/optimizer/scheduler in place; return (state, best weights) or None if absent."""
+                    scheduler: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None,
+                                             dict[str, torch.Tensor] | None] | None:
+    """Restore model/optimizer/scheduler in place; return (state, best weights, extra tensors) or None."""
     ck = out_dir / CHECKPOINT_DIR
     if not ck.is_dir():
         return None
@@ -84,12 +88,14 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         load_trainable(model, load_file(str(ck / "model.safetensors")), str(ck))
         best_path = ck / "best.safetensors"
         best = load_file(str(best_path)) if best_path.is_file() else None
+        extra_path = ck / "extra.safetensors"
+        extra = load_file(str(extra_path)) if extra_path.is_file() else None
         optimizer.load_state_dict(_unflatten_optimizer(load_file(str(ck / "optimizer.safetensors")), meta["optimizer"]))
         scheduler.load_state_dict(meta["scheduler"])
     except (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {ck} is corrupt or incomplete ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}); delete it or rerun with --no-resume") from None
-    return meta, best
+    return meta, best, extra
 
 
 def remove_checkpoint(out_dir: Path) -> None:

@@ -29,7 +29,9 @@ from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..evaluation.metrics import compute_metrics
 from ..methods.base import Prepared
-from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint, trainable_state
+from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
+from .ensemble import ParameterAverage, SelfDistillation, load_into
+from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,14 +90,37 @@ class Engine:
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = self.prepared.param_groups
         if groups is None:
-            decay, no_decay = [], []
-            for n, p in self.model.named_parameters():
-                if p.requires_grad:
-                    (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
-            groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
-                      {"params": no_decay, "weight_decay": 0.0}]
+            groups = build_param_groups(self.model, getattr(self.model, "backbone", None), self.cfg.learning_rate,
+                                        self.cfg.weight_decay, self.cfg.layer_decay)
         groups = [g for g in groups if g["params"]]
         return torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+
+    def _ensemble(self) -> tuple[ParameterAverage | None, SelfDistillation | None]:
+        cfg = self.cfg
+        kind = cfg.self_ensemble
+        if kind == "none" and cfg.self_distill > 0:
+            kind = "ema"  # distillation needs a self-ensemble teacher
+        if kind == "none":
+            return None, None
+        average = ParameterAverage(self.model, kind, cfg.ensemble_window, cfg.ema_decay)
+        distill = SelfDistillation(self.model, average, cfg.self_distill) if cfg.self_distill > 0 else None
+        return average, distill
+
+    def _eval_dev(self, dev: Sequence[Example], average: ParameterAverage | None) -> dict[str, float]:
+        """Dev metrics of the model that would be deployed: the self-ensemble when there is one."""
+        if average is None or self.cfg.self_ensemble == "none" or average.updates == 0:
+            return self.evaluate(dev, desc="dev").metrics
+        current = trainable_state(self.model)
+        load_into(self.model, average.averaged())
+        try:
+            return self.evaluate(dev, desc="dev").metrics
+        finally:
+            load_into(self.model, current)
+
+    def _deployed_state(self, average: ParameterAverage | None) -> dict[str, torch.Tensor]:
+        if average is not None and self.cfg.self_ensemble != "none" and average.updates:
+            return average.averaged()
+        return trainable_state(self.model)
 
     def fit(self, train: Sequence[Example], dev: Sequence[Example]) -> FitResult:
         cfg, acc = self.cfg, self.acc
@@ -110,14 +135,20 @@ class Engine:
             return max(0.0, (total - step) / max(1, total - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        average, distill = self._ensemble()
+        hooks = [*self.loss_hooks, *([distill] if distill else [])]
         start, best, best_score, best_step, history = 0, None, -math.inf, None, []
         resumed_from = None
         if self.out_dir is not None and self.resume:
             restored = load_checkpoint(self.out_dir, self.model, optimizer, scheduler)
             if restored is not None:
-                state, best = restored
+                state, best, extra = restored
                 start, best_score, best_step = state["step"], state["best_score"], state["best_step"]
                 history, resumed_from = state["history"], state["step"]
+                if average is not None and extra:
+                    average.load_state_tensors(extra)
+                    if distill is not None and average.updates:
+                        distill.refresh()
         model, optimizer = acc.prepare(self.model, optimizer)
         world, rank = acc.num_processes, acc.process_index
         t0 = time.perf_counter()
@@ -137,7 +168,7 @@ class Engine:
             with acc.autocast():
                 logits = model(**batch)
                 per_ex = self.per_example_loss(logits, labels)
-                for hook in self.loss_hooks:
+                for hook in hooks:
                     per_ex = per_ex + hook(model=model, batch=batch, logits=logits, labels=labels, step=step)
             w = torch.tensor(weights, device=acc.device)
             loss = (per_ex * w).sum() / len(idx) * world
@@ -149,33 +180,39 @@ class Engine:
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             done = step + 1
+            if average is not None and (average.kind == "ema" or done % cfg.ensemble_every == 0):
+                average.update(acc.unwrap_model(model))
+                if distill is not None:
+                    distill.refresh()
             # Each process holds its share of the global-batch loss; the mean over processes is the whole.
             logged = acc.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
             record: dict[str, Any] = {"step": done, "loss": float(logged)}
             at_eval = (cfg.eval_every and done % cfg.eval_every == 0) or done == total
             if at_eval and dev:
-                dev_metrics = self.evaluate(dev, desc="dev").metrics
+                dev_metrics = self._eval_dev(dev, average)
                 record["dev"] = dev_metrics
                 score = dev_metrics[self.spec.metric]
                 model.train()
                 if score > best_score:
                     best_score, best_step = score, done
-                    best = trainable_state(acc.unwrap_model(model)) if cfg.select_on_dev else None
+                    best = self._deployed_state(average) if cfg.select_on_dev else None
             history.append(record)
             if (self.out_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0
                     and done < total):
                 if acc.is_main_process:
                     save_checkpoint(self.out_dir, acc.unwrap_model(model), optimizer, scheduler,
                                     {"step": done, "best_score": best_score, "best_step": best_step,
-                                     "history": history, "seed": self.seed}, best)
+                                     "history": history, "seed": self.seed}, best,
+                                    average.state_tensors() if average is not None else None)
                 acc.wait_for_everyone()
         bar.close()
         train_seconds = time.perf_counter() - t0
         self.model = acc.unwrap_model(model)
         if cfg.select_on_dev and best is not None:
-            from .checkpoint import load_trainable
-
             load_trainable(self.model, best, "best-on-dev state")
+        elif average is not None and cfg.self_ensemble != "none" and average.updates:
+            load_into(self.model, average.averaged())
+        self.average = average
         if self.out_dir is not None and not cfg.keep_checkpoint and acc.is_main_process:
             remove_checkpoint(self.out_dir)
         best_dev = next((h["dev"] for h in history if h["step"] == best_step and "dev" in h), {})

@@ -1,0 +1,163 @@
+"""Fine-tuning tricks: layer selection, freezing, layer-wise LR decay, self-ensemble, self-distillation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferlm.config import RunConfig, TrainConfig
+from transferlm.data.loading import DataOptions, load_task
+from transferlm.errors import ConfigError
+from transferlm.methods import get_method
+from transferlm.models.loading import load_backbone
+from transferlm.protocol.run import run
+from transferlm.training.engine import Engine
+from transferlm.training.ensemble import ParameterAverage, SelfDistillation
+from transferlm.training.layers import layer_of
+from transferlm.training.param_groups import build_param_groups
+
+
+def _prepared(model_dir: Path, toy_data: Path, **method_args):
+    spec, data = load_task("toy", toy_data, DataOptions(shots=8, seed=13))
+    method = get_method("finetune")
+    torch.manual_seed(0)
+    prepared = method.prepare(load_backbone(str(model_dir)), spec, method.parse_config(method_args),
+                              max_length=32, train=data.train)
+    return spec, data, prepared
+
+
+def _cfg(model: Path, data: Path, **train: object) -> RunConfig:
+    return RunConfig.from_dict({"task": "toy", "model": str(model), "data": {"data_dir": str(data), "shots": 8},
+                                "quiet": True, "train": {"max_steps": 8, "learning_rate": 3e-3, "eval_every": 4,
+                                                         "checkpoint_every": 0, **train}})
+
+
+def test_layer_index_from_parameter_names() -> None:
+    assert layer_of("backbone.encoder.layer.0.attention.self.query.weight") == 1
+    assert layer_of("backbone.layers.3.mlp.down_proj.weight") == 4
+    assert layer_of("backbone.embeddings.word_embeddings.weight") == 0
+    assert layer_of("backbone.embed_tokens.weight") == 0
+    assert layer_of("head.weight") is None and layer_of("backbone.norm.weight") is None
+
+
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
+def test_layerwise_lr_decay_groups_carry_exact_rates(model: str, toy_data: Path, request) -> None:
+    _, _, prepared = _prepared(request.getfixturevalue(model), toy_data)
+    lr, xi, depth = 1e-3, 0.5, 2
+    groups = build_param_groups(prepared.model, prepared.model.backbone, lr, 0.01, xi)
+    rate = {name: g["lr"] for g in groups for name in g["names"]}
+    for name, r in rate.items():
+        k = layer_of(name)
+        expected = lr if k is None else lr * xi ** (depth - k)
+        assert r == pytest.approx(expected, rel=1e-12), name
+    emb = [r for n, r in rate.items() if layer_of(n) == 0]
+    assert emb and max(emb) == pytest.approx(lr * xi**depth) and min(rate.values()) == pytest.approx(lr * xi**depth)
+    assert rate["head.weight"] == lr
+    # The engine's optimizer is built from the same groups.
+    engine = Engine(prepared, load_task("toy", toy_data, DataOptions(shots=8))[0],
+                    TrainConfig(learning_rate=lr, layer_decay=xi), seed=1, quiet=True)
+    opt = engine._optimizer()
+    opt_rates = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
+    assert opt_rates == rate
+
+
+@pytest.mark.parametrize("xi", [0.0, -0.5, 1.5])
+def test_layer_decay_outside_range_is_an_error(xi: float) -> None:
+    with pytest.raises(ConfigError, match="layer_decay"):
+        TrainConfig(layer_decay=xi).validate()
+
+
+def test_layer_selection_and_freezing(tiny_bert: Path, toy_data: Path) -> None:
+    _, data, prepared = _prepared(tiny_bert, toy_data, layers=[1, -1], layer_combine="concat", freeze_layers=1)
+    model = prepared.model
+    assert model.head.in_features == 2 * 32
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any("embeddings" in n for n in frozen) and any(".layer.0." in n for n in frozen)
+    assert not any(".layer.1." in n for n in frozen) and "head.weight" not in frozen
+    batch = prepared.collate(data.train[:3])
+    assert model(**batch).shape == (3, 2)
+    _, _, mean_prep = _prepared(tiny_bert, toy_data, layers=[0, 2], layer_combine="mean")
+    assert mean_prep.model.head.in_features == 32
+    with pytest.raises(ConfigError, match="layer 5 does not exist"):
+        _prepared(tiny_bert, toy_data, layers=[5])
+
+
+def test_window_average_equals_mean_of_snapshots() -> None:
+    model = torch.nn.Linear(3, 2)
+    avg = ParameterAverage(model, "window", window=3)
+    saved = []
+    for i in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(float(i + 1))
+        avg.update(model)
+        saved.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    out = avg.averaged()
+    for n in out:
+        assert torch.allclose(out[n], torch.stack([s[n] for s in saved[-3:]]).mean(0))
+    restored = ParameterAverage(model, "window", window=3)
+    restored.load_state_tensors(avg.state_tensors())
+    assert all(torch.equal(restored.averaged()[n], out[n]) for n in out)
+
+
+def test_ema_average() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    avg = ParameterAverage(model, "ema", decay=0.9)
+    w0 = model.weight.detach().clone()
+    avg.update(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    avg.update(model)
+    assert torch.allclose(avg.averaged()["weight"], 0.9 * w0 + 0.1 * (w0 + 1.0))
+
+
+class _Named(torch.nn.Module):
+    """A linear layer called with a keyword batch, as the engine calls models."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.lin(features)
+
+
+def test_self_distillation_loss_matches_hand_computation() -> None:
+    torch.manual_seed(0)
+    student = _Named()
+    avg = ParameterAverage(student, "ema", decay=0.5)
+    avg.update(student)
+    with torch.no_grad():
+        student.lin.weight.mul_(2.0)
+    avg.update(student)
+    sd = SelfDistillation(student, avg, weight=0.7)
+    sd.refresh()
+    x = torch.randn(5, 4)
+    s_logits = student(features=x)
+    t = avg.averaged()
+    teacher_logits = x @ t["lin.weight"].T + t["lin.bias"]
+    by_hand = 0.7 * ((s_logits - teacher_logits) ** 2).mean(-1)
+    assert torch.allclose(sd(batch={"features": x}, logits=s_logits), by_hand, atol=1e-6)
+    # The teacher is the average, not the current student.
+    assert not torch.allclose(teacher_logits, s_logits)
+
+
+def test_self_ensemble_run_deploys_the_average(tiny_bert: Path, toy_data: Path) -> None:
+    spec, data, prepared = _prepared(tiny_bert, toy_data, dropout=0.0)
+    cfg = TrainConfig(max_steps=6, learning_rate=3e-3, eval_every=0, checkpoint_every=0, select_on_dev=False,
+                      self_ensemble="window", ensemble_every=2, ensemble_window=2)
+    engine = Engine(prepared, spec, cfg, seed=3, quiet=True)
+    engine.fit(data.train, data.dev)
+    assert engine.average.updates == 3
+    final = {n: p for n, p in engine.model.named_parameters() if p.requires_grad}
+    expected = engine.average.averaged()
+    assert all(torch.allclose(final[n], expected[n]) for n in expected)
+
+
+def test_tricks_run_end_to_end_and_record_config(tiny_bert: Path, toy_data: Path) -> None:
+    res = run(_cfg(tiny_bert, toy_data, layer_decay=0.8, self_ensemble="ema", self_distill=1.0)).results
+    assert res["config"]["train"]["self_distill"] == 1.0 and res["metrics"]["accuracy"] >= 0
+    base = run(_cfg(tiny_bert, toy_data)).results
+    assert [h["loss"] for h in res["history"]] != [h["loss"] for h in base["history"]]
