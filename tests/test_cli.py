@@ -10,7 +10,8 @@ import pytest
 from helpers import run_cli, toy_run_args
 
 
-@pytest.mark.parametrize("cmd", ["run", "compare", "tasks", "models", "methods", "kshot"])
+@pytest.mark.parametrize("cmd", ["run", "compare", "tasks", "models", "methods", "kshot", "probe", "pretrain",
+                                 "multitask"])
 def test_every_command_has_help_with_examples(cmd: str) -> None:
     proc = run_cli(cmd, "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .config import CompareConfig, RunConfig, load_yaml, parse_shots, set_dotted
+from .config import CompareConfig, RunConfig, from_dict, load_yaml, parse_shots, set_dotted
 from .errors import ConfigError, TransferLMError
 
 EXAMPLES = {
@@ -29,6 +29,18 @@ EXAMPLES = {
     "tasks": "examples:\n  transferlm tasks\n  transferlm tasks --data-dir ../shared/data",
     "models": "examples:\n  transferlm models",
     "methods": "examples:\n  transferlm methods",
+    "probe": """examples:
+  transferlm probe --task SST-2 --data-dir ../shared/data --model minilm-l6 --output runs/probe
+  transferlm probe --task cr --model minilm-l6 --layers 2,4,6 --steps 50 --output runs/probe-cr""",
+    "pretrain": """examples:
+  # DAPT on science text, then TAPT on chemprot's own training text, in one command:
+  transferlm pretrain --model minilm-l6 --text ../shared/data/unlabeled/scibert/mag/dev.txt \
+      --tapt-task chemprot --data-dir ../shared/data --steps 200 --output models/minilm-sci
+  transferlm run --task chemprot --shots full --model models/minilm-sci --output runs/chemprot-dapt
+  transferlm pretrain --model smollm2-135m --text reviews.jsonl --text-field review --output models/smol-rev""",
+    "multitask": """examples:
+  transferlm multitask --tasks SST-2,cr,mr --data-dir ../shared/data --model minilm-l6 --sampling temperature \
+      --temperature 2 --steps 300 --output runs/mt""",
     "kshot": """examples:
   transferlm kshot --task SST-2 --data-dir ../shared/data --output /tmp/kshot
   transferlm kshot --task mr --data-dir ../shared/data --k 16 --seeds 13,21 --output /tmp/kshot --verify""",
@@ -59,6 +71,7 @@ def _add_run_options(p: argparse.ArgumentParser, compare: bool) -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, dotted, e.g. --set train.eval_every=100 --set method_args.pooling=mean")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
+    t.add_argument("--intermediate-task", help="sequential transfer: fine-tune on this task first (e.g. MNLI for RTE)")
     d = p.add_argument_group("your own data")
     d.add_argument("--train-file", help="training file (.csv .tsv .jsonl .json)")
     d.add_argument("--dev-file", help="dev file (default: K per class sampled after train, or a hold-out)")
@@ -114,6 +127,8 @@ def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
         set_dotted(r, k.strip(), _yaml_value(v))
     if args.no_resume:
         r["resume"] = False
+    if args.intermediate_task:
+        set_dotted(r, "intermediate.task", args.intermediate_task)
     if args.quiet:
         r["quiet"] = True
     r.setdefault("data", {}).setdefault("data_dir", os.environ.get("TRANSFERLM_DATA"))
@@ -226,6 +241,68 @@ def cmd_kshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .protocol.probe import format_probe, probe
+
+    cfg = RunConfig.from_dict(build_run_dict(args)["run"], source=args.config or "flags")
+    layers = _list_arg(args.layers, int) if args.layers else None
+    report = probe(cfg, layers)
+    print(format_probe(report))
+    if cfg.output:
+        print(f"report: {cfg.output}/probe.json")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .training.pretrain import PretrainConfig, pretrain
+
+    d: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    flags = {"model": args.model, "output": args.output, "text_field": args.text_field, "objective": args.objective,
+             "data_dir": args.data_dir or os.environ.get("TRANSFERLM_DATA"), "steps": args.steps,
+             "learning_rate": args.lr, "batch_size": args.batch_size, "max_length": args.max_length,
+             "seed": args.seed, "mlm_probability": args.mlm_probability}
+    d.update({k: v for k, v in flags.items() if v is not None})
+    texts = list(d.get("texts") or []) + list(args.text or []) + [f"task:{t}" for t in args.tapt_task or []]
+    d["texts"] = texts
+    if args.whole_word_mask:
+        d["whole_word_mask"] = True
+    if args.quiet:
+        d["quiet"] = True
+    report = pretrain(from_dict(PretrainConfig, d, source=args.config or "flags"))
+    for ph in report["phases"]:
+        print(f"{ph['phase']}: perplexity {ph['perplexity_before']:.2f} -> {ph['perplexity_after']:.2f} "
+              f"({ph['train_texts']} texts, {ph['seconds']:.1f}s, {ph['tokens_per_second']:.0f} tokens/s)")
+    print(f"adapted model: {args.output or d.get('output')} (use it with run --model)")
+    return 0
+
+
+def cmd_multitask(args: argparse.Namespace) -> int:
+    from .protocol.multitask import MultitaskConfig, multitask
+
+    d: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for k, v in {"model": args.model, "output": args.output, "seed": args.seed, "sampling": args.sampling,
+                 "temperature": args.temperature}.items():
+        if v is not None:
+            d[k] = v
+    if args.tasks:
+        d["tasks"] = _list_arg(args.tasks, str)
+    set_dotted(d, "data.data_dir", args.data_dir or d.get("data", {}).get("data_dir") or os.environ.get("TRANSFERLM_DATA"))
+    if args.shots is not None:
+        set_dotted(d, "data.shots", parse_shots(args.shots))
+    if args.steps is not None:
+        set_dotted(d, "train.max_steps", args.steps)
+    if args.lr is not None:
+        set_dotted(d, "train.learning_rate", args.lr)
+    if args.quiet:
+        d["quiet"] = True
+    res = multitask(from_dict(MultitaskConfig, d, source=args.config or "flags"))
+    for task, r in res["tasks"].items():
+        m = r["metrics"] or r["dev_metrics"]
+        print(f"{task}: {r['primary_metric']} = {m.get(r['primary_metric'], float('nan')):.4f} "
+              f"(sampling p = {res['probabilities'][task]})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -248,6 +325,39 @@ def build_parser() -> argparse.ArgumentParser:
     add("tasks", "list the built-in tasks", cmd_tasks).add_argument("--data-dir")
     add("models", "list the built-in models and whether each is installed", cmd_models)
     add("methods", "list the transfer methods", cmd_methods)
+    pr = add("probe", "train a head on each layer in turn and report the best layer for the task", cmd_probe)
+    _add_run_options(pr, compare=False)
+    pr.add_argument("--layers", help="comma-separated layers to probe (default: all, 0 = embeddings)")
+    pt = add("pretrain", "continued pretraining (DAPT/TAPT) on unlabelled text; writes a model folder", cmd_pretrain)
+    pt.add_argument("--config", help="YAML with PretrainConfig keys")
+    pt.add_argument("--model", help="model to adapt (zoo name, folder or hub id)")
+    pt.add_argument("--text", action="append", help="text file or folder; repeat for consecutive phases (DAPT, ...)")
+    pt.add_argument("--tapt-task", action="append", help="a final phase on this task's own training text (TAPT)")
+    pt.add_argument("--text-field", help="field/column holding the text in jsonl/json/tsv/csv (default text)")
+    pt.add_argument("--data-dir", help="data root for --tapt-task (default $TRANSFERLM_DATA)")
+    pt.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: mlm for encoders, clm for decoders")
+    pt.add_argument("--whole-word-mask", action="store_true", help="mask whole words (MLM)")
+    pt.add_argument("--mlm-probability", type=float)
+    pt.add_argument("--steps", type=int, help="optimisation steps per phase (default 200)")
+    pt.add_argument("--lr", type=float)
+    pt.add_argument("--batch-size", type=int)
+    pt.add_argument("--max-length", type=int)
+    pt.add_argument("--seed", type=int)
+    pt.add_argument("--output", help="folder for the adapted model")
+    pt.add_argument("--quiet", action="store_true")
+    mt = add("multitask", "multi-task fine-tuning: one shared encoder, one head per task", cmd_multitask)
+    mt.add_argument("--config")
+    mt.add_argument("--tasks", help="comma-separated tasks")
+    mt.add_argument("--data-dir")
+    mt.add_argument("--model")
+    mt.add_argument("--shots", help="K per class, or full")
+    mt.add_argument("--seed", type=int)
+    mt.add_argument("--steps", type=int)
+    mt.add_argument("--lr", type=float)
+    mt.add_argument("--sampling", choices=["proportional", "temperature", "uniform"])
+    mt.add_argument("--temperature", type=float, help="T for temperature sampling: p ∝ n^(1/T)")
+    mt.add_argument("--output")
+    mt.add_argument("--quiet", action="store_true")
     k = add("kshot", "regenerate LM-BFF k-shot splits from a task's original/ files", cmd_kshot)
     k.add_argument("--task", required=True)
     k.add_argument("--data-dir")

@@ -97,6 +97,17 @@ class DataConfig:
 
 
 @dataclass
+class IntermediateConfig:
+    """Sequential supervised transfer: fine-tune on a related task first, then on the target."""
+
+    task: str = "MNLI"
+    shots: int | None = 16
+    data_dir: str | None = None  # default: the target's data dir
+    max_steps: int | None = None  # default: the target's train settings
+    learning_rate: float | None = None
+
+
+@dataclass
 class RunConfig:
     """One run: one task, model, method and seed."""
 
@@ -109,6 +120,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     # Method-specific options, validated by the method's own config dataclass.
     method_args: dict[str, Any] = field(default_factory=dict)
+    # Optional intermediate task trained first on the same backbone (its head is then discarded).
+    intermediate: IntermediateConfig | None = None
     resume: bool = True
     # Write the method's weights to OUTPUT/model/ (adapters, heads); off by default for full fine-tuning.
     save_model: bool = False

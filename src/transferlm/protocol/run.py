@@ -21,6 +21,7 @@ from ..methods import get_method
 from ..methods.base import count_parameters, freeze_unused_parameters
 from ..models.loading import load_backbone
 from ..training.engine import Engine
+from .transfer import train_intermediate
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
@@ -61,6 +62,10 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
     if not data.train and method.trains:
         raise ConfigError(f"task {spec.name}: empty training split")
     backbone = load_backbone(cfg.model, head=method.backbone_head)
+    intermediate = None
+    if cfg.intermediate is not None:
+        torch.manual_seed(cfg.seed)
+        intermediate = train_intermediate(cfg, method, method_cfg, backbone)
     torch.manual_seed(cfg.seed)  # the head's initialisation depends on the seed
     prepared = method.prepare(backbone, spec, method_cfg, max_length=cfg.train.max_length, train=data.train)
     if cfg.save_model and prepared.save is None:
@@ -91,6 +96,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
         "steps": fit.steps if fit else 0, "best_step": fit.best_step if fit else None,
         "resumed_from_step": fit.resumed_from if fit else None,
         "history": fit.history if fit else [],
+        "intermediate": intermediate,
         "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels)},
         "config": cfg.to_dict(),
         "method_config": method_cfg.to_dict(),

@@ -1,0 +1,142 @@
+"""Parallel supervised transfer (slide 8): multi-task fine-tuning with one shared encoder and one
+head per task. Each step trains on one task, drawn with probability ∝ n_task^(1/T):
+T=1 is proportional sampling, larger T flattens towards uniform (temperature sampling).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import DataConfig, TrainConfig
+from ..data.loading import DataOptions, load_task
+from ..errors import ConfigError
+from ..evaluation.metrics import compute_metrics
+from ..io import write_json
+from ..methods.finetune import make_collate, pool
+from ..models.loading import load_backbone
+from ..training.checkpoint import trainable_state
+from ..training.seeding import set_seed, step_seed
+
+
+@dataclass
+class MultitaskConfig:
+    tasks: list[str] = field(default_factory=list)
+    model: str = "minilm-l6"
+    seed: int = 13
+    output: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: str = "proportional"  # proportional | temperature | uniform
+    temperature: float = 2.0
+    pooling: str = "auto"
+    quiet: bool = False
+
+    def validate(self) -> None:
+        if len(self.tasks) < 2:
+            raise ConfigError("multi-task training needs at least two tasks (--tasks a,b)")
+        if self.sampling not in ("proportional", "temperature", "uniform"):
+            raise ConfigError(f"sampling must be proportional, temperature or uniform, got '{self.sampling}'")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        self.train.validate()
+
+
+def sampling_probabilities(sizes: list[int], rule: str, temperature: float) -> np.ndarray:
+    t = {"proportional": 1.0, "uniform": math.inf}.get(rule, temperature)
+    weights = np.ones(len(sizes)) if math.isinf(t) else np.asarray(sizes, dtype=float) ** (1.0 / t)
+    return weights / weights.sum()
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, backbone: nn.Module, hidden: int, num_labels: dict[str, int], pooling: str) -> None:
+        super().__init__()
+        self.backbone, self.pooling = backbone, pooling
+        self.heads = nn.ModuleDict({_key(t): nn.Linear(hidden, n) for t, n in num_labels.items()})
+
+    def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        logits = self.heads[_key(task)](pool(hidden, attention_mask, self.pooling))
+        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+
+def _key(task: str) -> str:
+    return task.replace(".", "_")  # ModuleDict keys cannot contain dots
+
+
+def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
+    cfg.validate()
+    set_seed(cfg.seed)
+    loaded = {t: load_task(t, cfg.data.data_dir, DataOptions(shots=cfg.data.shots, seed=cfg.seed)) for t in cfg.tasks}
+    backbone = load_backbone(cfg.model)
+    pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
+    torch.manual_seed(cfg.seed)
+    model = MultiTaskModel(backbone.model, backbone.hidden_size, {t: s.num_labels for t, (s, _) in loaded.items()},
+                           pooling)
+    collate = {t: make_collate(backbone.tokenizer, s, cfg.train.max_length) for t, (s, _) in loaded.items()}
+    probs = sampling_probabilities([len(d.train) for _, d in loaded.values()], cfg.sampling, cfg.temperature)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+                                  weight_decay=cfg.train.weight_decay)
+    rng = np.random.RandomState(cfg.seed)
+    cursors = {t: 0 for t in cfg.tasks}
+    orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}
+    best, best_score, history = None, -math.inf, []
+    t0 = time.perf_counter()
+    for step in tqdm(range(cfg.train.max_steps), desc="multitask", disable=cfg.quiet, leave=False):
+        model.train()
+        torch.manual_seed(step_seed(cfg.seed, step, 0))
+        task = cfg.tasks[rng.choice(len(cfg.tasks), p=probs)]
+        spec, data = loaded[task]
+        if cursors[task] >= len(data.train):
+            orders[task], cursors[task] = rng.permutation(len(data.train)), 0
+        idx = orders[task][cursors[task]:cursors[task] + cfg.train.batch_size]
+        cursors[task] += len(idx)
+        examples = [data.train[i] for i in idx]
+        logits = model(task, **collate[task](examples))
+        labels = torch.tensor([e.label for e in examples])
+        loss = F.mse_loss(logits, labels.float()) if spec.regression else F.cross_entropy(logits, labels.long())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        record: dict[str, Any] = {"step": step + 1, "task": task, "loss": float(loss.detach())}
+        if (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0) or step + 1 == cfg.train.max_steps:
+            dev = {t: _evaluate(model, t, loaded[t][0], loaded[t][1].dev, collate[t]) for t in cfg.tasks}
+            record["dev"] = dev
+            score = float(np.mean([dev[t][loaded[t][0].metric] for t in cfg.tasks]))
+            if score > best_score:  # select on the mean dev metric over tasks
+                best_score, best = score, trainable_state(model)
+        history.append(record)
+    train_seconds = time.perf_counter() - t0
+    if best is not None:
+        model.load_state_dict(best, strict=False)
+    results = {"tasks": {}, "model": cfg.model, "seed": cfg.seed, "sampling": cfg.sampling,
+               "probabilities": dict(zip(cfg.tasks, probs.round(4).tolist(), strict=True)),
+               "train_seconds": round(train_seconds, 3), "history": history, "config": asdict(cfg)}
+    for t in cfg.tasks:
+        spec, data = loaded[t]
+        results["tasks"][t] = {"primary_metric": spec.metric,
+                               "dev_metrics": _evaluate(model, t, spec, data.dev, collate[t]),
+                               "metrics": _evaluate(model, t, spec, data.test, collate[t]) if data.test else {}}
+    if cfg.output:
+        write_json(Path(cfg.output) / "multitask.json", results)
+    return results
+
+
+@torch.no_grad()
+def _evaluate(model: MultiTaskModel, task: str, spec: Any, examples: list, collate: Any) -> dict[str, float]:
+    model.eval()
+    preds = []
+    for i in range(0, len(examples), 64):
+        logits = model(task, **collate(examples[i:i + 64]))
+        preds.extend(logits.tolist() if spec.regression else logits.argmax(-1).tolist())
+    return compute_metrics([e.label for e in examples], preds, regression=spec.regression, primary=spec.metric)

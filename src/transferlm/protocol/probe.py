@@ -1,0 +1,48 @@
+"""Which layer suits the task? Train a head on each layer in turn (Sun et al. 2019).
+
+The backbone is frozen and only a linear head is trained on layer k's pooled states, so
+the comparison measures what each layer already encodes. The best layer is picked on dev.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..io import write_json
+from ..models.loading import load_backbone
+from ..training.layers import num_layers
+from .run import run
+
+
+def probe(cfg: RunConfig, layers: list[int] | None = None) -> dict[str, Any]:
+    depth = num_layers(load_backbone(cfg.model).model)
+    layers = list(range(depth + 1)) if layers is None else layers
+    rows = []
+    for k in tqdm(layers, desc="probe layers", disable=cfg.quiet):
+        rc = copy.deepcopy(cfg)
+        rc.method, rc.output = "finetune", None
+        rc.method_args = {**cfg.method_args, "layers": [k], "freeze_layers": depth}
+        res = run(rc).results
+        metric = res["primary_metric"]
+        rows.append({"layer": k, "dev": res["dev_metrics"].get(metric), "test": res["metrics"].get(metric),
+                     "trainable_params": res["trainable_params"], "train_seconds": res["train_seconds"]})
+    best = max(rows, key=lambda r: r["dev"] if r["dev"] is not None else -1.0)
+    report = {"task": cfg.task, "model": cfg.model, "seed": cfg.seed, "layers": rows, "best_layer": best["layer"],
+              "primary_metric": metric, "selection": "dev"}
+    if cfg.output:
+        write_json(Path(cfg.output) / "probe.json", report)
+    return report
+
+
+def format_probe(report: dict[str, Any]) -> str:
+    lines = [f"layer  dev {report['primary_metric']}  test {report['primary_metric']}"]
+    for r in report["layers"]:
+        mark = "  <- best on dev" if r["layer"] == report["best_layer"] else ""
+        test = f"{100 * r['test']:.1f}" if r["test"] is not None else "-"
+        lines.append(f"{r['layer']:>5}  {100 * r['dev']:>7.1f}  {test:>8}{mark}")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Supervised intermediate-task transfer (slide 8, "sequential"): train the same backbone on a
+related labelled task first (e.g. MNLI → RTE, sst-5 → SST-2), then on the target.
+
+The method's head for the intermediate task is discarded; the backbone module, updated in
+place, carries what was learned into the target run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from ..config import RunConfig
+from ..methods.base import Method, MethodConfig, freeze_unused_parameters
+from ..training.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig, backbone: Any) -> dict[str, Any]:
+    from .run import load_run_data  # run imports this module
+
+    inter = cfg.intermediate
+    assert inter is not None
+    icfg = copy.deepcopy(cfg)
+    icfg.task, icfg.intermediate = inter.task, None
+    icfg.data.shots = inter.shots
+    icfg.data.data_dir = inter.data_dir or cfg.data.data_dir
+    for key in ("train_file", "dev_file", "test_file", "text_columns", "label_column", "labels"):
+        setattr(icfg.data, key, None)
+    if inter.max_steps is not None:
+        icfg.train.max_steps = inter.max_steps
+    if inter.learning_rate is not None:
+        icfg.train.learning_rate = inter.learning_rate
+    spec, data = load_run_data(icfg)
+    prepared = method.prepare(backbone, spec, method_cfg, max_length=icfg.train.max_length, train=data.train)
+    freeze_unused_parameters(prepared.model, prepared.collate(data.train[:2]))
+    # No checkpoints for the intermediate stage: it is short, and the target run owns the output folder.
+    engine = Engine(prepared, spec, icfg.train, seed=cfg.seed, out_dir=None, quiet=cfg.quiet)
+    fit = engine.fit(data.train, data.dev)
+    for p in backbone.model.parameters():  # the target method decides what trains next
+        p.requires_grad_(True)
+    log.info("intermediate task %s: dev %s = %.4f", spec.name, spec.metric, fit.best_dev.get(spec.metric, float("nan")))
+    return {"task": spec.name, "shots": inter.shots, "steps": fit.steps, "dev_metrics": fit.best_dev,
+            "train_seconds": round(fit.train_seconds, 3)}

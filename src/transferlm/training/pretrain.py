@@ -1,0 +1,241 @@
+"""Domain- and task-adaptive pretraining (Gururangan et al. 2020): continued pretraining on
+unlabelled text, MLM for encoders (optionally whole-word masking), causal LM for decoders.
+
+Several text sources run as consecutive phases (DAPT then TAPT) in one call. The result is a
+normal model folder that ``transferlm run --model <folder>`` takes. Encoders that ship without
+an MLM head (MiniLM) get a new head tied to the input embeddings, trained alone first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    DataCollatorForLanguageModeling,
+)
+
+from ..errors import ConfigError, DataError, ModelError
+from ..io import atomic_dir, atomic_path, write_json
+from ..models.loading import DECODER_TYPES, _load_tokenizer
+from ..models.zoo import resolve_model
+from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
+from .seeding import set_seed, step_seed
+from .texts import load_phase_texts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "minilm-l6"
+    output: str | None = None
+    # One phase per source, in order: a text file, a folder of them, or "task:<name>" for TAPT on a
+    # task's own training text (labels ignored).
+    texts: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    data_dir: str | None = None
+    objective: str = "auto"  # auto | mlm | clm
+    whole_word_mask: bool = False
+    mlm_probability: float = 0.15
+    max_length: int = 128
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    steps: int = 200  # per phase
+    head_warmup_steps: int = 50  # new MLM head alone first
+    eval_fraction: float = 0.05
+    max_eval_texts: int = 256
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    seed: int = 13
+    quiet: bool = False
+
+    def validate(self) -> None:
+        if not self.texts:
+            raise ConfigError("pretrain needs at least one text source (--text PATH or --tapt-task NAME)")
+        if not self.output:
+            raise ConfigError("pretrain needs --output (the folder for the adapted model)")
+        if self.objective not in ("auto", "mlm", "clm"):
+            raise ConfigError(f"objective must be auto, mlm or clm, got '{self.objective}'")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        for name in ("steps", "batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def _load_lm(path: str, objective: str) -> tuple[torch.nn.Module, str, list[str]]:
+    """The model with an LM head; the names of head weights that were newly initialised."""
+    config = AutoConfig.from_pretrained(path)
+    is_decoder = config.model_type in DECODER_TYPES
+    if objective == "auto":
+        objective = "clm" if is_decoder else "mlm"
+    cls = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, dtype=torch.float32)
+    except ValueError:
+        raise ModelError(f"model '{path}' ({config.model_type}) has no {objective.upper()} head class, so it "
+                         "cannot be pretrained with that objective; pick a masked or causal LM") from None
+    missing = sorted(info.get("missing_keys") or [])
+    return model, objective, missing
+
+
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int, wwm: bool) -> list[dict[str, list[int]]]:
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True,
+                    return_offsets_mapping=wwm)
+    keys = [k for k in ("input_ids", "attention_mask", "special_tokens_mask", "offset_mapping") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+
+def _pad_rows(rows: list[dict[str, list]], pad_id: int) -> list[dict[str, list]]:
+    """Pad every field ourselves: the collator's tokenizer.pad cannot pad offset mappings (whole-word masking)."""
+    n = max(len(r["input_ids"]) for r in rows)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
+    return [{k: list(v) + [fill[k]] * (n - len(v)) for k, v in r.items()} for r in rows]
+
+
+class Pretrainer:
+    def __init__(self, cfg: PretrainConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.output)
+        self.work = self.out.with_name(f".{self.out.name}.pretrain")
+        # Read every source before loading the model: bad text files fail fast, nothing written.
+        self.phases = [load_phase_texts(src, cfg.text_field, cfg.data_dir) for src in cfg.texts]
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        resolved = resolve_model(cfg.model)
+        self.tokenizer = _load_tokenizer(str(resolved.path), trust_remote_code=False)
+        self.model, self.objective, self.new_head = _load_lm(str(resolved.path), cfg.objective)
+        self.wwm = cfg.whole_word_mask and self.objective == "mlm"
+        self.model.to(self.acc.device)
+
+    def _collator(self, step: int) -> DataCollatorForLanguageModeling:
+        # A fresh seed per step keeps masking identical across kill/resume.
+        return DataCollatorForLanguageModeling(self.tokenizer, mlm=self.objective == "mlm",
+                                               whole_word_mask=self.wwm,
+                                               mlm_probability=self.cfg.mlm_probability,
+                                               seed=step_seed(self.cfg.seed, step, 0) % (2**31))
+
+    def _batch(self, rows: list[dict[str, list[int]]], step: int) -> dict[str, torch.Tensor]:
+        if self.wwm:
+            rows = _pad_rows(rows, self.tokenizer.pad_token_id)
+        batch = self._collator(step)(rows)
+        batch.pop("offset_mapping", None)
+        return {k: v.to(self.acc.device) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def perplexity(self, rows: list[dict[str, list[int]]]) -> float:
+        self.model.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(rows), 32):
+            chunk = rows[i:i + 32]
+            loss = self.model(**self._batch(chunk, 10**9 + i)).loss  # fixed masks for comparable numbers
+            total += float(loss) * len(chunk)
+            n += len(chunk)
+        self.model.train()
+        return math.exp(total / max(n, 1))
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        set_seed(cfg.seed)
+        report: dict[str, Any] = {"model": cfg.model, "objective": self.objective, "new_head": self.new_head,
+                                  "phases": []}
+        global_step = 0
+        for phase_idx, (name, texts) in enumerate(self.phases):
+            rng = np.random.RandomState(cfg.seed + phase_idx)
+            order = rng.permutation(len(texts))
+            n_eval = min(cfg.max_eval_texts, max(1, int(len(texts) * cfg.eval_fraction)))
+            eval_rows = _tokenize(self.tokenizer, [texts[i] for i in order[:n_eval]], cfg.max_length, self.wwm)
+            train_rows = _tokenize(self.tokenizer, [texts[i] for i in order[n_eval:]] or [texts[order[0]]],
+                                   cfg.max_length, self.wwm)
+            report["phases"].append(self._phase(phase_idx, name, train_rows, eval_rows, global_step))
+            global_step += cfg.steps
+        with atomic_dir(self.out) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / "pretrain.json", report | {"config": cfg.__dict__})
+        shutil.rmtree(self.work, ignore_errors=True)
+        return report
+
+    def _phase(self, idx: int, name: str, train_rows: list, eval_rows: list, offset: int) -> dict[str, Any]:
+        cfg = self.cfg
+        ck_dir = self.work / f"phase-{idx}"
+        done_file = self.work / f"phase-{idx}.done.safetensors"
+        if done_file.is_file():  # finished before an interruption: reuse its weights and report
+            load_trainable(self.model, load_file(str(done_file)), str(done_file))
+            return json.loads(done_file.with_suffix(".json").read_text(encoding="utf-8"))
+        head_only = bool(self.new_head) and idx == 0 and cfg.head_warmup_steps > 0
+        params = dict(self.model.named_parameters())
+        optimizer = torch.optim.AdamW([p for p in params.values()], lr=cfg.learning_rate, weight_decay=0.01)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.steps))
+        start, history = 0, []
+        restored = load_checkpoint(ck_dir, self.model, optimizer, scheduler) if ck_dir.exists() else None
+        if restored is not None:
+            start, history = restored[0]["step"], restored[0]["history"]
+        ppl_before = self.perplexity(eval_rows)
+        t0, tokens = time.perf_counter(), 0
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {name}", unit="step", disable=cfg.quiet, leave=False)
+        self.model.train()
+        for step in range(start, cfg.steps):
+            warm = head_only and step < cfg.head_warmup_steps
+            torch.manual_seed(step_seed(cfg.seed, offset + step, 0))
+            per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))
+            epoch, pos = divmod(step, per_epoch)
+            perm = np.random.RandomState(cfg.seed * 31 + epoch + idx * 1000).permutation(len(train_rows))
+            rows = [train_rows[i] for i in perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
+            batch = self._batch(rows, offset + step)
+            tokens += int(batch["attention_mask"].sum())
+            loss = self.model(**batch).loss
+            loss.backward()
+            if warm:  # the new head trains alone first, so its random start does not disturb the encoder
+                for n, p in params.items():
+                    if n not in self.new_head:
+                        p.grad = None
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            record: dict[str, Any] = {"step": step + 1, "loss": float(loss.detach())}
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                record["perplexity"] = self.perplexity(eval_rows)
+                bar.set_postfix(ppl=f"{record['perplexity']:.1f}")
+            history.append(record)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(ck_dir, self.model, optimizer, scheduler, {"step": step + 1, "history": history}, None)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        report = {"phase": name, "train_texts": len(train_rows), "eval_texts": len(eval_rows),
+                  "perplexity_before": ppl_before, "perplexity_after": self.perplexity(eval_rows),
+                  "seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+                  "resumed_from_step": start or None, "history": history}
+        with atomic_path(done_file.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(report), encoding="utf-8")
+        with atomic_path(done_file) as tmp:
+            save_file(trainable_state(self.model), str(tmp))
+        remove_checkpoint(ck_dir)
+        if not cfg.quiet:
+            log.info("phase %s: perplexity %.2f -> %.2f (%.1f tokens/s)", name, report["perplexity_before"],
+                     report["perplexity_after"], report["tokens_per_second"])
+        return report
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run all phases and write the adapted model folder atomically; returns the report."""
+    if not cfg.texts:
+        raise DataError("pretrain needs at least one text source")
+    return Pretrainer(cfg).run()

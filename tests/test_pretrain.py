@@ -1,0 +1,109 @@
+"""DAPT/TAPT: continued pretraining writes a model folder that `run --model` takes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transferlm.config import RunConfig
+from transferlm.errors import DataError, ModelError
+from transferlm.protocol.run import run
+from transferlm.training.pretrain import PretrainConfig, Pretrainer, pretrain
+
+TEXT = ["the movie was good", "the plot is boring", "very fun acting and a good story", "I hate the film",
+        "the cat and the dog", "a great story but the acting was bad", "love it", "not very fun"] * 3
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    p = tmp_path / "text.txt"
+    p.write_text("\n".join(TEXT) + "\n")
+    return p
+
+
+def _cfg(model: Path, texts: list[str], out: Path, **kw) -> PretrainConfig:
+    return PretrainConfig(model=str(model), texts=texts, output=str(out), steps=6, batch_size=4, eval_every=3,
+                          checkpoint_every=2, head_warmup_steps=2, quiet=True, **kw)
+
+
+def test_mlm_with_a_new_head_then_finetune(tiny_bert: Path, text_file: Path, toy_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adapted"
+    report = pretrain(_cfg(tiny_bert, [str(text_file)], out))
+    assert report["objective"] == "mlm" and report["new_head"], "BertModel has no MLM head: a new one is made"
+    phase = report["phases"][0]
+    assert phase["perplexity_before"] > 0 and phase["perplexity_after"] > 0 and phase["tokens_per_second"] > 0
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert not list(tmp_path.glob(".adapted.pretrain*")), "work folder removed"
+    res = run(RunConfig.from_dict({"task": "toy", "model": str(out), "data": {"data_dir": str(toy_data), "shots": 8},
+                                   "quiet": True, "train": {"max_steps": 2}})).results
+    assert res["model"] == str(out) and "accuracy" in res["metrics"]
+
+
+def test_new_head_trains_alone_first(tiny_bert: Path, text_file: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_bert, [str(text_file)], tmp_path / "o")
+    cfg.steps, cfg.head_warmup_steps, cfg.checkpoint_every = 3, 3, 0
+    trainer = Pretrainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run()
+    after = {n: p.detach() for n, p in trainer.model.named_parameters()}
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and changed <= set(trainer.new_head)
+
+
+def test_causal_lm_and_dapt_then_tapt_in_one_call(tiny_llama: Path, text_file: Path, toy_data: Path,
+                                                  tmp_path: Path) -> None:
+    cfg = _cfg(tiny_llama, [str(text_file), "task:toy"], tmp_path / "o", data_dir=str(toy_data))
+    report = pretrain(cfg)
+    assert report["objective"] == "clm" and not report["new_head"]
+    assert [p["phase"] for p in report["phases"]] == ["text", "tapt-toy"]
+    assert json.loads((tmp_path / "o" / "pretrain.json").read_text())["phases"][1]["train_texts"] > 0
+
+
+def test_resume_after_interruption_matches(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    pretrain(_cfg(tiny_bert, [str(text_file), str(text_file)], tmp_path / "ref"))
+    original = Pretrainer._batch
+    calls = {"n": 0}
+
+    def dying(self, rows, step):
+        calls["n"] += 1
+        if step == 10:  # second phase, after its step-2 checkpoint... and after phase one finished
+            raise KeyboardInterrupt
+        return original(self, rows, step)
+
+    monkeypatch.setattr(Pretrainer, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_cfg(tiny_bert, [str(text_file), str(text_file)], tmp_path / "cut"))
+    assert not (tmp_path / "cut").exists()
+    monkeypatch.setattr(Pretrainer, "_batch", original)
+    report = pretrain(_cfg(tiny_bert, [str(text_file), str(text_file)], tmp_path / "cut"))
+    assert report["phases"][1]["resumed_from_step"] == 4
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_text_sources(tiny_bert: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x00\x01\x02binary")
+    fields = tmp_path / "t.jsonl"
+    fields.write_text('{"body": "hello"}\n')
+    for path, needle in ((empty, "empty"), (binary, "binary"), (fields, "missing column 'text'")):
+        with pytest.raises(DataError, match=needle):
+            pretrain(_cfg(tiny_bert, [str(path)], tmp_path / "o"))
+        assert not (tmp_path / "o").exists()
+
+
+def test_model_without_any_head(tmp_path: Path, text_file: Path) -> None:
+    from transformers import BertTokenizerFast, T5Config, T5Model
+
+    folder = tmp_path / "t5"
+    T5Model(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)).save_pretrained(folder)
+    BertTokenizerFast(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}).save_pretrained(folder)
+    with pytest.raises(ModelError, match="no MLM head"):
+        pretrain(_cfg(folder, [str(text_file)], tmp_path / "o"))
