@@ -145,3 +145,17 @@ def test_shots_larger_than_a_class(data_dir: Path) -> None:
     with pytest.raises(DataError) as e:
         load_task("chemprot", data_dir, DataOptions(shots=16, seed=13))
     assert "larger than class" in _one_line(e) and "--shots full" in str(e.value)
+
+
+def test_read_texts_formats(tmp_path: Path) -> None:
+    from transferlm.data.readers import read_texts
+
+    plain = tmp_path / "a.txt"
+    plain.write_text("first doc\n\nsecond doc\n")
+    assert read_texts(plain) == ["first doc", "second doc"]
+    jsonl_as_txt = tmp_path / "b.txt"  # the SciBERT corpora are JSON lines named .txt
+    jsonl_as_txt.write_text('{"text": "one", "label": "x"}\n{"text": "two"}\n')
+    assert read_texts(jsonl_as_txt) == ["one", "two"]
+    usb = tmp_path / "c.json"
+    usb.write_text('{"0": {"ori": "review one", "label": "1"}, "1": {"ori": "review two", "label": "0"}}')
+    assert read_texts(usb, "ori") == ["review one", "review two"]

@@ -59,12 +59,28 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     if not path.is_file():
         raise DataError(f"text file not found: {path}")
     if path.suffix == ".txt":
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    fmt = _format_from_suffix(path)
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+        if not _is_json_lines(lines):
+            return lines
+        fmt = "jsonl"  # JSON lines saved as .txt (as the SciBERT corpora are)
+    else:
+        fmt = _format_from_suffix(path)
     texts = []
     for lineno, row in iter_rows(path, fmt, header=True):
         texts.append(cell(row, field, path, lineno))
     return [t for t in texts if t.strip()]
+
+
+def _is_json_lines(lines: list[str]) -> bool:
+    if not lines or not lines[0].startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _format_from_suffix(path: Path) -> str:

@@ -1,0 +1,56 @@
+"""Do the fine-tuning tricks make few-shot fine-tuning more stable? (seed lecture, slides 3-4)
+
+Runs the 5-seed K=16 protocol for plain fine-tuning and with each trick, and prints mean (std)
+over seeds. Usage:
+    python benchmarks/stability.py --tasks SST-2,cr --model minilm-l6 --out benchmarks/results/stability-minilm.json
+Reruns reuse finished runs (the compare cache under --work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from transferlm.config import CompareConfig, RunConfig
+from transferlm.io import write_json
+from transferlm.protocol.compare import compare
+
+VARIANTS = {
+    "finetune": {},
+    "+ LLRD (ξ=0.8)": {"layer_decay": 0.8},
+    "+ self-ensemble (window 5)": {"self_ensemble": "window", "ensemble_every": 10, "ensemble_window": 5},
+    "+ self-distillation (λ=1)": {"self_distill": 1.0, "self_ensemble": "ema", "ema_decay": 0.95},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="SST-2,cr")
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--seeds", default="13,21,42,87,100")
+    ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", "../shared/data"))
+    ap.add_argument("--work", default="runs/bench-stability")
+    ap.add_argument("--out", default="benchmarks/results/stability.json")
+    args = ap.parse_args()
+    rows = []
+    for task in args.tasks.split(","):
+        for name, train in VARIANTS.items():
+            t0 = time.perf_counter()
+            run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
+                                       "data": {"data_dir": args.data_dir, "shots": 16}, "train": train})
+            slug = name.split("(")[0].strip("+ ").replace(" ", "-") or "finetune"
+            summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=[int(s) for s in args.seeds.split(",")],
+                                            output=str(Path(args.work) / args.model / task / slug)))
+            r = summary["rows"][0]
+            rows.append({"task": task, "variant": name, "mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
+                         "train_seconds_per_seed": r["train_seconds"], "wall_seconds": time.perf_counter() - t0})
+            print(f"{task:6s} {name:30s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})", flush=True)
+    write_json(args.out, {"model": args.model, "shots": 16, "seeds": args.seeds, "rows": rows})
+    print(json.dumps({"written": args.out}))
+
+
+if __name__ == "__main__":
+    main()
