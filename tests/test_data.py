@@ -159,3 +159,42 @@ def test_read_texts_formats(tmp_path: Path) -> None:
     usb = tmp_path / "c.json"
     usb.write_text('{"0": {"ori": "review one", "label": "1"}, "1": {"ori": "review two", "label": "0"}}')
     assert read_texts(usb, "ori") == ["review one", "review two"]
+
+
+class _FakeSplit(list):
+    def __init__(self, rows, features):
+        super().__init__(rows)
+        self.features = features
+
+
+def test_hub_task_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    class ClassLabel:
+        names = ["negative", "positive"]
+
+    rows = [{"sentence": f"text {i}", "label": i % 2} for i in range(40)]
+    fake = types.ModuleType("datasets")
+    seen = {}
+
+    def load_dataset(path, config=None):
+        seen["args"] = (path, config)
+        feats = {"sentence": object(), "label": ClassLabel()}
+        return {"train": _FakeSplit(rows, feats), "validation": _FakeSplit(rows[:10], feats),
+                "test": _FakeSplit([{"sentence": "hidden", "label": -1}], feats)}
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    spec, data = load_task("hf:glue:sst2", None, DataOptions(shots=4, seed=13))
+    assert seen["args"] == ("glue", "sst2")
+    assert spec.label_names == ("negative", "positive") and len(data.train) == 8 and len(data.dev) == 8
+    assert len(data.test) == 10, "hidden test labels dropped; validation becomes test"
+
+
+def test_hub_task_without_datasets_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match="pip install datasets"):
+        load_task("hf:imdb", None, DataOptions())

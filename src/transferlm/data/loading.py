@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .example import Example, TaskData
+from .hub import is_hub_task, load_hub_task
 from .readers import cell, iter_rows, read_examples
 from .sampling import holdout, sample_kshot
 from .tasks import TASKS, TaskSpec
@@ -133,6 +134,9 @@ def load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None = No
               options: DataOptions | None = None) -> tuple[TaskSpec, TaskData]:
     """Load a task's splits for one (shots, seed) setting of the few-shot protocol."""
     options = options or DataOptions()
+    name = task.name if isinstance(task, TaskSpec) else task
+    if is_hub_task(name) and not options.train_file:
+        return load_hub_task(name, options.shots, options.seed, task if isinstance(task, TaskSpec) else None)
     spec, task_dir = resolve_spec(task, data_dir, options)
     if task_dir is None:
         return _load_user_files(spec, options)
