@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core import PeftBackbone, copy_into
+from .config import AdapterOptions
+from .layer import Adapter
+
+
+class AdapterBackbone(PeftBackbone):
+    """Adapters on the output projection of each attention block and FFN, before residual + norm.
+
+    A forward hook on that projection (BERT's ``attention.output.dense``/``output.dense``, Llama's
+    ``o_proj``/``down_proj``) adds the adapter branch to its output, so the model's own forward
+    code runs unchanged. Weights live in ``banks[<layer>_<site>][<adapter name>]``.
+    """
+
+    method = "adapter"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.banks = nn.ModuleDict()
+
+    def _bank(self, layer: int, site: str) -> nn.ModuleDict:
+        key = f"{layer}_{site}"
+        if key not in self.banks:
+            bank = nn.ModuleDict()
+            self.banks[key] = bank
+            rel = self.arch.spec.o if site == "attn" else self.arch.spec.ffn_down
+            self.arch.site(layer, rel).register_forward_hook(self._hook(bank))
+        return self.banks[key]
+
+    def _hook(self, bank: nn.ModuleDict):
+        def branch(name: str, y: torch.Tensor) -> torch.Tensor:
+            # A task whose variant has no adapter at this site passes through.
+            return bank[name](y) if name in bank else torch.zeros_like(y)
+
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            if self.active is None:
+                return output
+            return output + self.route(output, branch)
+
+        return hook
+
+    def _add(self, name: str, cfg: AdapterOptions) -> None:
+        for layer in range(self.arch.num_layers):
+            for site in cfg.sites:
+                rel = self.arch.spec.o if site == "attn" else self.arch.spec.ffn_down
+                dim = self.arch.site(layer, rel).out_features
+                self._bank(layer, site)[name] = Adapter(dim, cfg.bottleneck, cfg.activation)
+
+    def _params(self, name: str) -> dict[str, torch.Tensor]:
+        return {f"{key}.{k}": p for key, bank in self.banks.items() if name in bank
+                for k, p in bank[name].named_parameters()}
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        return self._params(name)
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        copy_into(self._params(name), state, f"adapter '{name}'")

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ....errors import ConfigError
+from ..core import PeftBackbone, copy_into
+from .config import BitFitOptions
+
+
+def _key(path: str) -> str:
+    return path.replace(".", "__")  # parameter names cannot contain dots
+
+
+class BitFitBackbone(PeftBackbone):
+    """Bias training as per-task bias *deltas* added by a forward hook: y = f(x) + Δb.
+
+    For nn.Linear and nn.LayerNorm adding Δb to the output is exactly training the bias, and
+    keeping it separate leaves the base model shared, so several BitFit tasks can live on one
+    base model and rows of a batch can use different ones.
+    """
+
+    method = "bitfit"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sites = {path: m for path, m in self.arch.core.named_modules()
+                      if isinstance(m, nn.Linear | nn.LayerNorm) and isinstance(m.bias, nn.Parameter)}
+        if not self.sites:
+            raise ConfigError(f"bitfit: this {self.arch.spec.family} model has no bias terms to train; "
+                              "use lora, adapter or ia3")
+        self.deltas = nn.ModuleDict()
+        for path, m in self.sites.items():
+            m.register_forward_hook(self._hook(_key(path)))
+
+    def _hook(self, key: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            if self.active is None:
+                return output
+            if self._rows is None:
+                return output + self.deltas[self.active][key].to(output.dtype)
+            table = torch.stack([self.deltas[n][key] for n in self.adapter_names])
+            rows = table[self._rows]  # [batch, dim]
+            return output + rows.view(rows.shape[0], *([1] * (output.dim() - 2)), rows.shape[1]).to(output.dtype)
+
+        return hook
+
+    def _add(self, name: str, cfg: BitFitOptions) -> None:
+        self.deltas[name] = nn.ParameterDict({_key(p): nn.Parameter(torch.zeros_like(m.bias))
+                                              for p, m in self.sites.items()})
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        return {k.replace("__", "."): v for k, v in self.deltas[name].items()}
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        copy_into(self.adapter_state(name), state, f"bitfit '{name}'")

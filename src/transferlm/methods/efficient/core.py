@@ -1,0 +1,204 @@
+"""The common shape of every PEFT method: a backbone transformation hosting named task adapters.
+
+A :class:`PeftBackbone` wraps a Hugging Face model (bare, MLM or causal LM), freezes it, and
+adds one method's parameters. It is called exactly like the model it wraps and returns outputs
+aligned with the input tokens, so any head (our classifier, an MLM/LM verbalizer) sits on top.
+Several adapters can live on one base model: ``set_adapter(name)`` switches them, and
+``forward(..., adapter_names=[...])`` runs each row of a batch with its own adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ...errors import CheckpointError, ConfigError, ModelError
+from .arch import Arch, resolve_arch
+
+OWN_WEIGHTS = "adapter.safetensors"
+OWN_CONFIG = "adapter.json"
+HOST_ATTR = "_transferlm_peft"  # set on the wrapped HF model: one PEFT transformation per base model
+
+
+class PeftBackbone(nn.Module):
+    method: ClassVar[str] = ""
+    # Whether rows of one batch may use different adapters.
+    mixed_batches: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, tokenizer: Any = None, train_lm_head: bool = False) -> None:
+        super().__init__()
+        host = model.__dict__.get(HOST_ATTR)
+        if host is not None:
+            raise ConfigError(f"this base model already carries {host.method} adapters; add tasks with "
+                              "load_task_adapter/add_adapter on that wrapper, or load a fresh backbone")
+        self.arch: Arch = resolve_arch(model)
+        self.signature = self.arch.signature()  # before any method edits the modules it reads
+        self.model = model
+        self.tokenizer = tokenizer
+        self.configs: dict[str, Any] = {}
+        self.active: str | None = None
+        self._rows: torch.Tensor | None = None  # per-row adapter index during a mixed forward
+        model.requires_grad_(False)
+        if train_lm_head:
+            self._unfreeze_head(model)
+        # A plain attribute (not a submodule): marks the model as transformed without a reference cycle in modules.
+        model.__dict__[HOST_ATTR] = self
+
+    def _unfreeze_head(self, model: nn.Module) -> None:
+        core_params = {id(p) for p in self.arch.core.parameters()}
+        head = [p for p in model.parameters() if id(p) not in core_params]
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if out is not None:
+            head += list(out.parameters())  # a tied decoder: its matrix is the input embedding
+        if not head:
+            raise ConfigError("train_lm_head: this model has no LM head (load it with an MLM or causal LM head)")
+        for p in head:
+            p.requires_grad_(True)
+
+    # -- what subclasses implement -----------------------------------------------------------------
+    def _add(self, name: str, cfg: Any) -> None:
+        raise NotImplementedError
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The adapter's own weights, with keys that do not name the adapter."""
+        raise NotImplementedError
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return self.model(*args, **kwargs)
+
+    # -- adapters ------------------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.configs)
+
+    def check_new_name(self, name: str) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", name or ""):
+            raise ConfigError(f"adapter name must be letters, digits, '_' or '-', got {name!r}")
+        if name in self.configs:
+            raise ConfigError(f"adapter '{name}' is already loaded on this base model")
+
+    def add_adapter(self, name: str, cfg: Any) -> None:
+        self.check_new_name(name)
+        self._add(name, cfg)
+        device = next(self.arch.model.parameters()).device
+        self.to(device)  # new weights join the base model wherever it already lives
+        self.configs[name] = cfg
+        if self.active is None:
+            self.active = name
+
+    def check_name(self, name: str) -> None:
+        if name not in self.configs:
+            loaded = ", ".join(self.configs) or "none"
+            raise ConfigError(f"adapter '{name}' is not loaded; loaded adapters: {loaded}")
+
+    def set_adapter(self, name: str) -> None:
+        self.check_name(name)
+        self.active = name
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        if adapter_names is None:
+            return self._forward(args, kwargs)
+        names = list(adapter_names)
+        for n in dict.fromkeys(names):
+            self.check_name(n)
+        if not self.mixed_batches and len(set(names)) > 1:
+            raise ConfigError(f"{self.method} does not support batches that mix adapters; run one adapter at a time")
+        first = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        if first is not None and len(names) != first.shape[0]:
+            raise ConfigError(f"adapter_names has {len(names)} entries for a batch of {first.shape[0]} rows")
+        return self._mixed_forward(names, args, kwargs)
+
+    def _mixed_forward(self, names: list[str], args: tuple, kwargs: dict[str, Any]) -> Any:
+        device = next(self.parameters()).device
+        self._rows = torch.tensor([self.adapter_names.index(n) for n in names], device=device)
+        try:
+            return self._forward(args, kwargs)
+        finally:
+            self._rows = None
+
+    def route(self, x: torch.Tensor, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn(adapter, rows)`` for the active adapter, or per group of rows in a mixed batch."""
+        if self._rows is None:
+            return fn(self.active, x)
+        out: torch.Tensor | None = None
+        for i, name in enumerate(self.adapter_names):
+            idx = (self._rows == i).nonzero(as_tuple=True)[0]
+            if idx.numel() == 0:
+                continue
+            y = fn(name, x.index_select(0, idx))
+            out = (y.new_zeros((x.shape[0], *y.shape[1:])) if out is None else out).index_copy(0, idx, y)
+        assert out is not None
+        return out
+
+    def row_names(self, batch_size: int) -> list[str]:
+        """The adapter each row uses (every row the active one outside a mixed batch)."""
+        if self._rows is None:
+            return [self.active] * batch_size  # type: ignore[list-item]
+        return [self.adapter_names[i] for i in self._rows.tolist()]
+
+    # -- saving and loading --------------------------------------------------------------------------
+    def save_adapter(self, folder: Path, name: str) -> None:
+        """Only the adapter's weights (safetensors) and its config (JSON)."""
+        self.check_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = self.saved_config(name)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter_state(name).items()},
+                  str(folder / OWN_WEIGHTS))
+        (folder / OWN_CONFIG).write_text(json.dumps({"method": self.method, "config": cfg.to_dict(),
+                                                     "base": self.signature}, indent=1), encoding="utf-8")
+
+    def saved_config(self, name: str) -> Any:
+        """The config written beside the weights (a method may save a different form, e.g. folded)."""
+        return self.configs[name]
+
+    def load_adapter(self, folder: Path, name: str) -> None:
+        meta = json.loads((folder / OWN_CONFIG).read_text(encoding="utf-8"))
+        if meta.get("method") != self.method:
+            raise ConfigError(f"{folder} holds a {meta.get('method')} adapter, not {self.method}")
+        self.check_signature(meta.get("base", {}), str(folder))
+        from . import config_from_dict
+
+        self.add_adapter(name, config_from_dict(self.method, meta["config"]))
+        self.load_adapter_state(name, load_file(str(folder / OWN_WEIGHTS)))
+
+    def check_signature(self, saved: dict[str, Any], source: str) -> None:
+        self.check_signature_of(self.signature, saved, source)
+
+    @staticmethod
+    def check_signature_of(mine: dict[str, Any], saved: dict[str, Any], source: str) -> None:
+        diff = [f"{k} {saved.get(k)} vs {v}" for k, v in mine.items() if saved.get(k) != v]
+        if diff:
+            raise ModelError(f"{source} was trained on another base model ({'; '.join(diff)}: saved vs this one)")
+
+    # -- the wrapped model's attributes (config, get_input_embeddings, ...) --------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            model = self._modules.get("model")
+            if model is None or name.startswith("_"):
+                raise
+            return getattr(model, name)
+
+
+def copy_into(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``params`` (same keys and shapes) or raise a one-line CheckpointError."""
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for k, t in state.items():
+            if params[k].shape != t.shape:
+                raise CheckpointError(f"{source}: {k} has shape {tuple(t.shape)}, expected {tuple(params[k].shape)}")
+            params[k].copy_(t)

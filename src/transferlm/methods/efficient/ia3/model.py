@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..peftlib import PeftLibBackbone
+from .config import IA3Options
+
+if TYPE_CHECKING:
+    from peft import IA3Config
+
+
+class IA3Backbone(PeftLibBackbone):
+    method = "ia3"
+    peft_prefix = "ia3_"
+    mixed_batches = False  # peft's IA3 layers take no per-row adapter names
+
+    def peft_config(self, cfg: IA3Options) -> IA3Config:
+        from peft import IA3Config
+
+        s = self.arch.spec
+        return IA3Config(target_modules=self.arch.target_regex([s.k, s.v, s.ffn_down]),
+                         feedforward_modules=self.arch.target_regex([s.ffn_down]))

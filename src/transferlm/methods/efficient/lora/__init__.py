@@ -1,0 +1,1 @@
+"""LoRA through PEFT: low-rank updates on the attention (or all) projections."""

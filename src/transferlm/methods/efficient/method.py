@@ -1,0 +1,60 @@
+"""The registry side: a PEFT backbone under finetune's classification head, and what a run saves."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ...data.example import Example
+from ...data.tasks import TaskSpec
+from ...io import write_json
+from ..base import Method, Prepared
+from ..finetune import SequenceClassifier, make_collate
+from .config import EfficientConfig
+
+log = logging.getLogger(__name__)
+METHOD_FILE = "method.json"
+HEAD_FILE = "head.safetensors"
+
+
+class EfficientMethod(Method):
+    def prepare(self, backbone, spec: TaskSpec, cfg: EfficientConfig, *, max_length: int,
+                train: Sequence[Example]) -> Prepared:
+        from . import apply_peft
+
+        pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
+        peft = apply_peft(backbone, self.name, cfg)
+        max_length = _fit_positions(peft, cfg, max_length)
+        model = SequenceClassifier(peft, backbone.hidden_size, spec.num_labels, pooling, cfg.head_dropout)
+
+        def save(folder: Path) -> None:
+            # The adapter's own weights (PEFT format for lora/prompt-tuning), the head, and what loading needs.
+            peft.save_adapter(folder, peft.active)
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
+                      str(folder / HEAD_FILE))
+            write_json(folder / METHOD_FILE, {"method": self.name, "config": cfg.to_dict(), "pooling": pooling,
+                                              "task": spec.to_dict(), "base": peft.signature,
+                                              "num_labels": spec.num_labels})
+            if getattr(cfg, "merge", False):
+                merged = peft.merged_copy()
+                merged.save_pretrained(folder / "merged")
+                backbone.tokenizer.save_pretrained(folder / "merged")
+
+        return Prepared(model=model, collate=make_collate(backbone.tokenizer, spec, max_length), save=save,
+                        extras={"peft": peft})
+
+
+def _fit_positions(peft, cfg: EfficientConfig, max_length: int) -> int:
+    """Soft prompts take positions: keep prompt + text within an absolute-position model's table."""
+    table = getattr(peft.config, "max_position_embeddings", None)
+    k = getattr(cfg, "length", 0) if peft.method == "prompt-tuning" else 0
+    if k and table and peft.arch.spec.absolute_positions:
+        room = table - k - (peft.config.pad_token_id + 1 if peft.arch.spec.position_offset_from_padding else 0)
+        if max_length > room:
+            log.warning("prompt-tuning: truncating inputs to %d tokens so %d soft tokens fit in %d positions",
+                        room, k, table)
+            return room
+    return max_length

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ....errors import ConfigError
+from ..core import PeftBackbone, copy_into
+from .config import PrefixOptions
+from .layer import PrefixEncoder
+
+
+class PrefixBackbone(PeftBackbone):
+    """Prefixes enter through the model's own KV cache, so no attention code is copied or patched.
+
+    Each forward builds a :class:`~transformers.DynamicCache` holding every layer's prefix keys and
+    values, prepends the prefix to the attention mask, and passes the text's positions explicitly
+    (0..T-1 for absolute-position encoders such as BERT; after the row's prefix for rotary decoders). That works for encoders (BERT, RoBERTa) and decoders
+    (Llama, Gemma, Qwen) alike. Rows of a mixed batch take their own task's prefix; shorter prefixes
+    are padded and masked.
+    """
+
+    method = "prefix"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.arch.spec.prefix:
+            raise ConfigError(f"prefix-tuning needs a key/value cache, which {self.arch.spec.family} models lack; "
+                              "use lora or adapter")
+        self.encoders = nn.ModuleDict()
+
+    def _add(self, name: str, cfg: PrefixOptions) -> None:
+        a = self.arch
+        self.encoders[name] = PrefixEncoder(cfg.length, a.num_layers, a.kv_dim, reparam=cfg.reparam,
+                                            mlp_hidden=cfg.mlp_hidden, embed_dim=a.hidden_size)
+
+    def fold(self) -> None:
+        """Replace every reparametrisation MLP by the prefixes it computes (outputs do not change)."""
+        for enc in self.encoders.values():
+            enc.fold()
+        self.configs = {n: dataclasses.replace(c, reparam=False) for n, c in self.configs.items()}
+
+    def saved_config(self, name: str) -> PrefixOptions:
+        return dataclasses.replace(self.configs[name], reparam=False)
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        return {"prefix": self.encoders[name].kv().detach()}
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        self.encoders[name].fold()
+        copy_into({"prefix": self.encoders[name].prefix}, state, f"prefix '{name}'")
+
+    def _prefix_rows(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """[batch, layers, 2, P, kv_dim] prefixes and their [batch, P] mask (P: longest prefix in the batch)."""
+        names = self.row_names(batch)
+        kinds = list(dict.fromkeys(names))
+        longest = max(self.encoders[n].length for n in kinds)
+        table, masks = [], []
+        for n in kinds:
+            kv = self.encoders[n].kv()
+            pad = longest - kv.shape[2]
+            table.append(nn.functional.pad(kv, (0, 0, 0, pad)))
+            masks.append(torch.arange(longest, device=kv.device) < kv.shape[2])
+        idx = torch.tensor([kinds.index(n) for n in names], device=table[0].device)
+        return torch.stack(table)[idx].to(dtype), torch.stack(masks)[idx]
+
+    def _positions(self, ids: torch.Tensor | None, plen: torch.Tensor, length: int) -> torch.Tensor:
+        pos = torch.arange(length, device=plen.device).expand(plen.shape[0], length)
+        if not self.arch.spec.absolute_positions:
+            # Rotary models: the text follows the prefix (as with a real cache). The prefix keys carry no
+            # rotation, so each row must count from its own prefix length for mixed batches to be exact.
+            return pos + plen.unsqueeze(1)
+        if self.arch.spec.position_offset_from_padding:  # RoBERTa: padding_idx + 1 + index, padding at padding_idx
+            pad = self.model.config.pad_token_id
+            if ids is None:
+                return pos + pad + 1
+            keep = (ids != pad).long()
+            return torch.cumsum(keep, dim=1) * keep + pad
+        return pos  # absolute positions: the text keeps 0..T-1, as without a prefix
+
+    def _forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if self.active is None:
+            return self.model(*args, **kwargs)
+        if args:
+            if len(args) > 1:
+                raise TypeError("pass model inputs by keyword (input_ids=..., attention_mask=...)")
+            kwargs = {"input_ids": args[0], **kwargs}
+        ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
+        ref = ids if ids is not None else embeds
+        batch, length = ref.shape[:2]
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.long, device=ref.device)
+        emb_dtype = self.model.get_input_embeddings().weight.dtype
+        kv, pmask = self._prefix_rows(batch, emb_dtype)
+        kwargs = dict(kwargs, attention_mask=torch.cat([pmask.to(mask.dtype), mask], dim=1))
+        cache = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
+        if cache is None or cache.get_seq_length() == 0:  # a continuing generation already holds the prefix
+            cache = DynamicCache(config=self.model.config)
+            a = self.arch
+            for layer in range(a.num_layers):
+                k, v = (kv[:, layer, i].reshape(batch, -1, a.num_kv_heads, a.head_dim).transpose(1, 2)
+                        for i in (0, 1))
+                cache.update(k, v, layer)
+            if kwargs.get("position_ids") is None:
+                kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length)
+        return self.model(**kwargs, cache=cache)

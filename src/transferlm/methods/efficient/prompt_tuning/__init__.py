@@ -1,0 +1,1 @@
+"""Prompt tuning (Lester et al., 2021): k trainable soft tokens prepended to the input embeddings."""

@@ -1,0 +1,91 @@
+"""Architecture maps beyond the test fixtures: Gemma-3 and Qwen2 (tiny, random), unknown families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+
+from transferlm.errors import ConfigError
+from transferlm.methods.efficient import PEFT_METHODS, apply_peft
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+METHODS = list(PEFT_METHODS)
+IDENTITY_AT_INIT = ("lora", "adapter", "bitfit", "ia3")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
+    yield
+    torch.set_num_threads(before)
+
+
+def batch() -> dict[str, torch.Tensor]:
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    return {"input_ids": torch.randint(7, 38, (3, 7), generator=torch.Generator().manual_seed(0)),
+            "attention_mask": mask}
+
+
+def options(name: str) -> dict:
+    return {"init": "random"} if name == "prompt-tuning" else {}
+
+
+def _tiny_model(kind: str) -> torch.nn.Module:
+    from transformers import AutoModelForMaskedLM, Gemma3TextConfig, Qwen2Config, RobertaConfig
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=41, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    if kind == "gemma3_text":
+        cfg = Gemma3TextConfig(**common, num_key_value_heads=2, pad_token_id=0, head_dim=8, sliding_window=32,
+                               layer_types=["sliding_attention", "full_attention"])
+    elif kind == "qwen2":
+        cfg = Qwen2Config(**common, num_key_value_heads=2, pad_token_id=0)
+    else:
+        return AutoModelForMaskedLM.from_config(RobertaConfig(**common, pad_token_id=1)).eval()
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["gemma3_text", "qwen2", "roberta"])
+@pytest.mark.parametrize("name", METHODS)
+def test_other_families(kind, name) -> None:
+    model = _tiny_model(kind)
+    if name == "bitfit" and kind == "gemma3_text":
+        with pytest.raises(ConfigError, match="no bias"):
+            apply_peft(model, name)
+        return
+    x = batch()
+    with torch.no_grad():
+        ref = model(**x).logits
+        out = apply_peft(model, name, options(name)).eval()(**x).logits
+    assert out.shape == ref.shape
+    assert ((out - ref).abs().max() < 1e-6) == (name in IDENTITY_AT_INIT)
+
+
+def test_roberta_prefix_keeps_robertas_own_positions() -> None:
+    model = _tiny_model("roberta")
+    peft = apply_peft(model, "prefix", {"length": 3})
+    ids = batch()["input_ids"]
+    ids[1, 5:] = model.config.pad_token_id
+    ours = peft._positions(ids, torch.full((3,), 3), ids.shape[1])
+    theirs = model.roberta.embeddings.create_position_ids_from_input_ids(ids, model.config.pad_token_id)
+    assert torch.equal(ours, theirs)
+
+
+def test_unknown_architecture_and_method_are_clear_errors(tiny_bert: Path) -> None:
+    from transformers import GPT2Config, GPT2Model
+
+    with pytest.raises(ConfigError, match="model type 'gpt2'"):
+        apply_peft(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40)), "lora")
+    with pytest.raises(ConfigError, match="unknown parameter-efficient method"):
+        apply_peft(AutoModel.from_pretrained(tiny_bert), "loha")
+    model = AutoModel.from_pretrained(tiny_bert)
+    apply_peft(model, "lora")
+    with pytest.raises(ConfigError, match="already carries lora"):
+        apply_peft(model, "adapter")
+    with pytest.raises(ConfigError, match="already a lora transformation"):
+        apply_peft(apply_peft(AutoModel.from_pretrained(tiny_bert), "lora"), "lora")
