@@ -1,7 +1,7 @@
 """Parameter-efficient fine-tuning vs full fine-tuning on full-data SST-2 (seed lecture, slide 33).
 
 Each method gets its usual learning rate (full fine-tuning 5e-5; LoRA/adapters/BitFit 1e-3;
-prefix 5e-4... prompt-tuning 1e-2) and the same budget; prints accuracy and trainable parameters.
+prefix 5e-4; prompt-tuning 1e-2) and the same budget; prints accuracy and trainable parameters.
 Usage:
     python benchmarks/peft_full.py --task SST-2 --model minilm-l6 --epochs 1
 """
