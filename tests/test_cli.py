@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from helpers import run_cli, toy_run_args
+from transferlm.errors import ConfigError
 
 
 @pytest.mark.parametrize("cmd", ["run", "compare", "tasks", "models", "methods", "kshot", "probe", "pretrain",
-                                 "multitask"])
+                                 "multitask", "search"])
 def test_every_command_has_help_with_examples(cmd: str) -> None:
     proc = run_cli(cmd, "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout
@@ -121,3 +122,22 @@ def test_bad_config_key(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None
     cfg.write_text("train:\n  lr: 0.1\n")
     out = tmp_path / "o"
     _assert_clean_error(run_cli(*toy_run_args(tiny_bert, toy_data, out), "--config", str(cfg)), out, "lr")
+
+
+def test_prompt_flags_reach_method_args(tmp_path) -> None:
+    from transferlm.cli import build_parser, build_run_dict
+
+    found = tmp_path / "label_words.json"
+    found.write_text(json.dumps({"best": {"template": "{sentence} A {answer} one.",
+                                          "label_words": {"0": "bad", "1": "good"}}}))
+    args = build_parser().parse_args(["run", "--task", "SST-2", "--method", "prompt-finetune", "--template",
+                                      "{sentence} It was {answer}.", "--label-words", str(found), "--auto", "templates"])
+    margs = build_run_dict(args)["run"]["method_args"]
+    assert margs == {"template": "{sentence} It was {answer}.", "label_words": {"0": "bad", "1": "good"},
+                     "auto": "templates"}
+    args = build_parser().parse_args(["run", "--template", str(found), "--label-words", '["no", "yes"]', "--auto"])
+    margs = build_run_dict(args)["run"]["method_args"]
+    assert margs == {"template": "{sentence} A {answer} one.", "label_words": ["no", "yes"], "auto": "both"}
+    bad = build_parser().parse_args(["run", "--label-words", "{not json"])
+    with pytest.raises(ConfigError, match="--label-words"):
+        build_run_dict(bad)

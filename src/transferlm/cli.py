@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,7 +23,10 @@ EXAMPLES = {
   transferlm run --task SST-2 --shots full --model minilm-l6 --set train.epochs=1 --output runs/sst2-full
   transferlm run --task mine --train-file train.csv --test-file test.csv --text-columns review \\
       --label-column stars --shots 8 --output runs/mine
-  transferlm run --config experiment.yaml --seed 21""",
+  transferlm run --config experiment.yaml --seed 21
+  transferlm run --task SST-2 --model smollm2-135m --method prompt-finetune --steps 100 --output runs/sst2-pft
+  transferlm run --task SST-2 --model splade-tiny --method prompt-zero-shot --auto labels --output runs/sst2-zs
+  transferlm run --task cr --model smollm2-135m --method icl --set method_args.k=4 --output runs/cr-icl""",
     "compare": """examples:
   transferlm compare --task SST-2 --data-dir ../shared/data --methods finetune --model minilm-l6 --output runs/cmp
   transferlm compare --task cr --methods finetune --seeds 13,21 --grid train.learning_rate=1e-5,3e-5 \\
@@ -47,7 +52,7 @@ EXAMPLES = {
 }
 
 
-def _add_run_options(p: argparse.ArgumentParser, compare: bool) -> None:
+def _add_run_options(p: argparse.ArgumentParser, compare: bool, prompt: bool = True) -> None:
     g = p.add_argument_group("what to run")
     g.add_argument("--config", help="YAML file with run settings (flags override it)")
     g.add_argument("--task", help="task name (see `transferlm tasks`) or a name for your own files")
@@ -72,6 +77,14 @@ def _add_run_options(p: argparse.ArgumentParser, compare: bool) -> None:
                    help="any config key, dotted, e.g. --set train.eval_every=100 --set method_args.pooling=mean")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     t.add_argument("--intermediate-task", help="sequential transfer: fine-tune on this task first (e.g. MNLI for RTE)")
+    if prompt:
+        q = p.add_argument_group("prompts (prompt-zero-shot, icl, prompt-finetune)")
+        q.add_argument("--template", help="template, e.g. '{sentence} It was {answer}.', or a templates.json "
+                                          "from `transferlm search templates` (its best)")
+        q.add_argument("--label-words", help="JSON label -> word(s), e.g. '{\"0\": \"terrible\", \"1\": \"great\"}', "
+                                             "or a label_words.json from `transferlm search labels` (its best)")
+        q.add_argument("--auto", nargs="?", const="both", choices=["labels", "templates", "both"],
+                       help="search label words and/or a template on this seed's dev split first (LM-BFF auto)")
     d = p.add_argument_group("your own data")
     d.add_argument("--train-file", help="training file (.csv .tsv .jsonl .json)")
     d.add_argument("--dev-file", help="dev file (default: K per class sampled after train, or a hold-out)")
@@ -125,6 +138,8 @@ def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
         k, v = item.split("=", 1)
         set_dotted(r, k.strip(), _yaml_value(v))
+    for key, value in _prompt_args(args).items():
+        set_dotted(r, f"method_args.{key}", value)
     if args.no_resume:
         r["resume"] = False
     if args.intermediate_task:
@@ -133,6 +148,38 @@ def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
         r["quiet"] = True
     r.setdefault("data", {}).setdefault("data_dir", os.environ.get("TRANSFERLM_DATA"))
     return {"run": r, **compare_keys}
+
+
+def _search_best(path: Path, key: str) -> Any:
+    """The ``best`` candidate's ``key`` in a file written by ``transferlm search``."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
+    best = doc.get("best") if isinstance(doc, dict) else None
+    if not isinstance(best, dict) or key not in best:
+        raise ConfigError(f"{path}: no 'best.{key}' (expected a file written by `transferlm search`)")
+    return best[key]
+
+
+def _prompt_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    template = getattr(args, "template", None)
+    if template is not None:
+        out["template"] = _search_best(Path(template), "template") if template.endswith(".json") else template
+    words = getattr(args, "label_words", None)
+    if words is not None:
+        if words.endswith(".json") and not words.lstrip().startswith(("{", "[")):
+            out["label_words"] = _search_best(Path(words), "label_words")
+        else:
+            try:
+                out["label_words"] = json.loads(words)
+            except ValueError:
+                raise ConfigError(f"--label-words: '{words}' is neither JSON (e.g. '{{\"0\": \"bad\", "
+                                  "\"1\": \"good\"}') nor a .json file from `transferlm search labels`") from None
+    if isinstance(getattr(args, "auto", None), str):  # `search --auto` is a different, boolean flag
+        out["auto"] = args.auto
+    return out
 
 
 def _list_arg(raw: Any, cast: type) -> list[Any]:
@@ -365,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--k", type=int, default=16)
     k.add_argument("--seeds", default="13,21,42,87,100")
     k.add_argument("--verify", action="store_true", help="compare md5s with CHECKSUMS-lm-bff-k-shot.txt")
+    from .prompts.cli import add_search_commands
+
+    add_search_commands(sub)
     return parser
 
 

@@ -51,12 +51,26 @@ class Method(ABC):
     # Which head the backbone is loaded with: "base", "mlm" or "causal".
     backbone_head: ClassVar[str] = "base"
     description: ClassVar[str] = ""
+    # False for methods that only evaluate (zero-shot prompting, in-context learning).
+    trains: ClassVar[bool] = True
+
+    def head_for(self, model: str) -> str:
+        """The head to load ``model`` with; methods whose head depends on the model (prompting) override it."""
+        return self.backbone_head
 
     def parse_config(self, args: dict[str, Any]) -> MethodConfig:
         cfg = from_dict(self.config_cls, dict(args), source=f"method_args ({self.name})")
         validate = getattr(cfg, "validate", None)
         if validate:
             validate()
+        return cfg
+
+    def resolve(self, cfg: MethodConfig, backbone: Any, spec: TaskSpec, train: Sequence[Example],
+                dev: Sequence[Example]) -> MethodConfig:
+        """Settle options that depend on the data before ``prepare`` (e.g. automatic prompt search on dev).
+
+        The returned config is the one recorded in results.json, so a run says what it actually used.
+        """
         return cfg
 
     @abstractmethod

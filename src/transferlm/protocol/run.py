@@ -61,11 +61,12 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
     spec, data = load_run_data(cfg)
     if not data.train and method.trains:
         raise ConfigError(f"task {spec.name}: empty training split")
-    backbone = load_backbone(cfg.model, head=method.backbone_head)
+    backbone = load_backbone(cfg.model, head=method.head_for(cfg.model))
     intermediate = None
     if cfg.intermediate is not None:
         torch.manual_seed(cfg.seed)
         intermediate = train_intermediate(cfg, method, method_cfg, backbone)
+    method_cfg = method.resolve(method_cfg, backbone, spec, data.train, data.dev)
     torch.manual_seed(cfg.seed)  # the head's initialisation depends on the seed
     prepared = method.prepare(backbone, spec, method_cfg, max_length=cfg.train.max_length, train=data.train)
     if cfg.save_model and prepared.save is None:
@@ -100,6 +101,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
         "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels)},
         "config": cfg.to_dict(),
         "method_config": method_cfg.to_dict(),
+        **({"prompt": prepared.extras["prompt"]} if "prompt" in prepared.extras else {}),
         "environment": {"transferlm": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "processes": engine.acc.num_processes, "device": str(engine.acc.device),
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},

@@ -1,0 +1,100 @@
+"""Prompt-based fine-tuning (PET / LM-BFF): train the LM's own head to put the right label word in the slot.
+
+The engine's cross-entropy over the PromptModel's label-word log-probabilities is LM-BFF's objective.
+With ``demonstrations: true`` (LM-BFF "+ demonstrations"), each input gets one demonstration per class,
+drawn from the 50% of that class most similar by SBERT: a fresh draw every training step, and at
+inference the mean prediction over ``demo_eval_samples`` draws (LM-BFF uses 16).
+``peft: {name: lora, r: 8, ...}`` trains a PEFT transformation of the LM instead of all its weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...data.example import Example
+from ...data.tasks import TaskSpec
+from ...errors import ConfigError
+from ...prompts.demonstrations import STRATEGIES, DemoSampler
+from ..base import Prepared
+from ..registry import register
+from .common import DemoConfig, PromptMethod, seed_of_run
+
+
+@dataclass
+class PromptFinetuneConfig(DemoConfig):
+    demonstrations: bool = False
+    demo_selection: str = "similar"  # LM-BFF; "random": any example of the class
+    demo_top_fraction: float = 0.5
+    demo_eval_samples: int = 16
+    peft: dict[str, Any] | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.demo_selection not in STRATEGIES:
+            raise ConfigError(f"method_args.demo_selection must be one of {', '.join(STRATEGIES)}, "
+                              f"got '{self.demo_selection}'")
+        if not 0 < self.demo_top_fraction <= 1:
+            raise ConfigError(f"method_args.demo_top_fraction must be in (0, 1], got {self.demo_top_fraction}")
+        if self.demo_eval_samples < 1:
+            raise ConfigError(f"method_args.demo_eval_samples must be >= 1, got {self.demo_eval_samples}")
+        if self.peft is not None and not (isinstance(self.peft, dict) and self.peft.get("name")):
+            raise ConfigError("method_args.peft must be a mapping with a name, e.g. {name: lora, r: 8}")
+
+
+def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> torch.nn.Module:
+    """Wrap the LM with transferlm.methods.efficient's PEFT transformation (imported only when asked)."""
+    if not peft:
+        return lm
+    try:
+        from .. import efficient
+    except ImportError:
+        efficient = None
+    apply = getattr(efficient, "apply_peft", None)
+    if apply is None:
+        raise ConfigError("method_args.peft needs transferlm.methods.efficient.apply_peft, which this "
+                          "installation does not have; drop method_args.peft")
+    args = dict(peft)
+    name = args.pop("name")
+    # The LM head stays frozen under PEFT unless asked (LM-BFF tunes it; adapters usually do not).
+    extra = {"train_lm_head": True} if args.pop("train_lm_head", False) else {}
+    out = apply(lm, name, args, **extra)
+    # apply_peft may wrap the model or transform it in place.
+    return out if isinstance(out, torch.nn.Module) else lm
+
+
+@register("prompt-finetune")
+class PromptFinetune(PromptMethod):
+    config_cls = PromptFinetuneConfig
+    description = "prompt-based fine-tuning (LM-BFF): train the LM head to fill the answer slot, opt. demonstrations"
+
+    def prepare(self, backbone, spec: TaskSpec, cfg: PromptFinetuneConfig, *, max_length: int,
+                train: Sequence[Example]) -> Prepared:
+        sampler = None
+        if cfg.demonstrations:
+            sampler = DemoSampler(train, num_labels=spec.num_labels, strategy=cfg.demo_selection, per_class=True,
+                                  top_fraction=cfg.demo_top_fraction, seed=seed_of_run(), regression=spec.regression)
+        if cfg.peft:
+            backbone.model = apply_peft_if_asked(backbone.model, cfg.peft)
+        else:
+            for p in backbone.model.parameters():
+                p.requires_grad_(True)
+        setup = self.setup(backbone, spec, cfg, max_length=max_length, train=train, sampler=sampler,
+                           eval_samples=cfg.demo_eval_samples)
+
+        def save(folder: Path) -> None:
+            # A reloadable model: the tuned LM (or its adapter) in its own format, plus the prompt.
+            lm = setup.model.backbone
+            if hasattr(lm, "save_adapter"):  # PEFT: the adapter only (the base model is the zoo's)
+                lm.save_adapter(folder / "adapter", getattr(lm, "active", None) or "default")
+            else:
+                lm.save_pretrained(folder / "backbone")
+                backbone.tokenizer.save_pretrained(folder / "backbone")
+            self.write_description(folder, setup, cfg, spec)
+
+        return Prepared(model=setup.model, collate=setup.collate, save=save,
+                        extras={"prompt": self.describe(setup, cfg)})

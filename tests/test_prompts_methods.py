@@ -1,0 +1,301 @@
+"""Prompt methods on tiny random LMs: what the model reads, demonstrations, calibration, the three methods."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transferlm.config import RunConfig
+from transferlm.data.example import Example
+from transferlm.data.tasks import TaskSpec
+from transferlm.errors import ConfigError
+from transferlm.methods import get_method
+from transferlm.models.loading import load_backbone
+from transferlm.prompts.build import build_prompt, predict_scores
+from transferlm.prompts.demonstrations import DemoSampler
+from transferlm.protocol.run import load_run_data, run
+
+SPEC = TaskSpec(name="toy", labels=("0", "1"), label_names=("negative", "positive"))
+PROMPT = {"template": "{sentence} it was {answer} .", "label_words": {"0": "bad", "1": "good"}}
+EXAMPLES = [Example("good movie", label=1), Example("bad film very bad plot and boring acting", label=0),
+            Example("fun", label=1)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CPU is shared: one thread keeps these tiny models fast and the timings stable.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mlm(tiny_mlm: Path):
+    return load_backbone(str(tiny_mlm), head="mlm")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama: Path):
+    return load_backbone(str(tiny_llama), head="causal")
+
+
+def _manual(backbone, batch, word_ids: list[int]) -> torch.Tensor:
+    """Label log-probs from a plain forward: the full logits at the answer position, label words kept."""
+    with torch.no_grad():
+        logits = backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    at = logits[torch.arange(len(logits)), batch["positions"][:, 0]]
+    return at[:, word_ids].log_softmax(-1)
+
+
+@pytest.mark.parametrize("which", ["mlm", "llama"])
+def test_zero_shot_reads_the_lm_at_the_answer_slot(which: str, request: pytest.FixtureRequest) -> None:
+    backbone = request.getfixturevalue(which)
+    setup = build_prompt(backbone, SPEC, max_length=32, **PROMPT)
+    batch = setup.collate(EXAMPLES)
+    tok = backbone.tokenizer
+    ids = batch["input_ids"]
+    for r in range(len(EXAMPLES)):
+        row = tok.convert_ids_to_tokens(ids[r][batch["attention_mask"][r].bool()].tolist())
+        p = int(batch["positions"][r, 0])
+        if which == "mlm":  # the cloze slot is the mask, exactly after "it was"
+            assert row[p] == "[MASK]" and row[p - 2:p] == ["it", "was"] and row[p + 1] == "."
+        else:  # the next token after "... it was" is the answer: the row ends there
+            assert row[p - 1:p + 1] == ["it", "was"] and p == len(row) - 1
+    words = [tok.convert_tokens_to_ids(w) for w in ("bad", "good")]
+    expected = _manual(backbone, batch, words)
+    got = torch.from_numpy(predict_scores(setup, EXAMPLES))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_causal_multi_token_word_is_scored_by_teacher_forcing(llama) -> None:
+    words = {"0": "bad", "1": "very good"}
+    for how in ("sum", "mean"):
+        setup = build_prompt(llama, SPEC, template=PROMPT["template"], label_words=words, max_length=32,
+                             multi_token=how)
+        got = torch.from_numpy(predict_scores(setup, EXAMPLES[:1]))
+        tok = llama.tokenizer
+        prefix = tok("good movie it was", add_special_tokens=True)["input_ids"][:-1]  # [CLS] ... (no [SEP])
+        very, good, bad = tok.convert_tokens_to_ids(["very", "good", "bad"])
+        with torch.no_grad():
+            lp = llama.model(input_ids=torch.tensor([prefix + [very]])).logits[0].log_softmax(-1)
+        n = len(prefix)
+        word = lp[n - 1, very] + lp[n, good]
+        scores = torch.stack([lp[n - 1, bad], word / 2 if how == "mean" else word]).log_softmax(-1)
+        assert torch.allclose(got[0], scores, atol=1e-5), how
+
+
+def test_mlm_multi_token_word_gets_as_many_masks(mlm) -> None:
+    setup = build_prompt(mlm, SPEC, template=PROMPT["template"], label_words={"0": "bad", "1": "very good"},
+                         max_length=32, multi_token="sum")
+    batch = setup.collate(EXAMPLES[:1])
+    mask = mlm.tokenizer.mask_token_id
+    assert sorted((batch["input_ids"] == mask).sum(1).tolist()) == [1, 2]  # one row per word length
+    with torch.no_grad():
+        logits = mlm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    very, good, bad = mlm.tokenizer.convert_tokens_to_ids(["very", "good", "bad"])
+    r1, r2 = (0, 1) if (batch["input_ids"][0] == mask).sum() == 1 else (1, 0)
+    p1, p2 = int(batch["positions"][r1, 0]), int(batch["positions"][r2, 0])
+    manual = torch.stack([logits[r1, p1, bad], logits[r2, p2, very] + logits[r2, p2 + 1, good]]).log_softmax(-1)
+    assert torch.allclose(torch.from_numpy(predict_scores(setup, EXAMPLES[:1]))[0], manual, atol=1e-5)
+
+
+def test_calibrated_model_divides_by_the_content_free_prior(mlm) -> None:
+    plain = build_prompt(mlm, SPEC, max_length=32, **PROMPT)
+    calibrated = build_prompt(mlm, SPEC, max_length=32, calibrate=True, **PROMPT)
+    p = torch.from_numpy(predict_scores(plain, EXAMPLES))
+    prior = torch.from_numpy(predict_scores(plain, [Example("N/A")]))
+    got = torch.from_numpy(predict_scores(calibrated, EXAMPLES))
+    assert torch.allclose(got, (p - prior).log_softmax(-1), atol=1e-5)
+
+
+def test_regression_is_the_expected_value_between_two_poles(mlm) -> None:
+    spec = TaskSpec(name="STS-B", text_columns=("sentence1", "sentence2"), regression=True, metric="pearson")
+    setup = build_prompt(mlm, spec, template=None, label_words=None, max_length=32)
+    assert setup.template.source == "{sentence1} {answer}, {sentence2|lower_first}"
+    pairs = [Example("a cat", "the dog", 1.0), Example("good movie", "bad film", 4.0)]
+    values = predict_scores(setup, pairs)
+    probs = torch.from_numpy(predict_scores(build_prompt(mlm, spec.with_overrides(regression=False, labels=("0", "1")),
+                                                         template=None, label_words=None, max_length=32), pairs))
+    assert np.allclose(values, 5.0 * probs[:, 1].exp().numpy(), atol=1e-5)
+    # With LM-BFF demonstrations: one per half (split at the median), each showing its nearer pole's word.
+    pool = [Example(f"a cat {i}", "the dog", float(i)) for i in range(6)]
+    sampler = DemoSampler(pool, num_labels=1, per_class=True, regression=True, seed=0)
+    with_demos = build_prompt(mlm, spec, template=None, label_words=None, max_length=64, sampler=sampler,
+                              eval_samples=2)
+    row = mlm.tokenizer.convert_ids_to_tokens(with_demos.collate(pairs[:1])["input_ids"][0].tolist())
+    assert sum(t in ("no", "yes") for t in row) == 2  # "No" for a low score, "Yes" for a high one
+    assert 0.0 <= float(predict_scores(with_demos, pairs[:1])[0]) <= 5.0
+
+
+class FakeEmbedder:
+    """Embeds "good"-ish texts near (1, 0) and the rest near (0, 1), the index spreading them."""
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            v = np.array([1.0, 0.0]) if "good" in t else np.array([0.0, 1.0])
+            v = v + 0.01 * (sum(map(ord, t)) % 7)
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
+
+
+def _pool() -> list[Example]:
+    pos = [Example(f"good {w}", label=1) for w in ("movie", "film", "plot", "story")] + \
+          [Example(f"fun {w}", label=1) for w in ("movie", "film", "plot", "story")]
+    neg = [Example(f"good but bad {w}", label=0) for w in ("movie", "film")] + \
+          [Example(f"bad {w}", label=0) for w in ("movie", "film", "plot", "story", "acting", "cat")]
+    return pos + neg
+
+
+def test_lmbff_demonstrations_one_per_class_from_the_most_similar_half() -> None:
+    pool = _pool()
+    sampler = DemoSampler(pool, num_labels=2, strategy="similar", per_class=True, seed=1, embedder=FakeEmbedder())
+    query = pool[0]  # "good movie": itself is never a demonstration
+    seen = set()
+    for draw in range(40):
+        demos = sampler.sample(query, draw)
+        assert [d.label for d in demos] == [0, 1] and query not in demos
+        seen.update(d.text_a for d in demos)
+    # Expected: per class, the ceil(50%) most similar examples (the query itself excluded).
+    emb = FakeEmbedder()
+    top_half = set()
+    for c in (0, 1):
+        members = [e for e in pool if e.label == c and e is not query]
+        sims = emb([e.text_a for e in members]) @ emb([query.text_a])[0]
+        order = np.argsort(-sims, kind="stable")[:(len(members) + 1) // 2]
+        top_half |= {members[i].text_a for i in order}
+    assert seen == top_half
+    assert sampler.sample(query, 3) == sampler.sample(query, 3)  # a function of (seed, input, draw)
+
+
+def test_icl_demonstrations_random_or_nearest() -> None:
+    pool = _pool()
+    near = DemoSampler(pool, num_labels=2, strategy="similar", k=3, embedder=FakeEmbedder())
+    assert all("good" in d.text_a for d in near.sample(Example("good acting")))
+    rand = DemoSampler(pool, num_labels=2, strategy="random", k=4, seed=3)
+    a, b = rand.sample(Example("x")), rand.sample(Example("y"))
+    assert len(a) == 4 and len(set(map(id, a))) == 4 and a != b and a == rand.sample(Example("x"))
+    assert DemoSampler(pool, num_labels=2, k=0).sample(Example("x")) == []
+
+
+def test_demonstrations_that_do_not_fit_are_dropped_and_logged(llama, caplog: pytest.LogCaptureFixture) -> None:
+    pool = _pool()
+    sampler = DemoSampler(pool, num_labels=2, k=4, seed=0)
+    setup = build_prompt(llama, SPEC, max_length=20, sampler=sampler, **PROMPT)
+    with caplog.at_level(logging.WARNING):
+        batch = setup.collate(EXAMPLES[:1])
+    assert batch["attention_mask"].sum(1).max() <= 20
+    assert "dropped" in caplog.text and "of 4" in caplog.text and "20 tokens" in caplog.text
+    strict = build_prompt(llama, SPEC, max_length=20, sampler=sampler, demo_overflow="error", **PROMPT)
+    with pytest.raises(ConfigError, match="do not fit the context of 20 tokens"):
+        strict.collate(EXAMPLES[:1])
+    roomy = build_prompt(llama, SPEC, max_length=128, sampler=sampler, **PROMPT)
+    rows = roomy.collate(EXAMPLES[:1])["input_ids"][0].tolist()
+    # Demonstrations come first for a causal LM, each filled with its label word; the input is last.
+    text = " ".join(llama.tokenizer.convert_ids_to_tokens(rows))
+    assert text.count("it was") == 5 and text.endswith("good movie it was")
+
+
+def test_demonstration_ensemble_averages_probabilities(mlm) -> None:
+    sampler = DemoSampler(_pool(), num_labels=2, per_class=True, seed=0)
+    setup = build_prompt(mlm, SPEC, max_length=64, sampler=sampler, eval_samples=3, **PROMPT)
+    setup.model.eval()
+    batch = setup.collate(EXAMPLES[:2])
+    assert int(batch["n_samples"]) == 3 and batch["word_rows"].shape[0] == 6
+    with torch.no_grad():
+        avg = setup.model(**batch)
+        single = setup.model(**{**batch, "n_samples": torch.tensor(1)})
+    expected = single.view(2, 3, 2).exp().mean(1).log()
+    assert torch.allclose(avg, expected, atol=1e-5)
+    setup.model.train()  # training draws one fresh set per input
+    assert int(setup.collate(EXAMPLES[:2])["n_samples"]) == 1
+
+
+def _cfg(model: Path, data: Path, method: str, **args) -> RunConfig:
+    return RunConfig.from_dict({
+        "task": "toy", "model": str(model), "method": method, "quiet": True,
+        "data": {"data_dir": str(data), "shots": 8}, "method_args": {**PROMPT, **args},
+        "train": {"max_steps": 24, "learning_rate": 3e-3, "eval_every": 8, "checkpoint_every": 0, "max_length": 48}})
+
+
+def test_the_three_methods_run_through_the_protocol(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
+    zs = run(_cfg(tiny_llama, toy_data, "prompt-zero-shot")).results
+    assert zs["trainable_params"] == 0 and zs["steps"] == 0 and "accuracy" in zs["metrics"]
+    icl = run(_cfg(tiny_llama, toy_data, "icl", k=2, calibrate=True)).results
+    assert icl["trainable_params"] == 0 and icl["method_config"]["k"] == 2
+    cfg = _cfg(tiny_llama, toy_data, "prompt-finetune")
+    cfg.save_model, cfg.output, cfg.train.select_on_dev = True, str(tmp_path / "pf"), False
+    out = run(cfg, keep_engine=True)
+    ft = out.results
+    assert ft["trainable_params"] == ft["total_params"] > 0
+    losses = [h["loss"] for h in ft["history"]]
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])  # the LM learns to fill the slot
+    train = load_run_data(cfg)[1].train
+    assert out.engine.evaluate(train).metrics["accuracy"] >= 0.9
+    saved = json.loads((tmp_path / "pf" / "model" / "method.json").read_text())
+    assert saved["template"] == PROMPT["template"] and saved["label_words"] == {"0": ["bad"],
+                                                                                "1": ["good"]}
+    assert (tmp_path / "pf" / "model" / "backbone" / "config.json").is_file()
+
+
+def test_prompt_finetune_with_demonstrations_trains(tiny_mlm: Path, toy_data: Path) -> None:
+    res = run(_cfg(tiny_mlm, toy_data, "prompt-finetune", demonstrations=True, demo_selection="random",
+                   demo_eval_samples=2)).results
+    assert res["steps"] == 24 and 0 <= res["metrics"]["accuracy"] <= 1
+
+
+def test_bad_prompt_setups_are_one_line_errors(tiny_bert: Path, tiny_mlm: Path, toy_data: Path) -> None:
+    with pytest.raises(ConfigError, match="encoder without one"):
+        run(_cfg(tiny_bert, toy_data, "prompt-zero-shot"))
+    no_prompt = _cfg(tiny_mlm, toy_data, "prompt-zero-shot")
+    no_prompt.method_args = {}
+    with pytest.raises(ConfigError, match="no default prompt.*template and label_words"):
+        run(no_prompt)
+    with pytest.raises(ConfigError, match="no answer slot"):
+        run(_cfg(tiny_mlm, toy_data, "prompt-zero-shot", template="{sentence} it was good"))
+    with pytest.raises(ConfigError, match="both map to the word"):
+        run(_cfg(tiny_mlm, toy_data, "icl", label_words={"0": "good", "1": "good"}))
+    with pytest.raises(ConfigError, match="multi_token"):
+        get_method("prompt-finetune").parse_config({"multi_token": "max"})
+    assert get_method("icl").head_for(str(tiny_mlm)) == "mlm"
+
+
+def test_prompt_finetune_with_lora(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_llama, toy_data, "prompt-finetune", peft={"name": "lora", "r": 4})
+    cfg.save_model, cfg.output = True, str(tmp_path / "lora")
+    res = run(cfg).results
+    assert 0 < res["trainable_params"] < 0.5 * res["total_params"]
+    losses = [h["loss"] for h in res["history"]]
+    assert losses[-1] != losses[0]  # the adapter trains through the prompt
+    assert (tmp_path / "lora" / "model" / "method.json").is_file()
+    assert any((tmp_path / "lora" / "model" / "adapter").iterdir())
+
+
+def test_auto_picks_the_best_label_words_on_dev_and_records_them(tiny_mlm: Path, toy_data: Path) -> None:
+    from transferlm.prompts.search import search_label_words
+    from transferlm.prompts.template import Template
+
+    cfg = _cfg(tiny_mlm, toy_data, "prompt-zero-shot", auto="labels", auto_k=3)
+    cfg.method_args.pop("label_words")
+    res = run(cfg).results
+    spec, data = load_run_data(cfg)
+    found = search_label_words(load_backbone(str(tiny_mlm), head="mlm"), spec, Template.parse(PROMPT["template"]),
+                               data.train, data.dev, k=3, n=1)
+    expected = found["assignments"][0]["label_words"]
+    assert res["method_config"]["label_words"] == expected  # the run records what it used
+    assert res["prompt"]["label_words"] == {k: [v] for k, v in expected.items()}
+
+
+def test_auto_without_a_dev_split_is_an_error(mlm) -> None:
+    method = get_method("prompt-finetune")
+    cfg = method.parse_config({**PROMPT, "auto": "both"})
+    with pytest.raises(ConfigError, match="dev split"):
+        method.resolve(cfg, mlm, SPEC, EXAMPLES, [])
+    with pytest.raises(ConfigError, match="method_args.auto must be one of"):
+        method.parse_config({"auto": "everything"})

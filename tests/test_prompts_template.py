@@ -1,0 +1,155 @@
+"""Templates: parsing, validation, rendering (answer slot exactly where written), input-only truncation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferlm.data.example import Example
+from transferlm.data.tasks import TASKS
+from transferlm.errors import ConfigError
+from transferlm.models.loading import load_backbone
+from transferlm.prompts.defaults import DEFAULTS
+from transferlm.prompts.template import Template, TemplateEncoder, from_lmbff
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CPU is shared: one thread keeps these tiny models fast and the timings stable.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bert_tok(tiny_mlm: Path):
+    return load_backbone(str(tiny_mlm), head="mlm").tokenizer
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{sentence} It was great.", "no answer slot"),
+    ("{sentence} {answer} and {answer}", "more than one answer slot"),
+    ("{sentence} {label} was {answer}", "unknown slot {label}"),
+    ("{sentence} It was {answer", "unbalanced"),
+    ("It was {answer}.", "no input slot"),
+    ("{sentence|shout} {answer}", "bad filter"),
+    ("   ", "empty"),
+])
+def test_bad_templates_are_one_line_config_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Template.parse(text)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_template_must_match_the_task_and_the_lm() -> None:
+    with pytest.raises(ConfigError, match="drops the second sentence"):
+        Template.parse("{sentence} It was {answer}.").validate_for(is_pair=True)
+    with pytest.raises(ConfigError, match="one sentence"):
+        Template.parse("{sentence1} ? {answer} , {sentence2}").validate_for(is_pair=False)
+    pair = Template.parse("{sentence1} ? {answer} , {sentence2}")
+    pair.validate_for(is_pair=True)  # fine for a masked LM
+    with pytest.raises(ConfigError, match="causal LM"):
+        pair.validate_for(is_pair=True, causal=True)
+    assert Template.parse("{sentence1} {sentence2} Answer: {answer}.").validate_for(True, causal=True)
+
+
+def test_literal_braces_and_filters() -> None:
+    t = Template.parse("{{x}} {sentence1|no_punct}? {answer}, {sentence2|lower_first}")
+    assert t.fill(Example("A cat sat.", "The dog ran."), "Yes") == "{x} A cat sat? Yes, the dog ran."
+
+
+def test_rendered_mlm_prompt_has_the_mask_exactly_where_the_template_says(bert_tok) -> None:
+    enc = TemplateEncoder(Template.parse("{sentence} it was {answer} . fun"), bert_tok)
+    q = enc.encode(Example("good movie"), max_tokens=50)
+    tokens = bert_tok.convert_ids_to_tokens
+    assert tokens(q.before) == ["good", "movie", "it", "was"]
+    assert tokens(q.after) == [".", "fun"]
+    assert tokens(enc.specials_before) == ["[CLS]"] and tokens(enc.specials_after) == ["[SEP]"]
+    # The answer slot at the very start and in the middle of a pair template.
+    enc2 = TemplateEncoder(Template.parse("{answer} ! {sentence}"), bert_tok)
+    q2 = enc2.encode(Example("a cat"), max_tokens=50)
+    assert q2.before == [] and tokens(q2.after) == ["!", "a", "cat"]
+    enc3 = TemplateEncoder(Template.parse("{sentence1} ? {answer} , {sentence2}"), bert_tok)
+    q3 = enc3.encode(Example("a cat", "the dog"), max_tokens=50)
+    assert tokens(q3.before) == ["a", "cat", "?"] and tokens(q3.after) == [",", "the", "dog"]
+
+
+def test_truncation_cuts_inputs_never_the_template(bert_tok) -> None:
+    enc = TemplateEncoder(Template.parse("{sentence} it was {answer} ."), bert_tok)
+    long = Example(" ".join(["good movie"] * 30))
+    q = enc.encode(long, max_tokens=10)
+    tokens = bert_tok.convert_ids_to_tokens
+    assert len(q.before) + len(q.after) == 10
+    assert tokens(q.before)[-2:] == ["it", "was"] and tokens(q.after) == ["."]
+    assert tokens(q.before)[:2] == ["good", "movie"]  # the input keeps its start
+    # Pairs: longest first, so the short sentence survives whole.
+    pair = TemplateEncoder(Template.parse("{sentence1} ? {answer} , {sentence2}"), bert_tok)
+    q = pair.encode(Example(" ".join(["bad"] * 40), "a cat"), max_tokens=12)
+    assert tokens(q.after) == [",", "a", "cat"] and tokens(q.before).count("bad") == 12 - 2 - 2
+    with pytest.raises(ConfigError, match="needs 3 tokens of its own"):
+        enc.encode(long, max_tokens=3)
+
+
+def test_lmbff_templates_translate_and_every_default_parses() -> None:
+    assert from_lmbff("*cls**sent_0*_It_was*mask*.*sep+*") == "{sentence} It was {answer}."
+    assert (from_lmbff("*cls**sent-_0*?*mask*,*+sentl_1**sep+*", is_pair=True)
+            == "{sentence1|no_punct}? {answer}, {sentence2|lower_first}")
+    assert from_lmbff("*cls**mask*:*+sent_0**sep+*") == "{answer}: {sentence}"
+    assert DEFAULTS["SST-2"].mapping == {"0": "terrible", "1": "great"}
+    assert DEFAULTS["MNLI"].mapping == {"contradiction": "No", "entailment": "Yes", "neutral": "Maybe"}
+    for name, d in DEFAULTS.items():
+        spec = TASKS[name]
+        for causal in (False, True):
+            Template.parse(d.template(spec.is_pair, causal)).validate_for(spec.is_pair, causal)
+        if not spec.regression:
+            assert set(d.mapping) == set(spec.labels), name
+
+
+@pytest.fixture(scope="module")
+def bpe_tok():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["good movie It was great.\nbad film It was terrible.", "a cat? Yes, the dog"] * 20,
+                            vocab_size=300, min_frequency=1, show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    tok.pad_token = tok.eos_token = tok.convert_ids_to_tokens(0)
+    return tok
+
+
+def test_piecewise_rendering_matches_whole_text_tokenisation_for_byte_level_bpe(bpe_tok) -> None:
+    # Byte-level BPE (SmolLM2, Qwen) marks a leading space in the token ("Ġgreat" != "great"): the
+    # prompt built piece by piece must equal the tokenisation of the whole filled text.
+    tok = bpe_tok
+    whole = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for template, ex, word, text in [
+        ("{sentence} It was {answer}.", Example("good movie"), "great", "good movie It was great."),
+        ("{sentence1|no_punct}? {answer}, {sentence2|lower_first}", Example("a cat.", "The dog"), "Yes",
+         "a cat? Yes, the dog"),
+    ]:
+        enc = TemplateEncoder(Template.parse(template), tok)
+        q = enc.encode(ex, max_tokens=50)
+        assert q.before + enc.word_ids(word) + q.after == whole(text), template
+        # A causal LM reads the prefix only, and the label word is its continuation.
+        causal = enc.encode(ex, max_tokens=50, causal=True)
+        assert causal.before == q.before and causal.after == []
+
+
+def test_causal_demonstrations_render_like_the_whole_text(bpe_tok) -> None:
+    from transferlm.prompts.demonstrations import DemoSampler
+    from transferlm.prompts.inputs import PromptCollator
+    from transferlm.prompts.verbalizer import Verbalizer
+
+    enc = TemplateEncoder(Template.parse("{sentence} It was {answer}."), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    pool = [Example("bad film", label=0)]
+    collate = PromptCollator(enc, verb, kind="causal", max_length=64, pad_id=0,
+                             sampler=DemoSampler(pool, num_labels=2, k=1))
+    batch = collate([Example("good movie")])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert row == bpe_tok("bad film It was terrible.\ngood movie It was", add_special_tokens=False)["input_ids"]
+    assert int(batch["positions"][0, 0]) == len(row) - 1
