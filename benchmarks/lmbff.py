@@ -1,0 +1,88 @@
+"""LM-BFF's few-shot table (seed lecture, slide 25) on our offline causal LM: prompting vs fine-tuning.
+
+For each task, runs the K=16, 5-seed protocol for zero-shot prompting, in-context learning,
+standard fine-tuning (a classification head), prompt-based fine-tuning and prompt-based
+fine-tuning with demonstrations, and prints mean (std) on the test split with wall time per run.
+Usage:
+    python benchmarks/lmbff.py --tasks SST-2 --model smollm2-135m --out benchmarks/results/lmbff-smollm2.json
+    python benchmarks/lmbff.py --tasks SST-2 --variants prompt-finetune --seeds 13,21   # a subset
+Reruns reuse finished runs (the compare cache under --work); results are written after every variant.
+
+Budget choices for 2 CPU cores (LM-BFF itself trains 1000 steps and ensembles 16 demonstration sets):
+120 steps of batch 8, dev selection every 30 steps, and 2 demonstration sets at inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transferlm.config import CompareConfig, RunConfig
+from transferlm.io import write_json
+from transferlm.protocol.compare import compare
+
+STEPS = 120
+TRAIN = {"max_steps": STEPS, "batch_size": 8, "learning_rate": 2e-5, "eval_every": 30, "checkpoint_every": 0,
+         "max_length": 128, "warmup_ratio": 0.06}
+
+# name -> (method, method_args, train overrides)
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "prompt-zero-shot": ("prompt-zero-shot", {}, {}),
+    "icl": ("icl", {"k": 4, "selection": "random"}, {"max_length": 256}),
+    "finetune": ("finetune", {}, {}),
+    "prompt-finetune": ("prompt-finetune", {}, {}),
+    "prompt-finetune + demos": ("prompt-finetune", {"demonstrations": True, "demo_eval_samples": 2},
+                                {"max_length": 192}),
+}
+
+
+def variant_run(task: str, model: str, data_dir: str, name: str) -> tuple[RunConfig, str]:
+    method, margs, train = VARIANTS[name]
+    cfg = RunConfig.from_dict({"task": task, "model": model, "method": method, "quiet": True,
+                               "method_args": margs, "data": {"data_dir": data_dir, "shots": 16},
+                               "train": {**TRAIN, **train}})
+    return cfg, method
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="SST-2")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    ap.add_argument("--seeds", default="13,21,42,87,100")
+    ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", "../shared/data"))
+    ap.add_argument("--work", default="runs/bench-lmbff")
+    ap.add_argument("--out", default="benchmarks/results/lmbff.json")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    rows = {(r["task"], r["variant"]): r for r in previous.get("rows", [])}
+    for task in args.tasks.split(","):
+        for name in args.variants.split(","):
+            if name not in VARIANTS:
+                raise SystemExit(f"--variants: unknown '{name}'; choose from {', '.join(VARIANTS)}")
+            run, method = variant_run(task, args.model, args.data_dir, name)
+            t0 = time.perf_counter()
+            slug = name.replace(" + ", "-").replace(" ", "-")
+            summary = compare(CompareConfig(run=run, methods=[method], seeds=seeds,
+                                            output=str(Path(args.work) / args.model / task / slug)))
+            r = summary["rows"][0]
+            rows[(task, name)] = {
+                "task": task, "variant": name, "method": method, "method_args": VARIANTS[name][1],
+                "metric": summary["primary_metric"], "mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
+                "seeds": seeds, "trainable_params": r["trainable_params"],
+                "train_seconds_per_seed": r["train_seconds"], "eval_seconds_per_seed": r["eval_seconds"],
+                "wall_seconds": round(time.perf_counter() - t0, 1)}
+            print(f"{task:6s} {name:26s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})  "
+                  f"train {r['train_seconds']:.0f}s/seed", flush=True)
+            write_json(out, {"model": args.model, "shots": 16, "train": TRAIN, "rows": list(rows.values())})
+    print(json.dumps({"written": str(out)}))
+
+
+if __name__ == "__main__":
+    main()
