@@ -12,7 +12,8 @@ from transferlm.errors import ConfigError
 
 
 @pytest.mark.parametrize("cmd", ["run", "compare", "tasks", "models", "methods", "kshot", "probe", "pretrain",
-                                 "multitask", "search"])
+                                 "multitask", "search", "serve", "report",
+                                 "reproduce"])
 def test_every_command_has_help_with_examples(cmd: str) -> None:
     proc = run_cli(cmd, "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout

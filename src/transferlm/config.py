@@ -94,6 +94,9 @@ class DataConfig:
     labels: list[str] | None = None
     format: str | None = None
     header: bool | None = None
+    # Evaluate on a fixed random subset of at most N test examples (the same subset for every method and
+    # seed); for quick runs. None: the whole test split.
+    max_test: int | None = None
 
 
 @dataclass
@@ -128,7 +131,12 @@ class RunConfig:
     quiet: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Optional keys added later are left out while unset, so results.json files written before they
+        # existed still match this config (compare's per-run cache compares these dicts).
+        if d["data"].get("max_test") is None:
+            d["data"].pop("max_test", None)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:

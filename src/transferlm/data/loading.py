@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError
 from .example import Example, TaskData
 from .hub import is_hub_task, load_hub_task
@@ -34,6 +36,7 @@ class DataOptions:
     train_file: str | None = None
     dev_file: str | None = None
     test_file: str | None = None
+    max_test: int | None = None  # a fixed random subset of at most this many test examples (quick runs)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -134,6 +137,28 @@ def load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None = No
               options: DataOptions | None = None) -> tuple[TaskSpec, TaskData]:
     """Load a task's splits for one (shots, seed) setting of the few-shot protocol."""
     options = options or DataOptions()
+    spec, data = _load_task(task, data_dir, options)
+    return spec, limit_test(data, options.max_test)
+
+
+def limit_test(data: TaskData, max_test: int | None) -> TaskData:
+    """Keep a random subset of at most ``max_test`` test examples, in file order.
+
+    The subset depends only on the test split and ``max_test`` (not on the run's seed), so every method
+    and seed is scored on the same examples.
+    """
+    if max_test is not None and max_test < 1:
+        raise DataError(f"data.max_test must be >= 1, got {max_test}")
+    if max_test is None or len(data.test) <= max_test:
+        return data
+    keep = sorted(np.random.RandomState(0).choice(len(data.test), size=max_test, replace=False).tolist())
+    data.notes.append(f"test = fixed random {max_test} of {len(data.test)} examples (data.max_test)")
+    data.test = [data.test[i] for i in keep]
+    return data
+
+
+def _load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None,
+               options: DataOptions) -> tuple[TaskSpec, TaskData]:
     name = task.name if isinstance(task, TaskSpec) else task
     if is_hub_task(name) and not options.train_file:
         return load_hub_task(name, options.shots, options.seed, task if isinstance(task, TaskSpec) else None)

@@ -42,7 +42,7 @@ def task_overrides(cfg: RunConfig) -> dict[str, Any]:
 def load_run_data(cfg: RunConfig):
     d = cfg.data
     options = DataOptions(shots=d.shots, seed=cfg.seed, empty_text=d.empty_text, train_file=d.train_file,
-                          dev_file=d.dev_file, test_file=d.test_file)
+                          dev_file=d.dev_file, test_file=d.test_file, max_test=d.max_test)
     overrides = {k: v for k, v in task_overrides(cfg).items() if v is not None}
     task: str | TaskSpec = cfg.task
     if overrides:

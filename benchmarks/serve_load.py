@@ -1,0 +1,495 @@
+"""Load test of `transferlm serve`: 8 task adapters on one base model, three batching modes, faults, soak.
+
+Builds 8 LoRA task adapters on the base model (default: randomly initialised LoRA A/B and heads, saved in
+our format exactly as `run --set save_model=true` writes them -- throughput does not depend on the weights'
+values; `--adapters trained` trains each for a few K=16 steps instead), starts `transferlm serve` in a
+subprocess on loopback for each batching mode (mixed, per-task, none), and runs N concurrent closed-loop
+httpx clients, each sending one input per request for a uniformly random task. Reports throughput, p50/p99
+latency, failed requests and the mean rows per forward pass, and the ratio mixed / one-at-a-time. Against
+the mixed server it then runs the faults (clients that disconnect mid-request, a slow client that
+trickles its body while others load the server, a burst beyond the queue bound) and an optional soak that
+samples the server's RSS. Writes JSON to benchmarks/results/.
+
+Usage:
+    python benchmarks/serve_load.py                                  # minilm-l6, ~4 minutes on 2 cores
+    python benchmarks/serve_load.py --soak-seconds 300               # plus a 5-minute soak
+    python benchmarks/serve_load.py --model smollm2-135m --clients 16 --no-faults   # -> serve-load-smollm2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+from transferlm.io import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["SST-2", "sst-5", "mr", "cr", "trec", "CoLA", "MRPC", "RTE"]  # 6 single-sentence, 2 pair tasks
+FALLBACK = ["a gripping, funny and moving film", "flat, tedious and far too long", "what is the capital of peru ?",
+            "the plot never quite comes together but the acting is fine", "i loved it", "this is not a sentence of"]
+
+
+def served_name(task: str) -> str:
+    return task.lower()
+
+
+# -- adapters and inputs ------------------------------------------------------------------------------------
+
+
+def build_adapters(model: str, work: Path, how: str, data_dir: str | None, steps: int) -> dict[str, str]:
+    """One LoRA task folder per task: random weights in our saved format, or a few steps of real training."""
+    import torch
+
+    from transferlm.config import RunConfig
+    from transferlm.data.tasks import get_task
+    from transferlm.methods import get_method
+    from transferlm.models.loading import load_backbone
+    from transferlm.protocol.run import run
+
+    folders = {}
+    for i, task in enumerate(TASKS):
+        folder = work / how / task / "model"
+        folders[served_name(task)] = str(folder.resolve())  # the YAML resolves relative paths against itself
+        if (folder / "method.json").is_file():
+            continue  # built by an earlier run of this benchmark
+        if how == "trained":
+            cfg = RunConfig.from_dict({
+                "task": task, "model": model, "method": "lora", "seed": 13, "output": str(folder.parent),
+                "quiet": True, "save_model": True, "data": {"data_dir": data_dir, "shots": 16, "max_test": 32},
+                "train": {"learning_rate": 1e-3, "max_steps": steps, "batch_size": 8, "eval_every": steps,
+                          "checkpoint_every": 0}})
+            run(cfg)
+            continue
+        backbone = load_backbone(model)
+        torch.manual_seed(100 + i)
+        method = get_method("lora")
+        prepared = method.prepare(backbone, get_task(task), method.parse_config({"r": 8}), max_length=128, train=[])
+        with torch.no_grad():
+            for p in prepared.model.parameters():
+                if p.requires_grad:  # LoRA's B starts at zero: move every trained weight, as training would
+                    p.add_(torch.randn_like(p) * 0.02)
+        folder.mkdir(parents=True, exist_ok=True)
+        prepared.save(folder)
+    return folders
+
+
+def load_inputs(data_dir: str | None) -> dict[str, list[Any]]:
+    """Test (or dev) inputs of each task from the benchmark data; synthetic text when it is absent."""
+    from transferlm.data.loading import DataOptions, load_task
+
+    out: dict[str, list[Any]] = {}
+    for task in TASKS:
+        try:
+            spec, data = load_task(task, data_dir, DataOptions(shots=16, seed=13, max_test=300))
+            examples = data.test or data.dev
+            rows = [{"sentence1": e.text_a, "sentence2": e.text_b or ""} if spec.is_pair else e.text_a
+                    for e in examples]
+        except Exception as e:  # noqa: BLE001  (any data problem: fall back, and say so)
+            print(f"  {task}: no data ({e}); synthetic inputs", flush=True)
+            rows = []
+        if not rows:
+            pair = task in ("MRPC", "RTE")
+            rows = [{"sentence1": t, "sentence2": FALLBACK[0]} if pair else t for t in FALLBACK]
+        out[served_name(task)] = rows
+    return out
+
+
+# -- the server -----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    """`transferlm serve` in a subprocess; stop() sends SIGTERM and reports how it ended."""
+
+    def __init__(self, config: Path, mode: str, args: argparse.Namespace, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "transferlm", "serve", "--config", str(config), "--batching", mode,
+               "--port", str(self.port), "--threads", str(args.threads), "--log-level", "warning"]
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
+        self.log = log.open("w")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        for _ in range(1200):
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"server did not start; see {log}")
+        self.startup_s = round(time.perf_counter() - t0, 1)
+
+    def stop(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.log.close()
+        return {"exit_code": code, "exit_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for s in fam.samples:
+            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+            out[key] = s.value
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def status_deltas(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
+    """classify requests by HTTP status between two scrapes, summed over tasks."""
+    out: dict[str, int] = {}
+    for key in after:
+        if key.startswith("transferlm_requests_total{"):
+            status = key.split("status=")[1].split(",")[0].rstrip("}")
+            out[status] = out.get(status, 0) + int(delta(after, before, key))
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+# -- load ------------------------------------------------------------------------------------------------------
+
+
+def summarise(lat: list[float], statuses: list[int], seconds: float) -> dict[str, Any]:
+    ok = [x for x, s in zip(lat, statuses, strict=True) if s == 200]
+    arr = np.asarray(ok) * 1000 if ok else np.asarray([np.nan])
+    codes: dict[str, int] = {}
+    for s in statuses:
+        codes[str(s)] = codes.get(str(s), 0) + 1
+    return {"requests": len(statuses), "ok": len(ok), "failed": len(statuses) - len(ok), "status_counts": codes,
+            "seconds": round(seconds, 2), "throughput_rps": round(len(ok) / seconds, 1),
+            "p50_ms": round(float(np.percentile(arr, 50)), 1), "p99_ms": round(float(np.percentile(arr, 99)), 1),
+            "mean_ms": round(float(arr.mean()), 1)}
+
+
+async def closed_loop(url: str, inputs: dict[str, list[Any]], clients: int, seconds: float, warmup: float,
+                      seed: int = 0, rss_pid: int | None = None, rss_every: float = 5.0) -> dict[str, Any]:
+    """``clients`` clients, each sending its next request when the last is answered; stats after warmup."""
+    rng = random.Random(seed)
+    tasks = sorted(inputs)
+    lat: list[float] = []
+    statuses: list[int] = []
+    errors: list[str] = []
+    rss: list[tuple[float, float]] = []
+    t_start = time.perf_counter()
+    measure_from, end = t_start + warmup, t_start + warmup + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def one_client() -> None:
+            while (now := time.perf_counter()) < end:
+                task = rng.choice(tasks)
+                body = {"task": task, "inputs": [rng.choice(inputs[task])]}
+                t0 = time.perf_counter()
+                try:
+                    status = (await client.post("/v1/classify", json=body)).status_code
+                except httpx.HTTPError as e:
+                    status = -1
+                    errors.append(type(e).__name__)
+                if now >= measure_from:
+                    lat.append(time.perf_counter() - t0)
+                    statuses.append(status)
+
+        async def sample_rss() -> None:
+            while time.perf_counter() < end:
+                rss.append((round(time.perf_counter() - t_start, 1), round(rss_mb(rss_pid), 1)))
+                await asyncio.sleep(rss_every)
+
+        jobs = [one_client() for _ in range(clients)] + ([sample_rss()] if rss_pid else [])
+        await asyncio.gather(*jobs)
+    out = summarise(lat, statuses, seconds)
+    out["_raw"] = (lat, statuses)
+    if errors:
+        out["client_errors"] = sorted(set(errors))
+    if rss:
+        out["rss_mb"] = rss
+    return out
+
+
+def public(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items() if not k.startswith("_")}
+
+
+# -- faults ---------------------------------------------------------------------------------------------------
+
+
+def raw_request(body: bytes, port: int) -> bytes:
+    return (f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def fault_disconnect(server: Server, inputs: dict[str, list[Any]], n: int) -> dict[str, Any]:
+    """n clients send a full request and hang up at once, while 16 normal clients load the server."""
+    before = scrape(server.url)
+    port = server.port
+
+    async def hang_up(i: int) -> None:
+        await asyncio.sleep(0.02 * i)
+        task = sorted(inputs)[i % len(inputs)]
+        body = json.dumps({"task": task, "inputs": [inputs[task][0]] * 8}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw_request(body, port))
+        await writer.drain()
+        await asyncio.sleep(0.001 * (i % 10))
+        writer.close()
+
+    load = asyncio.create_task(closed_loop(server.url, inputs, 16, seconds=max(3.0, 0.02 * n + 2), warmup=0.0))
+    await asyncio.gather(*(hang_up(i) for i in range(n)))
+    others = public(await load)
+    after = scrape(server.url)
+    return {"disconnecting_clients": n, "server_status_counts": status_deltas(after, before),
+            "dropped_before_compute": delta(after, before, "transferlm_rejected_total{reason=disconnected}"),
+            "other_clients": others, "health_after": httpx.get(f"{server.url}/health", timeout=10).json()}
+
+
+async def fault_slow_client(server: Server, inputs: dict[str, list[Any]], trickle_s: float) -> dict[str, Any]:
+    """One client trickles its body a byte at a time over ``trickle_s`` s, and 20 open connections send half
+    a header and stall, while 16 normal clients load the server."""
+    port = server.port
+    task = sorted(inputs)[0]
+    body = json.dumps({"task": task, "inputs": [inputs[task][0]]}).encode()
+    request = raw_request(body, port)
+
+    async def trickle() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head, rest = request[:len(request) - len(body)], body
+        writer.write(head)
+        for i in range(len(rest)):
+            writer.write(rest[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(trickle_s / len(rest))
+        status_line = (await asyncio.wait_for(reader.readline(), 30)).decode().strip()
+        writer.close()
+        return {"status_line": status_line, "seconds": round(time.perf_counter() - t0, 2)}
+
+    async def stall() -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        try:
+            line = await asyncio.wait_for(reader.readline(), trickle_s + 3)
+            return line.decode().strip() or "closed by server"
+        except TimeoutError:
+            return "still open (no answer)"
+        finally:
+            writer.close()
+
+    load = asyncio.create_task(closed_loop(server.url, inputs, 16, seconds=trickle_s + 2, warmup=0.0))
+    slow, *stalled = await asyncio.gather(trickle(), *(stall() for _ in range(20)))
+    others = public(await load)
+    outcomes: dict[str, int] = {}
+    for s in stalled:
+        outcomes[s] = outcomes.get(s, 0) + 1
+    return {"slow_body_client": slow, "stalled_half_headers": outcomes, "other_clients": others}
+
+
+async def fault_burst(server: Server, inputs: dict[str, list[Any]], n: int, max_queue: int) -> dict[str, Any]:
+    """n requests at once against a queue bound of ``max_queue``: what is answered, what is refused, how fast."""
+    before = scrape(server.url)
+    rng = random.Random(1)
+    tasks = sorted(inputs)
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+
+        async def one() -> tuple[int, float]:
+            task = rng.choice(tasks)
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/classify", json={"task": task, "inputs": [rng.choice(inputs[task])]})
+                return r.status_code, time.perf_counter() - t0
+            except httpx.HTTPError:
+                return -1, time.perf_counter() - t0
+
+        results = await asyncio.gather(*(one() for _ in range(n)))
+        after_ok = (await client.post("/v1/classify", json={"task": tasks[0], "inputs": [inputs[tasks[0]][0]]}))
+    after = scrape(server.url)
+    by_status: dict[str, list[float]] = {}
+    for status, seconds in results:
+        by_status.setdefault(str(status), []).append(seconds * 1000)
+    return {"burst": n, "max_queue": max_queue,
+            "status_counts": {k: len(v) for k, v in sorted(by_status.items())},
+            "p50_ms_by_status": {k: round(float(np.percentile(v, 50)), 1) for k, v in sorted(by_status.items())},
+            "queue_high_water_mark": after.get("transferlm_queue_depth_max"),
+            "queue_full_counter": delta(after, before, "transferlm_rejected_total{reason=queue_full}"),
+            # Inside the app (handler start to answer), which the client's timing above also includes along
+            # with connection set-up, HTTP parsing and the load generator's own share of the CPU.
+            "server_side_mean_ms_rejected": round(1000 * delta(after, before, "transferlm_rejection_latency_seconds_sum")
+                                                  / max(1.0, delta(after, before,
+                                                                   "transferlm_rejection_latency_seconds_count")), 2),
+            "request_after_burst": after_ok.status_code}
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+
+
+def batch_stats(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    n = delta(after, before, "transferlm_batch_rows_count")
+    return {"forward_passes": n,
+            "mean_rows_per_pass": round(delta(after, before, "transferlm_batch_rows_sum") / n, 2) if n else 0.0,
+            "mean_tasks_per_pass": round(delta(after, before, "transferlm_batch_tasks_sum") / n, 2) if n else 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--adapters", choices=["random", "trained"], default="random",
+                    help="random: random LoRA weights in our format (default); trained: a few K=16 steps each")
+    ap.add_argument("--train-steps", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=32, help="concurrent closed-loop clients")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per mode and round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every mode once, interleaved")
+    ap.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each measurement")
+    ap.add_argument("--modes", default="mixed,per-task,none")
+    ap.add_argument("--threads", type=int, default=1, help="server torch threads (the client needs a core too)")
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-queue", type=int, default=64)
+    ap.add_argument("--burst", type=int, default=400, help="requests fired at once in the burst fault")
+    ap.add_argument("--no-faults", action="store_true")
+    ap.add_argument("--soak-seconds", type=float, default=0.0, help="mixed-mode soak, sampling the server's RSS")
+    ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--work", default="runs/bench-serve")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/serve-load-<model>.json")
+    args = ap.parse_args()
+    out_path = Path(args.out or f"benchmarks/results/serve-load-{args.model.split('/')[-1].split('-')[0]}.json")
+    work = Path(args.work) / args.model.replace("/", "_")
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+    t0 = time.perf_counter()
+    folders = build_adapters(args.model, work, args.adapters, args.data_dir, args.train_steps)
+    print(f"8 {args.adapters} LoRA adapters on {args.model} in {time.perf_counter() - t0:.0f}s", flush=True)
+    inputs = load_inputs(args.data_dir)
+    config = work / "serve.yaml"
+    config.write_text(yaml.safe_dump({"model": args.model, "tasks": folders, "max_batch_size": args.max_batch_size,
+                                      "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
+                                      "request_timeout_s": 60.0}))
+    report: dict[str, Any] = {
+        "model": args.model, "adapters": f"8 LoRA (r=8, q/v) adapters, {args.adapters} weights",
+        "tasks": list(folders), "clients": args.clients, "seconds_per_mode": args.seconds * args.rounds,
+        "rounds": args.rounds,
+        "server": {"threads": args.threads, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+                   "max_queue": args.max_queue},
+        "machine": f"{os.cpu_count()} CPU cores, shared with other jobs; client and server on the same cores",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "modes": {}}
+    modes = args.modes.split(",")
+    servers: dict[str, Server] = {}
+    for mode in modes:  # all up at once: an idle server costs memory, not CPU
+        servers[mode] = Server(config, mode, args, work / f"server-{mode}.log")
+        print(f"[{mode}] server up in {servers[mode].startup_s}s (rss {rss_mb(servers[mode].proc.pid):.0f} MB)",
+              flush=True)
+    # Rounds interleave the modes (in a rotating order), so a shared machine's changing load hits them alike.
+    before = {m: scrape(servers[m].url) for m in modes}
+    raw: dict[str, tuple[list[float], list[int]]] = {m: ([], []) for m in modes}
+    per_round: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(args.rounds):
+        order = modes[r % len(modes):] + modes[:r % len(modes)]
+        for mode in order:
+            stats = asyncio.run(closed_loop(servers[mode].url, inputs, args.clients, args.seconds, args.warmup,
+                                            seed=r))
+            raw[mode][0].extend(stats["_raw"][0])
+            raw[mode][1].extend(stats["_raw"][1])
+            per_round[mode].append(stats["throughput_rps"])
+            print(f"  round {r + 1} {mode:8s} {stats['throughput_rps']:6.1f} req/s  p50 {stats['p50_ms']} ms  "
+                  f"p99 {stats['p99_ms']} ms  failed {stats['failed']}", flush=True)
+    for mode in modes:
+        stats = summarise(*raw[mode], args.seconds * args.rounds)
+        stats.update(batch_stats(scrape(servers[mode].url), before[mode]))
+        stats["throughput_rps_per_round"] = per_round[mode]
+        stats["startup_seconds"] = servers[mode].startup_s
+        stats["rss_mb_after_load"] = round(rss_mb(servers[mode].proc.pid), 1)
+        report["modes"][mode] = stats
+    mixed = servers.get("mixed")
+    if mixed is not None and not args.no_faults:
+        faults = {}
+        faults["disconnect"] = asyncio.run(fault_disconnect(mixed, inputs, 60))
+        fd = faults["disconnect"]
+        print(f"[fault] disconnect: server statuses {fd['server_status_counts']}, dropped before compute "
+              f"{fd['dropped_before_compute']:.0f}, other clients failed {fd['other_clients']['failed']}, "
+              f"health {fd['health_after']['status']}", flush=True)
+        faults["slow_client"] = asyncio.run(fault_slow_client(mixed, inputs, 4.0))
+        fs = faults["slow_client"]
+        print(f"[fault] slow client: {fs['slow_body_client']}, stalled: {fs['stalled_half_headers']}; others "
+              f"p99 {fs['other_clients']['p99_ms']} ms failed {fs['other_clients']['failed']}", flush=True)
+        faults["burst"] = asyncio.run(fault_burst(mixed, inputs, args.burst, args.max_queue))
+        print(f"[fault] burst: {json.dumps(faults['burst'])}", flush=True)
+        report["faults"] = faults
+    if mixed is not None and args.soak_seconds > 0:
+        print(f"[soak] {args.soak_seconds:.0f}s mixed load, sampling RSS", flush=True)
+        soak = public(asyncio.run(closed_loop(mixed.url, inputs, args.clients, args.soak_seconds, 0.0, seed=7,
+                                              rss_pid=mixed.proc.pid, rss_every=max(2.0, args.soak_seconds / 60))))
+        rss = [m for _, m in soak["rss_mb"]]
+        half = len(rss) // 2
+        soak["rss_summary"] = {"first_mb": rss[0], "last_mb": rss[-1], "min_mb": min(rss), "max_mb": max(rss),
+                               "second_half_growth_mb": round(rss[-1] - rss[half], 1) if half else 0.0,
+                               "fitted_slope_mb_per_min": round(60 * float(np.polyfit(
+                                   [t for t, _ in soak["rss_mb"]], rss, 1)[0]), 2) if len(rss) > 2 else 0.0}
+        report["soak"] = soak
+        print(f"[soak] {soak['throughput_rps']} req/s, failed {soak['failed']}, rss {soak['rss_summary']}",
+              flush=True)
+    for mode, server in servers.items():
+        report["modes"][mode]["shutdown"] = server.stop()
+    modes = report["modes"]
+    if "mixed" in modes and "none" in modes and modes["none"]["throughput_rps"]:
+        report["ratio_mixed_over_none"] = round(modes["mixed"]["throughput_rps"] / modes["none"]["throughput_rps"], 2)
+    if "mixed" in modes and "per-task" in modes and modes["per-task"]["throughput_rps"]:
+        report["ratio_mixed_over_per_task"] = round(modes["mixed"]["throughput_rps"] /
+                                                    modes["per-task"]["throughput_rps"], 2)
+    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass")
+    for mode, s in modes.items():
+        print(f"{mode:8s} {s['throughput_rps']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['failed']:7d} "
+              f"{s['mean_rows_per_pass']:10.2f}")
+    if "ratio_mixed_over_none" in report:
+        print(f"mixed / one-at-a-time: {report['ratio_mixed_over_none']}x"
+              + (f"; mixed / per-task: {report['ratio_mixed_over_per_task']}x" if "ratio_mixed_over_per_task" in report
+                 else ""))
+    write_json(out_path, report)
+    print(f"-> {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Training and evaluation speed, peak memory and hardware utilisation: transferlm's engine vs plain
+Hugging Face Trainer (+ peft for LoRA), in the same run, on the same examples.
+
+For each model × method × implementation a fresh subprocess (so peak RSS is its own) trains for a few
+steps on IMDB's K=16 training split (long reviews, so every sequence is cut to exactly --max-length
+tokens and both implementations do the same work), then predicts on test examples. Reported:
+
+* training examples/s: steady state, from the time between consecutive steps (the first step, with its
+  warm-up allocations, is left out); evaluation examples/s;
+* peak RSS of the process (model, optimizer state, activations);
+* achieved FLOP/s as a fraction of this machine's matmul peak, measured here with a float32 torch.mm
+  loop on the same threads. Model FLOPs per token: 6·N for full fine-tuning (forward 2N, backward 4N),
+  4·N for LoRA (the frozen weights need no weight gradients), N = non-embedding parameters;
+* the estimated cost of the whole 5-seed protocol at these rates (5 × (100 steps × batch 8 + 872 SST-2
+  test examples)), at this benchmark's sequence length;
+* ratios transferlm / HF for each.
+
+Usage (defaults take a few minutes on 2 CPU cores; the machine may be shared, numbers are as measured):
+    python benchmarks/train_speed.py
+    python benchmarks/train_speed.py --models minilm-l6 --methods finetune,lora --steps 12 --out /tmp/s.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Per-model defaults: smollm2-135m is ~6x the compute of minilm-l6 per token, so it gets fewer, shorter steps.
+PROFILES = {
+    "minilm-l6": {"steps": 8, "batch_size": 8, "max_length": 128, "eval_examples": 128},
+    "smollm2-135m": {"steps": 4, "batch_size": 4, "max_length": 64, "eval_examples": 16},
+}
+DEFAULT_PROFILE = {"steps": 6, "batch_size": 8, "max_length": 128, "eval_examples": 64}
+LEARNING_RATES = {"finetune": 5e-5, "lora": 1e-3}
+LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
+TASK = "imdb"  # reviews longer than max_length: every sequence is exactly max_length tokens
+PROTOCOL = {"seeds": 5, "steps": 100, "batch_size": 8, "test_examples": 872}
+
+
+# --- helpers shared by the workers ----------------------------------------------------------------------
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def non_embedding_params(model: Any) -> int:
+    import torch
+
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen and id(p) not in embedding:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def steady_rate(times: list[float], examples_per_step: int) -> float:
+    """Examples/s over the steps after the first (times: one timestamp per step, same point in each)."""
+    if len(times) < 3:
+        raise SystemExit("need at least 3 steps to measure a steady-state rate (--steps >= 3)")
+    return (len(times) - 1) * examples_per_step / (times[-1] - times[0])
+
+
+def load_data(data_dir: str, n_eval: int):
+    from transferlm.data.loading import DataOptions, load_task
+
+    spec, data = load_task(TASK, data_dir, DataOptions(shots=16, seed=13))
+    return spec, data.train, data.test[:n_eval]
+
+
+# --- workers (one per subprocess) ------------------------------------------------------------------------
+
+def worker_transferlm(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    import torch
+
+    from transferlm.config import TrainConfig
+    from transferlm.methods import get_method
+    from transferlm.methods.base import count_parameters, freeze_unused_parameters
+    from transferlm.models.loading import load_backbone
+    from transferlm.training.engine import Engine
+
+    spec, train, test = load_data(data_dir, p["eval_examples"])
+    m = get_method(method)
+    backbone = load_backbone(model, head=m.head_for(model))
+    n_flop_params = non_embedding_params(backbone.model)
+    torch.manual_seed(13)
+    prepared = m.prepare(backbone, spec, m.parse_config({}), max_length=p["max_length"], train=train)
+    freeze_unused_parameters(prepared.model, prepared.collate(train[:2]))  # as run() does
+    trainable, total = count_parameters(prepared.model)
+    cfg = TrainConfig(max_steps=p["steps"], batch_size=p["batch_size"], eval_batch_size=32, eval_every=0,
+                      checkpoint_every=0, learning_rate=LEARNING_RATES[method], max_length=p["max_length"])
+    engine = Engine(prepared, spec, cfg, seed=13, quiet=True)
+    times: list[float] = []
+    tokens: list[int] = []
+
+    def clock(*, batch: dict[str, torch.Tensor], logits: torch.Tensor, **_: Any) -> torch.Tensor:
+        times.append(time.perf_counter())  # after each step's forward pass: consecutive calls are one step apart
+        tokens.append(int(batch["input_ids"].numel()))
+        return logits.new_zeros(())
+
+    engine.loss_hooks.append(clock)
+    fit = engine.fit(train, [])
+    ev = engine.evaluate(test, desc="test")
+    return {"train_examples_per_s": steady_rate(times, p["batch_size"]), "train_seconds": fit.train_seconds,
+            "tokens_per_step": sum(tokens) / len(tokens), "eval_examples_per_s": len(test) / ev.seconds,
+            "eval_seconds": ev.seconds, "trainable_params": trainable, "total_params": total,
+            "flop_params": n_flop_params, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_hf(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from transferlm.models.zoo import resolve_model
+
+    spec, train, test = load_data(data_dir, p["eval_examples"])
+    path = str(resolve_model(model).path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    torch.manual_seed(13)
+    hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=spec.num_labels, dtype=torch.float32)
+    hf.config.pad_token_id = tok.pad_token_id
+    n_flop_params = non_embedding_params(hf)
+    if method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        family = AutoConfig.from_pretrained(path).model_type
+        hf = get_peft_model(hf, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.05,
+                                           target_modules=LORA_TARGETS[family]))
+    trainable = sum(q.numel() for q in hf.parameters() if q.requires_grad)
+    total = sum(q.numel() for q in hf.parameters())
+
+    def encode(examples):
+        rows = []
+        for e in examples:
+            enc = tok(e.text_a, e.text_b, truncation=True, max_length=p["max_length"])
+            rows.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": e.label})
+        return rows
+
+    tokens: list[int] = []
+    pad = DataCollatorWithPadding(tok)
+
+    def collate(rows):
+        batch = pad(rows)
+        tokens.append(int(batch["input_ids"].numel()))
+        return batch
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # consecutive calls are one step apart
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=p["batch_size"],
+                                 per_device_eval_batch_size=32, max_steps=p["steps"],
+                                 learning_rate=LEARNING_RATES[method], weight_decay=0.01, max_grad_norm=1.0,
+                                 logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
+                                 use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
+                                 seed=13)
+        trainer = Trainer(model=hf, args=args, train_dataset=encode(train), data_collator=collate,
+                          callbacks=[Clock()])
+        t0 = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - t0
+        train_tokens = list(tokens)
+        t0 = time.perf_counter()
+        trainer.predict(encode(test))
+        eval_seconds = time.perf_counter() - t0
+    return {"train_examples_per_s": steady_rate(times, p["batch_size"]), "train_seconds": train_seconds,
+            "tokens_per_step": sum(train_tokens) / len(train_tokens), "eval_examples_per_s": len(test) / eval_seconds,
+            "eval_seconds": eval_seconds, "trainable_params": trainable, "total_params": total,
+            "flop_params": n_flop_params, "peak_rss_mb": peak_rss_mb()}
+
+
+# --- the parent ---------------------------------------------------------------------------------------------
+
+def matmul_peak(seconds: float = 2.0) -> dict[str, Any]:
+    """Best float32 matmul FLOP/s on this process's torch threads."""
+    import torch
+
+    best = {}
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)  # warm up
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.mm(a, b)
+            reps += 1
+        best[n] = 2 * n**3 * reps / (time.perf_counter() - t0)
+    n_best = max(best, key=best.get)
+    return {"flops_per_s": best[n_best], "size": n_best, "by_size": {str(k): v for k, v in best.items()},
+            "threads": torch.get_num_threads(), "dtype": "float32"}
+
+
+def run_worker(impl: str, model: str, method: str, p: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    spec = json.dumps({"impl": impl, "model": model, "method": method, "profile": p, "data_dir": data_dir})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def add_derived(r: dict[str, Any], method: str, peak: float) -> None:
+    if "error" in r:
+        return
+    per_token = (6 if method == "finetune" else 4) * r["flop_params"]
+    tokens_per_s = r["train_examples_per_s"] * r["tokens_per_step"] / r["batch_size"]
+    r["train_flops_per_s"] = per_token * tokens_per_s
+    r["fraction_of_matmul_peak"] = r["train_flops_per_s"] / peak
+    r["flops_formula"] = f"{6 if method == 'finetune' else 4}·N·tokens, N = {r['flop_params']:,} non-embedding params"
+    r["protocol_estimate_s"] = PROTOCOL["seeds"] * (PROTOCOL["steps"] * PROTOCOL["batch_size"] / r["train_examples_per_s"]
+                                                    + PROTOCOL["test_examples"] / r["eval_examples_per_s"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="minilm-l6,smollm2-135m")
+    ap.add_argument("--methods", default="finetune,lora")
+    ap.add_argument("--impls", default="transferlm,hf")
+    ap.add_argument("--steps", type=int, help="training steps (default per model: minilm 8, smollm2 4)")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--max-length", type=int)
+    ap.add_argument("--eval-examples", type=int)
+    ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", "../shared/data"))
+    ap.add_argument("--out", default="benchmarks/results/train-speed.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        w = json.loads(args.worker)
+        fn = worker_transferlm if w["impl"] == "transferlm" else worker_hf
+        res = fn(w["model"], w["method"], w["profile"], w["data_dir"])
+        print(json.dumps({**res, "batch_size": w["profile"]["batch_size"]}))
+        return
+
+    import torch
+
+    t_start = time.perf_counter()
+    peak = matmul_peak()
+    print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s (float32, n={peak['size']}, "
+          f"{peak['threads']} threads)", flush=True)
+    rows = []
+    for model in args.models.split(","):
+        p = dict(PROFILES.get(model, DEFAULT_PROFILE))
+        for key in ("steps", "batch_size", "max_length", "eval_examples"):
+            if getattr(args, key) is not None:
+                p[key] = getattr(args, key)
+        for method in args.methods.split(","):
+            results = {}
+            for impl in args.impls.split(","):
+                r = run_worker(impl, model, method, p, args.data_dir)
+                add_derived(r, method, peak["flops_per_s"])
+                results[impl] = r
+                if "error" in r:
+                    print(f"{model:13s} {method:8s} {impl:10s} ERROR {r['error']}", flush=True)
+                    continue
+                print(f"{model:13s} {method:8s} {impl:10s} train {r['train_examples_per_s']:7.2f} ex/s  "
+                      f"eval {r['eval_examples_per_s']:7.2f} ex/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+                      f"{100 * r['fraction_of_matmul_peak']:5.1f}% of matmul peak  "
+                      f"5-seed protocol ≈ {r['protocol_estimate_s'] / 60:.0f} min", flush=True)
+            row = {"model": model, "method": method, "profile": p, "results": results}
+            ours, theirs = results.get("transferlm", {}), results.get("hf", {})
+            if ours and theirs and "error" not in ours and "error" not in theirs:
+                row["ratios_transferlm_over_hf"] = {
+                    k: ours[k] / theirs[k] for k in ("train_examples_per_s", "eval_examples_per_s", "peak_rss_mb")}
+                rr = row["ratios_transferlm_over_hf"]
+                print(f"{'':13s} {method:8s} ratio transferlm/HF: train {rr['train_examples_per_s']:.2f}x  "
+                      f"eval {rr['eval_examples_per_s']:.2f}x  peak RSS {rr['peak_rss_mb']:.2f}x", flush=True)
+            rows.append(row)
+    # The peak again at the end (a shared machine's load changes): the higher of the two is the reference.
+    again = matmul_peak()
+    if again["flops_per_s"] > peak["flops_per_s"]:
+        for row in rows:
+            for r in row["results"].values():
+                if "error" not in r:
+                    r["fraction_of_matmul_peak"] = r["train_flops_per_s"] / again["flops_per_s"]
+    peak = {**max(peak, again, key=lambda x: x["flops_per_s"]),
+            "measured_gflops": [round(peak["flops_per_s"] / 1e9, 1), round(again["flops_per_s"] / 1e9, 1)]}
+    print(f"matmul peak at the end: {again['flops_per_s'] / 1e9:.1f} GFLOP/s; fractions use the higher", flush=True)
+    from transferlm.io import write_json
+
+    write_json(args.out, {"task": TASK, "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                                    "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+                          "matmul_peak": peak, "protocol_estimate": PROTOCOL, "rows": rows,
+                          "wall_seconds": round(time.perf_counter() - t_start, 1),
+                          "note": "measured on a possibly shared machine; rerun to compare"})
+    print(f"wrote {args.out} ({time.perf_counter() - t_start:.0f}s)")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    main()

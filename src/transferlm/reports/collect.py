@@ -1,0 +1,266 @@
+"""Load the output of ``compare`` (summary.json and each run's results.json) into one tidy structure.
+
+A folder given to the report is one of:
+
+* a ``compare`` output folder (it has ``summary.json``);
+* a ``reproduce`` output folder (it has ``suite.json``, naming its compare folders and their labels);
+* a folder holding either kind further down (found by walking it).
+
+One :class:`Cell` per (task, method): the summary's mean (std) and per-seed scores, the parameter counts
+and timings, and the learning curves of the runs that were reported (the grid point chosen on dev).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TransferLMError
+
+SUMMARY = "summary.json"
+SUITE = "suite.json"
+RESULTS = "results.json"
+_ROW_KEYS = ("method", "mean", "std", "per_seed")
+
+
+class ReportError(TransferLMError):
+    """A folder that cannot be reported on: missing or malformed compare output."""
+
+
+@dataclass
+class Curve:
+    """One run's learning curve: training loss per step and the dev metric at each evaluation."""
+
+    seed: int
+    steps: list[int]
+    loss: list[float]
+    dev_steps: list[int]
+    dev: list[float]
+
+
+@dataclass
+class Cell:
+    """One method on one task: the protocol's numbers over seeds."""
+
+    task: str
+    method: str  # the label shown in the report
+    raw_method: str  # the registered method that produced it
+    metric: str
+    split: str
+    model: str
+    shots: Any
+    mean: float
+    std: float
+    per_seed: list[float]
+    seeds: list[int]
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    train_seconds: float
+    eval_seconds: float
+    source: str
+    curves: list[Curve] = field(default_factory=list)
+
+
+@dataclass
+class Reference:
+    """Published numbers to show beside ours (e.g. the lecture's table); values in percent."""
+
+    source: str
+    rows: list[dict[str, Any]]  # {"method", "task", "value", "std" (optional), "params" (optional)}
+    note: str = ""
+
+
+@dataclass
+class Collection:
+    cells: list[Cell]
+    title: str = "transferlm report"
+    notes: list[str] = field(default_factory=list)
+    reference: Reference | None = None
+    method_order: list[str] = field(default_factory=list)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(c.task for c in self.cells))
+
+    @property
+    def methods(self) -> list[str]:
+        seen = list(dict.fromkeys(c.method for c in self.cells))
+        ordered = [m for m in self.method_order if m in seen]
+        return ordered + [m for m in seen if m not in ordered]
+
+    def get(self, task: str, method: str) -> Cell | None:
+        return next((c for c in self.cells if c.task == task and c.method == method), None)
+
+    def metric(self, task: str) -> str:
+        return next(c.metric for c in self.cells if c.task == task)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path} is not valid JSON (line {e.lineno}); rerun the command that wrote it") from None
+    except OSError as e:
+        raise ReportError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def _grid_index(grid: dict[str, list[Any]], selected: dict[str, Any]) -> int:
+    """Which grid point (compare's grid-<i> folder) a seed's selected settings were."""
+    from ..protocol.compare import grid_points
+
+    points = grid_points(grid) if grid else [{}]
+    for i, point in enumerate(points):
+        if point == selected:
+            return i
+    return 0
+
+
+def _curve(results: dict[str, Any], seed: int, metric: str) -> Curve | None:
+    history = results.get("history") or []
+    if not history:
+        return None
+    steps, loss, dev_steps, dev = [], [], [], []
+    for h in history:
+        if "loss" in h:
+            steps.append(int(h["step"]))
+            loss.append(float(h["loss"]))
+        if isinstance(h.get("dev"), dict) and metric in h["dev"]:
+            dev_steps.append(int(h["step"]))
+            dev.append(float(h["dev"][metric]))
+    return Curve(seed=seed, steps=steps, loss=loss, dev_steps=dev_steps, dev=dev)
+
+
+def run_dir(folder: Path, method: str, seed: int, grid: dict[str, list[Any]], selected: dict[str, Any]) -> Path:
+    """Where compare put one seed's run: ``<folder>/<method>/seed-<s>[/grid-<i>]``."""
+    base = folder / method / f"seed-{seed}"
+    n_points = 1
+    for values in (grid or {}).values():
+        n_points *= len(values) if isinstance(values, list) else 1
+    return base / f"grid-{_grid_index(grid, selected)}" if n_points > 1 else base
+
+
+def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -> list[Cell]:
+    """The cells of one compare output folder; ``labels`` renames methods (registered name -> label)."""
+    folder = Path(folder)
+    path = folder / SUMMARY
+    if not path.is_file():
+        raise ReportError(f"{folder} has no {SUMMARY}: pass a folder written by `transferlm compare` "
+                          "or `transferlm reproduce`")
+    summary = _read_json(path)
+    for key in ("task", "rows", "primary_metric"):
+        if key not in summary:
+            raise ReportError(f"{path}: missing key '{key}'; is it a compare summary?")
+    if not isinstance(summary["rows"], list) or not summary["rows"]:
+        raise ReportError(f"{path}: no rows (no method finished); rerun compare")
+    metric = summary["primary_metric"]
+    cells = []
+    for row in summary["rows"]:
+        missing = [k for k in _ROW_KEYS if k not in row]
+        if missing:
+            raise ReportError(f"{path}: a row lacks {', '.join(missing)}; is it a compare summary?")
+        seeds = [int(s) for s in row.get("seeds") or summary.get("seeds") or []]
+        selected = row.get("selected") or [{} for _ in seeds]
+        curves = []
+        for seed, point in zip(seeds, selected, strict=False):
+            res_path = run_dir(folder, row["method"], seed, summary.get("grid") or {}, point or {}) / RESULTS
+            if res_path.is_file():
+                curve = _curve(_read_json(res_path), seed, metric)
+                if curve is not None:
+                    curves.append(curve)
+        total = int(row.get("total_params") or 0)
+        trainable = int(row.get("trainable_params") or 0)
+        cells.append(Cell(
+            task=str(summary["task"]), method=(labels or {}).get(row["method"], row["method"]),
+            raw_method=row["method"], metric=metric, split=str(summary.get("split", "test")),
+            model=str(summary.get("model", "")), shots=summary.get("shots"),
+            mean=float(row["mean"]), std=float(row["std"]), per_seed=[float(x) for x in row["per_seed"]],
+            seeds=seeds, trainable_params=trainable, total_params=total,
+            trainable_percent=float(row.get("trainable_percent", 100.0 * trainable / max(total, 1))),
+            train_seconds=float(row.get("train_seconds", 0.0)), eval_seconds=float(row.get("eval_seconds", 0.0)),
+            source=str(folder), curves=curves))
+    return cells
+
+
+def _find(folder: Path) -> list[Path]:
+    """Compare or suite folders under ``folder`` (the folder itself if it is one), sorted."""
+    if (folder / SUITE).is_file() or (folder / SUMMARY).is_file():
+        return [folder]
+    found = set()
+    for hit in sorted(folder.rglob(SUITE)) + sorted(folder.rglob(SUMMARY)):
+        if not any(p in found for p in hit.parent.parents):
+            found.add(hit.parent)
+    # A suite folder's own compare folders are reported through the suite.
+    suites = {p for p in found if (p / SUITE).is_file()}
+    return sorted(p for p in found if not any(s in p.parents for s in suites))
+
+
+def load_suite(folder: Path) -> tuple[list[Cell], dict[str, Any]]:
+    """The cells of a reproduce output folder, labelled as its suite.json says."""
+    suite = _read_json(folder / SUITE)
+    cells: list[Cell] = []
+    for entry in suite.get("entries", []):
+        sub = folder / entry["dir"]
+        if not (sub / SUMMARY).is_file():
+            continue  # not run yet (an interrupted reproduce); the report shows what finished
+        cells.extend(load_compare_dir(sub, {entry["method"]: entry["label"]}))
+    if not cells:
+        raise ReportError(f"{folder}: none of the suite's runs has finished yet; run `transferlm reproduce` "
+                          "again to continue")
+    return cells, suite
+
+
+def _disambiguate(cells: list[Cell]) -> None:
+    """Two folders with the same (task, method) get the folder name added to the label."""
+    by_key: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        by_key.setdefault((c.task, c.method), []).append(c)
+    for group in by_key.values():
+        if len(group) > 1 and len({c.source for c in group}) > 1:
+            for c in group:
+                c.method = f"{c.method} ({Path(c.source).name})"
+    # Still ambiguous (same folder name in two places): the whole path.
+    keys = [(c.task, c.method) for c in cells]
+    for c in cells:
+        if keys.count((c.task, c.method)) > 1:
+            c.method = f"{c.method.split(' (')[0]} ({c.source})"
+
+
+def collect(folders: list[str | Path], *, title: str | None = None) -> Collection:
+    """Everything the report needs from the given folders, in the order given."""
+    if not folders:
+        raise ReportError("report needs at least one compare or reproduce output folder")
+    cells: list[Cell] = []
+    notes: list[str] = []
+    reference = None
+    order: list[str] = []
+    suite_title = None
+    for raw in folders:
+        folder = Path(raw)
+        if not folder.is_dir():
+            raise ReportError(f"{folder} is not a folder; pass the --output folder of `transferlm compare`")
+        found = _find(folder)
+        if not found:
+            raise ReportError(f"{folder} has no {SUMMARY} (nor any below it): pass a folder written by "
+                              "`transferlm compare` or `transferlm reproduce`")
+        for f in found:
+            if (f / SUITE).is_file():
+                more, suite = load_suite(f)
+                cells.extend(more)
+                order.extend(e["label"] for e in suite.get("entries", []) if e["label"] not in order)
+                notes.extend(suite.get("notes", []))
+                suite_title = suite_title or suite.get("title")
+                if suite.get("reference") and reference is None:
+                    ref = suite["reference"]
+                    reference = Reference(source=ref.get("source", ""), rows=list(ref.get("rows", [])),
+                                          note=ref.get("note", ""))
+            else:
+                cells.extend(load_compare_dir(f))
+    _disambiguate(cells)
+    return Collection(cells=cells, title=title or suite_title or "transferlm report", notes=notes,
+                      reference=reference, method_order=order)

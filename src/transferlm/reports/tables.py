@@ -1,0 +1,239 @@
+"""Tables in the lecture's style (methods × tasks, mean (std)), and their Markdown and CSV forms.
+
+Scores are shown ×100 with one decimal, as LM-BFF, Gururangan et al. and the LoRA paper print them. In
+each score column the best mean is marked (every method whose shown value equals the best one, so a
+tie is never broken by digits the reader cannot see). Parameter and time columns are not marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.table import METRIC_ABBREV, human_count
+from .collect import Cell, Collection
+
+CSV_COLUMNS = ("task", "method", "metric", "split", "mean", "std", "n_seeds", "seeds", "per_seed", "best",
+               "trainable_params", "total_params", "trainable_percent", "train_seconds", "eval_seconds",
+               "model", "shots", "raw_method", "source")
+MISSING = "–"
+
+
+@dataclass
+class TableCell:
+    text: str
+    value: float | None = None  # the number the text shows (for marking the best)
+    best: bool = False
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[TableCell]]
+    caption: str = ""
+    score_columns: list[int] = field(default_factory=list)
+
+    def column(self, name: str) -> list[TableCell]:
+        i = self.header.index(name)
+        return [r[i] for r in self.rows]
+
+
+def shown(x: float) -> float:
+    """A score as the table shows it: ×100, one decimal."""
+    return round(100.0 * x, 1)
+
+
+def score_text(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ({100 * std:.1f})"
+
+
+def column_name(task: str, metric: str) -> str:
+    return f"{task} ({METRIC_ABBREV.get(metric, metric)})"
+
+
+def mark_best(rows: list[list[TableCell]], columns: list[int]) -> None:
+    """Mark, in each column, every cell whose shown value equals the column's best (higher is better)."""
+    for j in columns:
+        values = [r[j].value for r in rows if r[j].value is not None and not math.isnan(r[j].value)]
+        if not values:
+            continue
+        top = max(values)
+        for r in rows:
+            r[j].best = r[j].value is not None and math.isclose(r[j].value, top, abs_tol=1e-9)
+
+
+def _caption(cells: list[Cell]) -> str:
+    def joined(values: list[Any]) -> str:
+        return ", ".join(str(v) for v in dict.fromkeys(values))
+
+    seeds = joined([", ".join(map(str, c.seeds)) for c in cells])
+    n_seeds = sorted({len(c.seeds) for c in cells})
+    split = joined([c.split for c in cells])
+    return (f"mean (std) over {'/'.join(map(str, n_seeds))} seed(s) ({seeds}) on the {split} split, ×100; "
+            f"model {joined([c.model for c in cells])}, K={joined([c.shots for c in cells])}; "
+            "std is the population std over seeds; best per column in bold")
+
+
+def build_table(collection: Collection) -> Table:
+    """Methods × tasks, then the average over tasks, trainable parameters (and %) and time per run."""
+    tasks, methods = collection.tasks, collection.methods
+    header = ["Method", *[column_name(t, collection.metric(t)) for t in tasks]]
+    with_avg = len(tasks) > 1
+    if with_avg:
+        header.append("Avg.")
+    header += ["# Trainable params", "Train s/run", "Eval s/run"]
+    rows = []
+    for m in methods:
+        cells = [collection.get(t, m) for t in tasks]
+        row = [TableCell(m)]
+        for c in cells:
+            row.append(TableCell(score_text(c.mean, c.std), shown(c.mean)) if c else TableCell(MISSING))
+        present = [c for c in cells if c is not None]
+        if with_avg:
+            if len(present) == len(tasks):
+                avg = sum(c.mean for c in present) / len(present)
+                row.append(TableCell(f"{100 * avg:.1f}", shown(avg)))
+            else:
+                row.append(TableCell(MISSING))
+        biggest = max(present, key=lambda c: c.trainable_params)
+        row.append(TableCell(f"{human_count(biggest.trainable_params)} ({biggest.trainable_percent:.2f}%)",
+                             float(biggest.trainable_params)))
+        train = sum(c.train_seconds for c in present) / len(present)
+        evals = sum(c.eval_seconds for c in present) / len(present)
+        row += [TableCell(f"{train:.1f}", train), TableCell(f"{evals:.1f}", evals)]
+        rows.append(row)
+    scores = list(range(1, 1 + len(tasks) + (1 if with_avg else 0)))
+    mark_best(rows, scores)
+    return Table(header=header, rows=rows, caption=_caption(collection.cells), score_columns=scores)
+
+
+def build_reference_table(collection: Collection) -> Table | None:
+    """The published numbers for the tasks this report has (None when there are none)."""
+    ref = collection.reference
+    if ref is None:
+        return None
+    tasks = [t for t in collection.tasks if any(r["task"] == t for r in ref.rows)]
+    if not tasks:
+        return None
+    methods = list(dict.fromkeys(r["method"] for r in ref.rows if r["task"] in tasks))
+    has_params = any(r.get("params") for r in ref.rows)
+    header = ["Method", *[column_name(t, collection.metric(t)) for t in tasks]]
+    if has_params:
+        header.append("# Trainable params")
+    rows = []
+    for m in methods:
+        row = [TableCell(m)]
+        for t in tasks:
+            r = next((r for r in ref.rows if r["method"] == m and r["task"] == t), None)
+            if r is None or r.get("value") is None:
+                row.append(TableCell(MISSING))
+            else:
+                std = r.get("std")
+                text = f"{r['value']:.1f}" + (f" ({std:.1f})" if std is not None else "")
+                row.append(TableCell(text, float(r["value"])))
+        if has_params:
+            row.append(TableCell(next((str(r["params"]) for r in ref.rows if r["method"] == m and r.get("params")),
+                                      MISSING)))
+        rows.append(row)
+    scores = list(range(1, 1 + len(tasks)))
+    mark_best(rows, scores)
+    return Table(header=header, rows=rows, caption=f"{ref.source}. {ref.note}".strip(), score_columns=scores)
+
+
+# --- Markdown -------------------------------------------------------------------------------------------
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(table: Table) -> str:
+    """A GitHub-flavoured Markdown table; best cells in **bold**."""
+    def fmt(c: TableCell) -> str:
+        return f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text)
+
+    lines = ["| " + " | ".join(_md_escape(h) for h in table.header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.header))) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in table.rows]
+    if table.caption:
+        lines += ["", f"*{table.caption}*"]
+    return "\n".join(lines)
+
+
+def parse_markdown_table(text: str) -> list[list[tuple[str, bool]]]:
+    """The rows of the first Markdown table in ``text`` as (cell text, bold) pairs, header first."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line[1:-1])]
+        if all(set(c) <= set("-:") and c for c in cells):
+            continue  # the separator row
+        rows.append([(c[2:-2], True) if c.startswith("**") and c.endswith("**") else (c, False) for c in cells])
+    return rows
+
+
+# --- CSV ------------------------------------------------------------------------------------------------
+
+def csv_rows(collection: Collection, table: Table | None = None) -> list[dict[str, Any]]:
+    """One tidy row per (task, method), with the exact numbers (fractions, not ×100)."""
+    table = table or build_table(collection)
+    best = set()
+    for j, task in enumerate(collection.tasks, start=1):
+        for row in table.rows:
+            if row[j].best:
+                best.add((task, row[0].text))
+    out = []
+    for c in collection.cells:
+        out.append({"task": c.task, "method": c.method, "metric": c.metric, "split": c.split, "mean": c.mean,
+                    "std": c.std, "n_seeds": len(c.per_seed), "seeds": ";".join(map(str, c.seeds)),
+                    "per_seed": ";".join(repr(x) for x in c.per_seed), "best": int((c.task, c.method) in best),
+                    "trainable_params": c.trainable_params, "total_params": c.total_params,
+                    "trainable_percent": c.trainable_percent, "train_seconds": c.train_seconds,
+                    "eval_seconds": c.eval_seconds, "model": c.model, "shots": c.shots, "raw_method": c.raw_method,
+                    "source": c.source})
+    return out
+
+
+def to_csv(collection: Collection, table: Table | None = None) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(collection, table):
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def read_csv(text: str) -> list[dict[str, Any]]:
+    """Parse :func:`to_csv`'s output back into typed rows."""
+    floats = ("mean", "std", "trainable_percent", "train_seconds", "eval_seconds")
+    ints = ("n_seeds", "best", "trainable_params", "total_params")
+    rows = []
+    for r in csv.DictReader(io.StringIO(text)):
+        row: dict[str, Any] = dict(r)
+        for k in floats:
+            row[k] = float(row[k])
+        for k in ints:
+            row[k] = int(row[k])
+        row["per_seed"] = [float(x) for x in row["per_seed"].split(";") if x]
+        row["seeds"] = [int(x) for x in row["seeds"].split(";") if x]
+        rows.append(row)
+    return rows
+
+
+def markdown_report(collection: Collection, table: Table, reference: Table | None) -> str:
+    parts = [f"# {collection.title}", "", to_markdown(table)]
+    if reference is not None:
+        parts += ["", "## Published numbers", "", to_markdown(reference)]
+    if collection.notes:
+        parts += ["", "## Notes", "", *[f"- {n}" for n in collection.notes]]
+    sources = list(dict.fromkeys(c.source for c in collection.cells))
+    parts += ["", "## Sources", "", *[f"- `{s}`" for s in sources], "",
+              "Plots (accuracy vs trainable parameters, per-seed spread, learning curves) are in report.html.", ""]
+    return "\n".join(parts)

@@ -1,0 +1,214 @@
+"""Hosts: one copy of a base model carrying many tasks, and the forward pass over a batch of rows.
+
+A :class:`ClassifierHost` is a base encoder/decoder with one PEFT method's task adapters and their
+classification heads (``load_task_adapter``); rows of different tasks share a forward pass, each row
+with its own adapter (on a CPU, rows of very different lengths go to separate passes: ``length_chunks``). A :class:`PromptHost` is a base LM (MLM or causal head) whose tasks are a template
+and verbalizer, each optionally with its own PEFT adapter; its rows run per task (the answer slots
+and label words differ per task). Everything here is blocking and runs on the server's single
+inference thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.example import Example
+from ..data.tasks import TaskSpec
+from ..errors import ConfigError
+from ..models.loading import Backbone
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row's answer: class probabilities (by label name), or a score for regression tasks."""
+
+    label: str | None
+    probabilities: dict[str, float] | None = None
+    score: float | None = None
+
+
+@dataclass
+class Row:
+    """One input of one request, bound to the task version it was admitted with."""
+
+    adapter: str  # the adapter's name on its host (unique per loaded version)
+    example: Example
+    max_length: int
+    label_names: tuple[str, ...]
+    regression: bool
+
+
+def label_names_of(spec: TaskSpec) -> tuple[str, ...]:
+    if spec.regression:
+        return ()
+    return tuple(spec.label_names) if len(spec.label_names) == len(spec.labels) else tuple(spec.labels)
+
+
+def _predictions(scores: torch.Tensor, rows: Sequence[Row], log_probs: bool) -> list[Prediction]:
+    out = []
+    scores = scores.float().cpu()
+    for s, row in zip(scores, rows, strict=True):
+        if row.regression:
+            out.append(Prediction(label=None, score=float(s.reshape(-1)[0])))
+            continue
+        p = s.exp() if log_probs else s.softmax(-1)
+        probs = dict(zip(row.label_names, (float(x) for x in p), strict=True))
+        out.append(Prediction(label=row.label_names[int(p.argmax())], probabilities=probs))
+    return out
+
+
+class ClassifierHost:
+    """A base model with one PEFT method's task adapters and heads (:class:`TaskModel`)."""
+
+    kind = "classifier"
+
+    def __init__(self, backbone: Backbone, method: str, device: torch.device, pad_ratio: float | None = None) -> None:
+        self.backbone, self.method, self.device, self.pad_ratio = backbone, method, device, pad_ratio
+        self.model: Any = None  # TaskModel, made by the first load
+        backbone.model.to(device)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backbone.tokenizer
+
+    @property
+    def mixes(self) -> bool:
+        """Whether rows of different tasks may share one forward pass (not IA3: peft's layers cannot)."""
+        return bool(self.model is not None and self.model.backbone.mixed_batches)
+
+    def load(self, folder: Path, adapter: str, meta: dict[str, Any]) -> None:
+        from ..methods.efficient import load_task_adapter
+
+        self.model = load_task_adapter(folder, self.backbone, adapter)
+
+    def encode(self, rows: Sequence[Row]) -> list[dict[str, list[int]]]:
+        """Tokenise as training did (``make_collate``), in groups of equal max_length and pairing."""
+        encoded: list[dict[str, list[int]]] = [{}] * len(rows)
+        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        for i, r in enumerate(rows):
+            groups[(r.max_length, r.example.text_b is not None)].append(i)
+        keep = ("input_ids", "attention_mask", "token_type_ids")
+        for (max_length, pair), idx in groups.items():
+            a = [rows[i].example.text_a for i in idx]
+            b = [rows[i].example.text_b for i in idx] if pair else None
+            enc = self.tokenizer(a, b, truncation=True, max_length=max_length)
+            for j, i in enumerate(idx):
+                encoded[i] = {k: enc[k][j] for k in keep if k in enc}
+        return encoded
+
+    def predict(self, rows: Sequence[Row]) -> list[Prediction]:
+        encoded = self.encode(rows)
+        names = [r.adapter for r in rows]
+        if self.mixes:
+            groups = [list(range(len(rows)))]
+        else:  # IA3: one forward per task
+            groups = [[i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)]
+        out: list[Prediction | None] = [None] * len(rows)
+        for idx in groups:
+            for chunk in length_chunks([len(encoded[i]["input_ids"]) for i in idx], self.pad_ratio):
+                sel = [idx[j] for j in chunk]
+                batch = self.tokenizer.pad([encoded[i] for i in sel], return_tensors="pt")
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}, tasks=[names[i] for i in sel])
+                for i, t in zip(sel, logits, strict=True):
+                    out[i] = _predictions(t.reshape(1, -1), [rows[i]], log_probs=False)[0]
+        return out  # type: ignore[return-value]
+
+
+def length_chunks(lengths: Sequence[int], pad_ratio: float | None) -> list[list[int]]:
+    """Positions of ``lengths`` in forward passes whose padded tokens stay within ``pad_ratio`` x real tokens.
+
+    On a CPU a forward pass costs about its padded token count, so one long input in a batch of short
+    ones would make the whole batch pay for its length; sorted by length, similar rows share a pass.
+    ``None`` or 0: everything in one pass (what a GPU prefers).
+    """
+    if not pad_ratio or len(lengths) <= 1:
+        return [list(range(len(lengths)))]
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    tokens = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        n = lengths[i]  # ascending: the longest so far
+        if cur and n * (len(cur) + 1) > pad_ratio * (tokens + n):
+            chunks.append(cur)
+            cur, tokens = [], 0
+        cur.append(i)
+        tokens += n
+    chunks.append(cur)
+    return chunks
+
+
+@dataclass
+class _PromptTask:
+    setup: Any  # prompts.build.PromptSetup
+
+
+@dataclass
+class PromptHost:
+    """A base LM (with its MLM or causal head) serving prompt-based tasks: template + verbalizer per task.
+
+    ``method`` is the PEFT method of its adapters (one per base copy, as for classifiers); ``None`` for a
+    task whose run fine-tuned the whole LM (its own copy, loaded from the run's ``backbone/``).
+    """
+
+    backbone: Backbone
+    method: str | None
+    device: torch.device
+    lm: Any = None
+    tasks: dict[str, _PromptTask] = field(default_factory=dict)
+    kind: str = "prompt"
+
+    def __post_init__(self) -> None:
+        self.backbone.model.to(self.device)
+        self.lm = self.backbone.model
+
+    def load(self, folder: Path, adapter: str, meta: dict[str, Any], *, max_length: int) -> None:
+        from ..methods.efficient import PeftBackbone, _info
+        from ..prompts.build import build_prompt
+
+        cfg = meta.get("config") or {}
+        if cfg.get("demonstrations"):
+            raise ConfigError(f"{folder}: this prompt model reads demonstrations drawn from its training set, "
+                              "which a saved model does not carry; serve a run without demonstrations")
+        peft = cfg.get("peft") or None
+        if peft and peft.get("train_lm_head"):
+            raise ConfigError(f"{folder}: the run trained the LM head with its adapter (peft.train_lm_head), but "
+                              "only the adapter was saved; it cannot be served faithfully")
+        if self.method is not None:
+            if not isinstance(self.lm, PeftBackbone):  # the first adapter wraps the base LM once
+                self.lm = _info(self.method).backbone(self.lm, tokenizer=self.backbone.tokenizer)
+            self.lm.load_adapter(folder / "adapter", adapter)
+            self.lm.requires_grad_(False)
+        spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"].items()
+                           if k in {f.name for f in dataclasses.fields(TaskSpec)}})
+        view = dataclasses.replace(self.backbone, model=self.lm)
+        setup = build_prompt(view, spec, template=meta["template"], label_words=meta["label_words"],
+                             max_length=max_length, calibrate=bool(cfg.get("calibrate", False)),
+                             content_free=cfg.get("content_free", "N/A"),
+                             multi_token=cfg.get("multi_token", "mean"), aggregate=cfg.get("aggregate", "mean"),
+                             search=cfg.get("answer_search", "argmax"), poles=cfg.get("poles"))
+        setup.model.eval()
+        self.tasks[adapter] = _PromptTask(setup)
+
+    def predict(self, rows: Sequence[Row]) -> list[Prediction]:
+        out: list[Prediction | None] = [None] * len(rows)
+        names = [r.adapter for r in rows]
+        for name in dict.fromkeys(names):  # answer slots and label words differ per task: one pass each
+            idx = [i for i, n in enumerate(names) if n == name]
+            setup = self.tasks[name].setup
+            if self.method is not None:
+                self.lm.set_adapter(name)
+            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                     for k, v in setup.collate([rows[i].example for i in idx]).items()}
+            scores = setup.model(**batch)
+            sub = [rows[i] for i in idx]
+            preds = _predictions(scores[:, None] if sub[0].regression else scores, sub, log_probs=True)
+            for i, p in zip(idx, preds, strict=True):
+                out[i] = p
+        return out  # type: ignore[return-value]

@@ -1,0 +1,201 @@
+"""Reports: collecting compare folders, tables (best marked, numbers as given), CSV/Markdown round trips,
+SVG plots (one marker group per method), the offline HTML page, and the `report` command's errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from reports_fixtures import two_task_dirs, write_compare
+from transferlm.cli import main
+from transferlm.reports import ReportError, build_report, collect
+from transferlm.reports.html import external_references, render_html
+from transferlm.reports.plots import curves_plot, params_plot, seeds_plot
+from transferlm.reports.tables import (
+    build_reference_table,
+    build_table,
+    parse_markdown_table,
+    read_csv,
+    to_csv,
+    to_markdown,
+)
+
+
+@pytest.fixture
+def coll(tmp_path: Path):
+    return collect(two_task_dirs(tmp_path))
+
+
+def _row(table, method: str):
+    return next(r for r in table.rows if r[0].text == method)
+
+
+def test_collect_reads_every_row_and_the_selected_runs_curves(coll) -> None:
+    assert coll.tasks == ["SST-2", "cr"]
+    assert coll.methods == ["finetune", "lora", "bitfit", "prompt-zero-shot"]
+    lora = coll.get("SST-2", "lora")
+    assert lora.per_seed == [0.83, 0.81, 0.85] and lora.seeds == [13, 21, 42]
+    assert lora.mean == pytest.approx(0.83) and lora.trainable_params == 150_000
+    assert len(lora.curves) == 3 and lora.curves[0].steps == [1, 2, 3, 4, 5, 6] and lora.curves[0].dev_steps == [3, 6]
+    assert coll.get("SST-2", "prompt-zero-shot").curves == []  # no training, no curve
+    assert coll.get("cr", "bitfit") is None
+
+
+def test_table_numbers_match_the_inputs(coll) -> None:
+    table = build_table(coll)
+    assert table.header == ["Method", "SST-2 (acc)", "cr (acc)", "Avg.", "# Trainable params", "Train s/run",
+                            "Eval s/run"]
+    for method in coll.methods:
+        row = _row(table, method)
+        for j, task in enumerate(coll.tasks, start=1):
+            c = coll.get(task, method)
+            expected = "–" if c is None else f"{100 * c.mean:.1f} ({100 * c.std:.1f})"
+            assert row[j].text == expected
+    assert _row(table, "finetune")[1].text == "82.0 (1.6)"  # std is the population std: sqrt(8/3)
+    assert _row(table, "finetune")[3].text == "79.0"  # (82.0 + 76.0) / 2
+    assert _row(table, "bitfit")[3].text == "–"  # no cr result: no average
+    assert _row(table, "lora")[4].text == "150.0K (0.66%)"
+    assert _row(table, "prompt-zero-shot")[4].text == "0 (0.00%)"
+
+
+def test_best_per_column_is_marked_ties_included(coll) -> None:
+    table = build_table(coll)
+    best = {h: [r[0].text for r in table.rows if r[i].best] for i, h in enumerate(table.header) if i}
+    assert best["SST-2 (acc)"] == ["lora"]  # 83.0 beats 82.0
+    assert best["cr (acc)"] == ["finetune", "lora"]  # 76.0 and 76.0 (75.997) as shown
+    assert best["Avg."] == ["lora"]
+    assert best["# Trainable params"] == best["Train s/run"] == []  # only score columns are marked
+
+
+def test_markdown_round_trip_keeps_every_cell_and_mark(coll) -> None:
+    table = build_table(coll)
+    parsed = parse_markdown_table(to_markdown(table))
+    assert [c for c, _ in parsed[0]] == table.header
+    assert [[(c.text, c.best) for c in row] for row in table.rows] == parsed[1:]
+    assert "**83.0 (1.6)**" in to_markdown(table)
+
+
+def test_csv_round_trip_is_exact(coll) -> None:
+    rows = read_csv(to_csv(coll))
+    assert len(rows) == len(coll.cells) == 7
+    for r in rows:
+        c = coll.get(r["task"], r["method"])
+        assert (r["mean"], r["std"], r["per_seed"], r["seeds"]) == (c.mean, c.std, c.per_seed, c.seeds)
+        assert (r["trainable_params"], r["total_params"], r["n_seeds"]) == (c.trainable_params, c.total_params, 3)
+    assert {(r["task"], r["method"]) for r in rows if r["best"]} == {("SST-2", "lora"), ("cr", "finetune"),
+                                                                     ("cr", "lora")}
+
+
+def _groups(svg: str, prefix: str) -> dict[str, int]:
+    """id -> number of markers drawn in that group."""
+    out = {}
+    for m in re.finditer(rf'<g id="({prefix}-[^"]+)">(.*?)</g>', svg, re.S):
+        out[m.group(1)] = len(re.findall(r"<use ", m.group(2)))
+    return out
+
+
+def test_params_plot_has_one_marker_per_method_per_task(coll) -> None:
+    svg = params_plot(coll).svg
+    assert svg.startswith("<svg")
+    groups = _groups(svg, "point")
+    assert set(groups) == {f"point-{t}-{m}" for t, m in [
+        ("sst-2", "finetune"), ("sst-2", "lora"), ("sst-2", "bitfit"), ("sst-2", "prompt-zero-shot"),
+        ("cr", "finetune"), ("cr", "lora"), ("cr", "prompt-zero-shot")]}
+    assert set(groups.values()) == {1}
+    assert "log scale" in svg and ">0<" in svg  # the zero-parameter tick
+
+
+def test_seeds_plot_has_one_point_per_seed(coll) -> None:
+    groups = _groups(seeds_plot(coll).svg, "seeds")
+    assert len(groups) == 7 and set(groups.values()) == {3}
+
+
+def test_curves_plot_only_for_methods_that_train(coll) -> None:
+    svg = curves_plot(coll).svg
+    ids = set(re.findall(r'<g id="((?:loss|dev)-[^"]+)"', svg))
+    assert "loss-sst-2-finetune" in ids and "dev-cr-lora" in ids
+    assert not any("zero-shot" in i for i in ids)
+
+
+def test_html_page_is_self_contained(coll) -> None:
+    table = build_table(coll)
+    page = render_html(coll, table, build_reference_table(coll), [params_plot(coll), seeds_plot(coll)])
+    assert external_references(page) == []
+    assert page.count("<svg") == 2 and '<table id="results">' in page
+    assert '<td class="best"><strong>83.0 (1.6)</strong></td>' in page
+    # The check itself catches what it must.
+    assert external_references('<img src="https://x.org/a.png"><script src="a.js"></script>')
+    assert external_references('<div style="background: url(http://x/y.png)">')
+
+
+def test_learning_curves_come_from_the_run_selected_on_dev(tmp_path: Path) -> None:
+    grid = {"train.learning_rate": [1e-3, 3e-3]}
+    folder = write_compare(tmp_path / "g", "SST-2", {"finetune": {
+        "per_seed": [0.7, 0.8], "selected": [{"train.learning_rate": 3e-3}, {"train.learning_rate": 1e-3}]}},
+        seeds=(13, 21), grid=grid)
+    assert (folder / "finetune" / "seed-13" / "grid-1" / "results.json").is_file()
+    cell = collect([folder]).cells[0]
+    assert [c.seed for c in cell.curves] == [13, 21]
+
+
+def test_same_method_in_two_folders_is_told_apart(tmp_path: Path) -> None:
+    write_compare(tmp_path / "runs" / "llrd", "SST-2", {"finetune": {"per_seed": [0.7]}}, seeds=(13,))
+    write_compare(tmp_path / "runs" / "plain", "SST-2", {"finetune": {"per_seed": [0.6]}}, seeds=(13,))
+    coll = collect([tmp_path / "runs"])  # found by walking the folder
+    assert sorted(coll.methods) == ["finetune (llrd)", "finetune (plain)"]
+
+
+def test_suite_folder_labels_order_and_reference(tmp_path: Path) -> None:
+    write_compare(tmp_path / "s" / "SST-2" / "ft", "SST-2", {"finetune": {"per_seed": [0.7]}}, seeds=(13,))
+    write_compare(tmp_path / "s" / "SST-2" / "zs", "SST-2", {"prompt-zero-shot": {"per_seed": [0.6], "params": 0}},
+                  seeds=(13,))
+    (tmp_path / "s" / "suite.json").write_text(json.dumps({
+        "title": "Suite X", "notes": ["a note"],
+        "reference": {"source": "slide 25", "rows": [{"method": "Fine-tuning", "task": "SST-2", "value": 81.4,
+                                                      "std": 3.8}]},
+        "entries": [{"label": "Zero-shot", "task": "SST-2", "method": "prompt-zero-shot", "dir": "SST-2/zs"},
+                    {"label": "Fine-tuning", "task": "SST-2", "method": "finetune", "dir": "SST-2/ft"},
+                    {"label": "Not run yet", "task": "SST-2", "method": "lora", "dir": "SST-2/lora"}]}))
+    coll = collect([tmp_path / "s"])
+    assert coll.title == "Suite X" and coll.methods == ["Zero-shot", "Fine-tuning"]
+    ref = build_reference_table(coll)
+    assert ref.rows[0][0].text == "Fine-tuning" and ref.rows[0][1].text == "81.4 (3.8)"
+
+
+def test_build_report_writes_three_files(tmp_path: Path) -> None:
+    files = build_report(two_task_dirs(tmp_path / "in"), tmp_path / "out")
+    assert files.html.is_file() and files.markdown.is_file() and files.csv.is_file()
+    assert "| lora |" in files.markdown.read_text()
+    assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+def test_folder_without_summary_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no summary.json"):
+        collect([tmp_path / "empty"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "summary.json").write_text("{not json")
+    with pytest.raises(ReportError, match="not valid JSON"):
+        collect([bad])
+    (bad / "summary.json").write_text(json.dumps({"task": "x", "rows": [{"method": "m"}], "primary_metric": "a"}))
+    with pytest.raises(ReportError, match="lacks mean"):
+        collect([bad])
+
+
+def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dirs = two_task_dirs(tmp_path / "in")
+    assert main(["report", *map(str, dirs), "--output", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "report.html" in out and "| lora |" in out
+    assert main(["report", str(tmp_path / "nope"), "--output", str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("transferlm: error:")
+    assert not (tmp_path / "rep2").exists()
+    for cmd in ("report", "reproduce"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "examples:" in capsys.readouterr().out

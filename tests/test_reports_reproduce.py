@@ -1,0 +1,206 @@
+"""`reproduce`: the plans behind the lecture's tables (built, not run), caching and resume of a small
+executed plan on tiny models, and the test-subset option the quick suites use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import transferlm.protocol.compare as compare_mod
+import transferlm.reports.reproduce as reproduce_mod
+from transferlm.cli import main
+from transferlm.config import DataConfig, RunConfig
+from transferlm.data.example import Example, TaskData
+from transferlm.data.loading import DataOptions, limit_test, load_task
+from transferlm.errors import ConfigError, DataError
+from transferlm.reports.reproduce import Entry, Plan, PretrainStep, build_plan, execute
+
+LMBFF_LABELS = ["Prompt-based zero-shot", '"GPT-3" in-context learning', "Fine-tuning", "Prompt-based FT (man)",
+                "Prompt-based FT (man) + demonstrations", "Prompt-based FT (auto) + demonstrations"]
+
+
+def test_lmbff_quick_plan() -> None:
+    plan = build_plan("lmbff", quick=True, data_dir="/data")
+    runs = plan.runs()
+    assert [r["label"] for r in runs] == LMBFF_LABELS
+    assert {r["task"] for r in runs} == {"SST-2"} and {r["seed"] for r in runs} == {13}
+    assert [e.method for e in plan.entries] == ["prompt-zero-shot", "icl", "finetune", "prompt-finetune",
+                                                "prompt-finetune", "prompt-finetune"]
+    args = {e.label: e.run["method_args"] for e in plan.entries}
+    assert args["Prompt-based FT (man)"] == {}
+    assert args["Prompt-based FT (man) + demonstrations"] == {"demonstrations": True, "demo_eval_samples": 2}
+    assert args["Prompt-based FT (auto) + demonstrations"]["auto"] == "templates"
+    for e in plan.entries:
+        assert e.run["model"] == "splade-tiny" and e.run["data"] == {"data_dir": "/data", "shots": 16,
+                                                                     "max_test": 200}
+        assert e.run["train"]["max_steps"] == 16
+        RunConfig.from_dict(e.run)  # every entry is a valid run config
+    assert len({e.dir for e in plan.entries}) == len(plan.entries)  # one folder per compare
+    assert plan.output == "runs/reproduce-lmbff-quick" and not plan.pretrains
+
+
+def test_lmbff_full_plan_is_the_lectures_table() -> None:
+    plan = build_plan("lmbff", data_dir="/data")
+    tasks = ["SST-2", "sst-5", "mr", "cr", "trec", "RTE", "MRPC", "QNLI"]
+    assert list(dict.fromkeys(e.task for e in plan.entries)) == tasks
+    assert len(plan.entries) == 6 * len(tasks) and len(plan.runs()) == 6 * len(tasks) * 5
+    assert all(e.seeds == [13, 21, 42, 87, 100] for e in plan.entries)
+    assert {e.run["model"] for e in plan.entries} == {"smollm2-135m"}
+    assert all("max_test" not in e.run["data"] for e in plan.entries)  # the whole test sets
+    # No quick-only shortcuts in the full suite.
+    assert all("demo_eval_samples" not in e.run["method_args"] for e in plan.entries)
+    ref = {(r["method"], r["task"]): r for r in plan.reference["rows"]}
+    assert ref[("Fine-tuning", "SST-2")]["value"] == 81.4 and ref[("Fine-tuning", "SST-2")]["std"] == 3.8
+
+
+def test_peft_plan_learning_rates_and_overrides() -> None:
+    plan = build_plan("peft", quick=True, data_dir="/d", tasks=["RTE", "MRPC"], seeds=[1, 2],
+                      overrides={"train.batch_size": 4})
+    assert [e.method for e in plan.entries[:6]] == ["finetune", "bitfit", "adapter", "lora", "prefix", "prompt-tuning"]
+    lrs = {e.method: e.run["train"]["learning_rate"] for e in plan.entries}
+    assert lrs == {"finetune": 5e-5, "bitfit": 1e-3, "adapter": 1e-3, "lora": 1e-3, "prefix": 5e-4,
+                   "prompt-tuning": 1e-2}
+    assert {e.task for e in plan.entries} == {"RTE", "MRPC"} and len(plan.runs()) == 2 * 6 * 2
+    assert all(e.run["train"]["batch_size"] == 4 and e.run["model"] == "minilm-l6" for e in plan.entries)
+
+
+def test_dapt_plan_chains_pretraining(tmp_path: Path) -> None:
+    plan = build_plan("dapt", output=str(tmp_path), data_dir="/d")
+    names = [p.name for p in plan.pretrains]
+    # acl-arc and sciie share the science-text DAPT model; DAPT + TAPT continues from it.
+    assert names.count("DAPT on sci-cite") == 1 and len(plan.pretrains) == 8
+    dapt = next(p for p in plan.pretrains if p.name == "DAPT on sci-cite")
+    both = next(p for p in plan.pretrains if p.name == "acl-arc DAPT + TAPT")
+    assert both.config["model"] == str(tmp_path / dapt.dir) and both.config["texts"] == ["task:acl-arc"]
+    assert plan.pretrains.index(dapt) < plan.pretrains.index(both)
+    assert dapt.config["texts"] == ["/d/unlabeled/scibert/sci-cite/train.txt"]
+    models = {e.label: e.run["model"] for e in plan.entries if e.task == "acl-arc"}
+    assert models == {"Base": "minilm-l6", "DAPT": str(tmp_path / dapt.dir),
+                      "TAPT": str(tmp_path / "models/acl-arc/tapt"), "DAPT + TAPT": str(tmp_path / both.dir)}
+    assert all(e.method == "finetune" for e in plan.entries)
+    quick = build_plan("dapt", quick=True, data_dir="/d")
+    assert {e.task for e in quick.entries} == {"acl-arc"} and quick.pretrains[0].config["steps"] == 10
+    with pytest.raises(ConfigError, match="no domain text"):
+        build_plan("dapt", tasks=["trec"], data_dir="/d")
+    with pytest.raises(ConfigError, match="unknown suite"):
+        build_plan("glue")
+
+
+def test_reproduce_dry_run_prints_every_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "--suite", "peft", "--dry-run", "--tasks", "RTE", "--seeds", "13,21",
+                 "--data-dir", "/d"]) == 0
+    out = capsys.readouterr().out
+    assert "12 run(s)" in out and out.count("seed 21") == 6
+
+
+# --- executing a small plan on tiny models ------------------------------------------------------------
+
+def _tiny_plan(out: Path, model: Path, data: Path, mlm: Path | None = None) -> Plan:
+    run: dict[str, Any] = {"task": "toy", "model": str(model), "quiet": True,
+                           "data": {"data_dir": str(data), "shots": 8},
+                           "train": {"max_steps": 4, "learning_rate": 3e-3, "eval_every": 2},
+                           "method_args": {"dropout": 0}}
+    entries = [Entry("FT", "toy", "finetune", "toy/ft", [13], run),
+               Entry("BitFit", "toy", "bitfit", "toy/bitfit", [13], {**run, "method_args": {}})]
+    pretrains = []
+    if mlm is not None:
+        pre_dir = "models/tapt"
+        pretrains.append(PretrainStep("toy TAPT", pre_dir, {"model": str(mlm), "texts": ["task:toy"], "steps": 2,
+                                                            "data_dir": str(data), "head_warmup_steps": 0,
+                                                            "eval_every": 0, "batch_size": 4}))
+        entries.append(Entry("TAPT", "toy", "finetune", "toy/tapt", [13],
+                             {**run, "model": str(out / pre_dir)}))
+    return Plan("test", True, str(out), "Tiny suite", entries, pretrains)
+
+
+def test_rerun_computes_nothing_and_interrupted_plan_continues(tiny_bert: Path, tiny_mlm: Path, toy_data: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, tiny_bert, toy_data, tiny_mlm)
+    real_run = compare_mod.run
+    calls: list[tuple[str, int]] = []
+
+    def interrupt_on_second(cfg, **kw):
+        calls.append((cfg.method, cfg.seed))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(cfg, **kw)
+
+    monkeypatch.setattr(compare_mod, "run", interrupt_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, log=lambda s: None)
+    assert calls == [("finetune", 13), ("bitfit", 13)]
+    assert (out / "suite.json").is_file() and (out / "report.html").is_file()  # the report of what finished
+
+    # Rerun: the finished run and the pretraining are reused; only the rest is computed.
+    calls.clear()
+    monkeypatch.setattr(compare_mod, "run", lambda cfg, **kw: (calls.append((cfg.method, cfg.seed)),
+                                                               real_run(cfg, **kw))[1])
+    execute(plan, log=lambda s: None)
+    assert calls == [("bitfit", 13), ("finetune", 13)]  # bitfit, then the TAPT model's fine-tuning
+
+    # A second complete call computes nothing at all.
+    def fail(*a, **k):
+        raise AssertionError("recomputed a finished run")
+
+    monkeypatch.setattr(compare_mod, "run", fail)
+    monkeypatch.setattr("transferlm.training.pretrain.pretrain", fail)
+    files = execute(plan, log=lambda s: None)
+    text = files.markdown.read_text()
+    assert "| FT |" in text and "| BitFit |" in text and "| TAPT |" in text
+    assert (out / "toy" / "ft" / "summary.json").is_file()
+
+
+def test_changed_setting_recomputes_only_that_entry(tiny_bert: Path, toy_data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, tiny_bert, toy_data)
+    execute(plan, log=lambda s: None, report=False)
+    plan.entries[1].run["train"] = {**plan.entries[1].run["train"], "max_steps": 3}
+    real_run, calls = compare_mod.run, []
+    monkeypatch.setattr(compare_mod, "run", lambda cfg, **kw: (calls.append(cfg.method), real_run(cfg, **kw))[1])
+    execute(plan, log=lambda s: None, report=False)
+    assert calls == ["bitfit"]
+
+
+def test_bad_plan_fails_before_writing(tmp_path: Path, toy_data: Path) -> None:
+    plan = Plan("t", True, str(tmp_path / "o"), "T", [Entry("X", "toy", "no-such-method", "x", [13],
+                                                            {"task": "toy", "data": {"data_dir": str(toy_data)}})])
+    with pytest.raises(ConfigError):
+        execute(plan)
+    assert not (tmp_path / "o").exists()
+
+
+# --- the test-subset option ---------------------------------------------------------------------------
+
+def test_max_test_is_a_fixed_subset_for_every_seed(data_dir: Path) -> None:
+    _, a = load_task("SST-2", data_dir, DataOptions(shots=16, seed=13, max_test=50))
+    _, b = load_task("SST-2", data_dir, DataOptions(shots=16, seed=21, max_test=50))
+    _, full = load_task("SST-2", data_dir, DataOptions(shots=16, seed=13))
+    assert len(a.test) == 50 and [e.text_a for e in a.test] == [e.text_a for e in b.test]
+    order = {e.text_a: i for i, e in enumerate(full.test)}
+    assert [order[e.text_a] for e in a.test] == sorted(order[e.text_a] for e in a.test)  # file order kept
+    assert any("max_test" in n for n in a.notes) and len(a.train) == len(full.train)
+    data = TaskData([], [], [Example("x", label=0)] * 3)
+    assert limit_test(data, 10).test == data.test
+    with pytest.raises(DataError):
+        limit_test(data, 0)
+
+
+def test_max_test_in_config_round_trip_and_old_caches_still_match() -> None:
+    cfg = RunConfig(data=DataConfig(max_test=100))
+    assert RunConfig.from_dict(cfg.to_dict()).data.max_test == 100
+    # Unset, the key is left out, so results.json files written before it existed match the config.
+    assert "max_test" not in RunConfig().to_dict()["data"]
+    assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()
+
+
+def test_pretrain_reuse_needs_the_same_settings(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "pretrain.json").write_text('{"config": {"model": "a", "steps": 10, "quiet": false, "output": "x"}}')
+    assert reproduce_mod._pretrain_done(folder, {"model": "a", "steps": 10, "quiet": True})
+    assert not reproduce_mod._pretrain_done(folder, {"model": "a", "steps": 20})

@@ -1,0 +1,589 @@
+"""`transferlm serve` on tiny random models: mixed batches equal single requests, limits, admin, drain, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from transferlm.cli import main
+from transferlm.config import RunConfig
+from transferlm.data.example import Example
+from transferlm.data.tasks import TaskSpec
+from transferlm.errors import ConfigError
+from transferlm.methods import get_method
+from transferlm.models.loading import load_backbone
+from transferlm.protocol.run import run
+from transferlm.serving import Registry, ServeConfig, create_app, load_serve_config
+from transferlm.serving.app import validation_message
+from transferlm.serving.hosts import length_chunks
+from transferlm.serving.logs import JsonFormatter
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+TEXTS = ["good movie", "bad film and very boring plot", "fun", "the acting was not great but the story is",
+         "awful", "love it"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
+    yield
+    torch.set_num_threads(before)
+
+
+def save_task(folder: Path, model: Path, method: str, args: dict, labels: int, seed: int, pair: bool = False):
+    """What `run --set save_model=true` writes, after a pretend training step that moves every trainable weight."""
+    backbone = load_backbone(str(model))
+    torch.manual_seed(seed)
+    m = get_method(method)
+    spec = TaskSpec(name=f"t{seed}", labels=tuple(str(i) for i in range(labels)),
+                    label_names=tuple(f"c{i}" for i in range(labels)),
+                    text_columns=("sentence1", "sentence2") if pair else ("sentence",))
+    prepared = m.prepare(backbone, spec, m.parse_config(args), max_length=32, train=[])
+    with torch.no_grad():
+        for p in prepared.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    folder.mkdir(parents=True)
+    prepared.save(folder)
+    return prepared.model.eval(), backbone.tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_bert: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Task folders on tiny_bert: two LoRA tasks (2 and 3 labels), a LoRA pair task, an adapter task (another
+    base copy), two IA3 tasks (no mixed batches), and a LoRA task trained on the tiny Llama (wrong base)."""
+    root = tmp_path_factory.mktemp("serving")
+    spec = {"sst": ("lora", {"r": 4}, 2, 1, False), "trec": ("lora", {"r": 2, "target": "attention"}, 3, 2, False),
+            "nli": ("lora", {"r": 4}, 3, 3, True), "sub": ("adapter", {"bottleneck": 4}, 2, 4, False),
+            "ia_a": ("ia3", {}, 2, 5, False), "ia_b": ("ia3", {}, 3, 6, False)}
+    out = {"models": {}}
+    for name, (method, args, labels, seed, pair) in spec.items():
+        out[name] = root / name
+        out["models"][name] = save_task(root / name, tiny_bert, method, args, labels, seed, pair)
+    out["llama"] = root / "llama"
+    save_task(root / "llama", tiny_llama, "lora", {"r": 2}, 2, 7)
+    return out
+
+
+def make_app(tiny_bert: Path, saved: dict, names: tuple[str, ...] = ("sst", "trec"), **kw):
+    cfg = ServeConfig(model=str(tiny_bert), tasks={n: str(saved[n]) for n in names}, device="cpu", **kw)
+    registry = Registry(cfg.model, device="cpu", pad_ratio=cfg.pad_ratio)
+    for n, folder in cfg.tasks.items():
+        registry.load(n, folder)
+    return create_app(cfg, registry)
+
+
+@asynccontextmanager
+async def serving(app) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            yield client
+
+
+def gate(app) -> threading.Event:
+    """Hold every forward pass until the returned event is set (the batcher's thread waits on it)."""
+    batcher, opened = app.state.batcher, threading.Event()
+    inner = batcher.predict
+
+    def held(rows, hosts):
+        opened.wait(20)
+        return inner(rows, hosts)
+
+    batcher.predict = held
+    return opened
+
+
+async def until(cond, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.005)):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def classify(task: str, *inputs) -> dict:
+    return {"task": task, "inputs": list(inputs)}
+
+
+def reference(saved: dict, task: str, text: str, text_b: str | None = None) -> torch.Tensor:
+    """The probabilities of the model the task was saved from, on one input: the ground truth."""
+    model, tok = saved["models"][task]
+    batch = tok(text, text_b, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch)[0].softmax(-1)
+
+
+# -- the key property -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pad_ratio", [0.0, None])  # one padded pass per host / length-bucketed passes (CPU)
+def test_mixed_batch_rows_equal_single_requests(tiny_bert: Path, saved: dict, pad_ratio: float | None) -> None:
+    app = make_app(tiny_bert, saved, ("sst", "trec", "nli", "sub"), max_wait_ms=300, max_batch_size=64,
+                   pad_ratio=pad_ratio)
+    passes: list[list[str]] = []
+    for host in {id(e.host): e.host for e in app.state.registry.entries()}.values():
+        model = host.model
+        inner = model.forward
+
+        def spy(*a, _inner=inner, **kw):
+            passes.append(list(kw["tasks"]))
+            return _inner(*a, **kw)
+
+        model.forward = spy
+    pair = {"sentence1": "a man sleeps", "sentence2": "a person is not awake"}
+    requests = [classify("sst", TEXTS[0], TEXTS[1]), classify("trec", TEXTS[2]), classify("sst", TEXTS[3]),
+                classify("nli", pair), classify("trec", TEXTS[4], TEXTS[5]), classify("sub", TEXTS[1])]
+
+    async def go():
+        async with serving(app) as c:
+            mixed = await asyncio.gather(*(c.post("/v1/classify", json=r) for r in requests))
+            batches_mixed, mixed_passes = app.state.batcher.batches, passes[:]
+            single = [await c.post("/v1/classify", json=r) for r in requests]
+            return mixed, batches_mixed, single, mixed_passes
+
+    mixed, batches_mixed, single, mixed_passes = asyncio.run(go())
+    assert batches_mixed == 1  # all six requests (four tasks, two base copies) went through one batch
+    assert sum(map(len, mixed_passes)) == 8  # every input once
+    if pad_ratio == 0:  # one pass per base copy: lora's three tasks together, the adapter task alone
+        assert sorted(sorted(set(p)) for p in mixed_passes) == [["nli-v3", "sst-v1", "trec-v2"], ["sub-v4"]]
+    else:
+        assert any(len(set(p)) > 1 for p in mixed_passes)  # length buckets still mix tasks
+    for req, m, s in zip(requests, mixed, single, strict=True):
+        assert m.status_code == s.status_code == 200, m.text
+        m, s = m.json(), s.json()
+        assert m["adapter_version"] == s["adapter_version"] and len(m["results"]) == len(req["inputs"])
+        for x, rm, rs in zip(req["inputs"], m["results"], s["results"], strict=True):
+            assert rm["label"] == rs["label"] and rm["probabilities"].keys() == rs["probabilities"].keys()
+            pm, ps = torch.tensor(list(rm["probabilities"].values())), torch.tensor(list(rs["probabilities"].values()))
+            torch.testing.assert_close(pm, ps, atol=1e-5, rtol=1e-4)
+            truth = reference(saved, req["task"], *((x["sentence1"], x["sentence2"]) if isinstance(x, dict) else (x,)))
+            torch.testing.assert_close(pm, truth, atol=1e-5, rtol=1e-4)
+    labels = {r["task"]: len(m.json()["results"][0]["probabilities"]) for r, m in zip(requests, mixed, strict=True)}
+    assert labels == {"sst": 2, "trec": 3, "nli": 3, "sub": 2}
+    assert mixed[0].json()["results"][0]["label"] in ("c0", "c1")  # label names, not indices
+
+
+def test_length_chunks_bound_padding_and_keep_every_row() -> None:
+    lengths = [10, 52, 11, 25, 24, 50, 12]
+    chunks = length_chunks(lengths, 1.3)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for c in chunks:
+        assert max(lengths[i] for i in c) * len(c) <= 1.3 * sum(lengths[i] for i in c)
+    assert [sorted(lengths[i] for i in c) for c in chunks] == [[10, 11, 12], [24, 25], [50, 52]]
+    assert length_chunks(lengths, 0) == [list(range(7))] and length_chunks(lengths, None) == [list(range(7))]
+
+
+def test_batching_modes_and_ia3_in_a_mixed_batch(tiny_bert: Path, saved: dict) -> None:
+    texts = TEXTS[:4]
+
+    async def go(mode: str):
+        app = make_app(tiny_bert, saved, ("sst", "trec", "ia_a", "ia_b"), batching=mode, max_wait_ms=300)
+        reqs = [classify(t, x) for t, x in zip(("sst", "trec", "ia_a", "ia_b"), texts, strict=True)]
+        reqs += [classify("sst", TEXTS[5])]
+        async with serving(app) as c:
+            out = await asyncio.gather(*(c.post("/v1/classify", json=r) for r in reqs))
+        tasks_hist = app.state.metrics.registry.get_sample_value
+        return [r.json() for r in out], app.state.batcher.batches, tasks_hist("transferlm_batch_tasks_sum")
+
+    results = {mode: go_ for mode in ("mixed", "per-task", "none") for go_ in [asyncio.run(go(mode))]}
+    assert results["mixed"][1] == 1 and results["mixed"][2] == 4  # one forward pass, four tasks in it
+    assert results["per-task"][1] == 4 and results["per-task"][2] == 4  # sst's two requests together
+    assert results["none"][1] == 5
+    for mode in ("per-task", "none"):
+        for a, b in zip(results["mixed"][0], results[mode][0], strict=True):
+            for ra, rb in zip(a["results"], b["results"], strict=True):
+                assert ra["probabilities"] == pytest.approx(rb["probabilities"], abs=1e-5)
+    ia = results["mixed"][0][2]["results"][0]["probabilities"]
+    truth = reference(saved, "ia_a", texts[2])
+    assert list(ia.values()) == pytest.approx(truth.tolist(), abs=1e-5)
+
+
+# -- errors and limits -----------------------------------------------------------------------------------
+
+
+def test_unknown_task_is_404_and_malformed_bodies_are_422_naming_the_field(tiny_bert: Path, saved: dict) -> None:
+    app = make_app(tiny_bert, saved, max_inputs=3, max_chars=20, max_body_bytes=600)
+
+    async def go():
+        async with serving(app) as c:
+            post = c.post
+            out = {
+                "unknown": await post("/v1/classify", json=classify("nope", "x")),
+                "no_task": await post("/v1/classify", json={"inputs": ["x"]}),
+                "bad_item": await post("/v1/classify", json=classify("sst", "ok", 3)),
+                "half_pair": await post("/v1/classify", json=classify("sst", {"sentence1": "a"})),
+                "extra": await post("/v1/classify", json={"task": "sst", "inputs": ["a"], "top_k": 2}),
+                "empty": await post("/v1/classify", json=classify("sst")),
+                "not_json": await post("/v1/classify", content=b'{"task": "sst", "inputs": [',
+                                       headers={"content-type": "application/json"}),
+                "pair_for_single": await post("/v1/classify", json=classify("sst", {"sentence1": "a",
+                                                                                     "sentence2": "b"})),
+                "too_many": await post("/v1/classify", json=classify("sst", "a", "b", "c", "d")),
+                "too_long": await post("/v1/classify", json=classify("sst", "a" * 21)),
+                "too_big": await post("/v1/classify", json=classify("sst", *(["a" * 20] * 40))),
+                "ok": await post("/v1/classify", json=classify("sst", "a" * 20)),
+            }
+            return {k: (r.status_code, r.json()) for k, r in out.items()}
+
+    r = asyncio.run(go())
+    assert r["unknown"] == (404, {"error": "unknown task 'nope'; loaded tasks: sst, trec"})
+    expected = {"no_task": "task: Field required", "bad_item": "inputs[1]: should be a text or an object",
+                "half_pair": "inputs[0].sentence2: Field required", "extra": "top_k: Extra inputs are not permitted",
+                "empty": "inputs: List should have at least 1 item", "not_json": "body: not valid JSON",
+                "pair_for_single": "inputs[0]: task sst takes one text per input"}
+    for key, message in expected.items():
+        assert r[key][0] == 422, (key, r[key])
+        assert r[key][1]["error"].startswith(message), (key, r[key][1]["error"])
+    assert r["half_pair"][1]["error"] == "inputs[0].sentence2: Field required"  # the string alternative is not noise
+    assert r["too_many"] == (413, {"error": "inputs: 4 items, at most 3 per request"})
+    assert r["too_long"] == (413, {"error": "inputs[0]: 21 characters, at most 20"})
+    assert r["too_big"][0] == 413 and "max_body_bytes" in r["too_big"][1]["error"]
+    assert r["ok"][0] == 200
+    assert validation_message([{"type": "missing", "loc": ("body", "inputs", 2, "PairInput", "sentence1"),
+                                "msg": "Field required", "input": {}}]) == "inputs[2].sentence1: Field required"
+
+
+def test_bounded_queue_answers_429_and_never_grows(tiny_bert: Path, saved: dict) -> None:
+    app = make_app(tiny_bert, saved, max_queue=2, max_wait_ms=0)
+    opened = gate(app)
+    batcher = app.state.batcher
+
+    async def go():
+        async with serving(app) as c:
+            first = asyncio.create_task(c.post("/v1/classify", json=classify("sst", "a")))
+            await until(lambda: batcher.running)  # in the forward pass, held
+            queued = [asyncio.create_task(c.post("/v1/classify", json=classify("trec", x))) for x in ("b", "c")]
+            await until(lambda: batcher.queued == 2)
+            burst = await asyncio.gather(*(c.post("/v1/classify", json=classify("sst", "d")) for _ in range(20)))
+            depth = batcher.queued
+            opened.set()
+            done = await asyncio.gather(first, *queued)
+            metrics = (await c.get("/metrics")).text
+            return burst, depth, done, metrics
+
+    burst, depth, done, metrics = asyncio.run(go())
+    assert {r.status_code for r in burst} == {429} and depth == 2
+    assert burst[0].headers["retry-after"] == "1" and "max_queue 2" in burst[0].json()["error"]
+    assert [r.status_code for r in done] == [200, 200, 200]  # admitted work is never lost
+    assert 'transferlm_rejected_total{reason="queue_full"} 20.0' in metrics
+    assert "transferlm_queue_depth_max 2.0" in metrics and app.state.batcher.max_queued == 2
+
+
+def test_timeout_is_504_and_an_abandoned_request_is_not_computed(tiny_bert: Path, saved: dict) -> None:
+    app = make_app(tiny_bert, saved, request_timeout_s=0.3, max_wait_ms=0)
+    opened = gate(app)
+    batcher, rows_seen = app.state.batcher, []
+    held = batcher.predict
+
+    def counting(rows, hosts):
+        rows_seen.append(len(rows))
+        return held(rows, hosts)
+
+    batcher.predict = counting
+
+    async def go():
+        async with serving(app) as c:
+            slow = asyncio.create_task(c.post("/v1/classify", json=classify("sst", "a")))
+            await until(lambda: batcher.running)
+            waiting = await c.post("/v1/classify", json=classify("trec", "b", "c"))  # times out in the queue
+            queued_after = batcher.queued
+            opened.set()
+            return await slow, waiting, queued_after
+
+    slow, waiting, queued_after = asyncio.run(go())
+    assert slow.status_code == 504  # held past its deadline while running
+    assert waiting.status_code == 504 and "request_timeout_s" in waiting.json()["error"]
+    assert queued_after == 0 and rows_seen == [1]  # the queued request was dropped, never computed
+
+
+def test_client_disconnect_drops_the_queued_request(tiny_bert: Path, saved: dict) -> None:
+    app = make_app(tiny_bert, saved, max_wait_ms=0)
+    opened = gate(app)
+    batcher = app.state.batcher
+
+    async def go():
+        async with serving(app) as c:
+            first = asyncio.create_task(c.post("/v1/classify", json=classify("sst", "a")))
+            await until(lambda: batcher.running)
+            gone, sent = asyncio.Event(), []
+            body = json.dumps(classify("trec", "b")).encode()
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive():
+                if messages:
+                    return messages.pop()
+                await gone.wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"",
+                     "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+                     "client": ("127.0.0.1", 1), "server": ("test", 80), "root_path": ""}
+            raw = asyncio.create_task(app(scope, receive, send))
+            await until(lambda: batcher.queued == 1)
+            gone.set()  # the client hangs up while its request waits
+            await raw
+            queued = batcher.queued
+            opened.set()
+            return await first, sent, queued, (await c.get("/metrics")).text
+
+    first, sent, queued, metrics = asyncio.run(go())
+    assert first.status_code == 200 and queued == 0
+    assert sent[0]["status"] == 499
+    assert 'transferlm_rejected_total{reason="disconnected"} 1.0' in metrics
+    assert app.state.batcher.batches == 1  # only the first request's forward pass ran
+
+
+def test_graceful_drain_finishes_in_flight_requests_and_refuses_new_ones(tiny_bert: Path, saved: dict) -> None:
+    app = make_app(tiny_bert, saved, max_wait_ms=0, max_batch_size=1)
+    opened = gate(app)
+    batcher = app.state.batcher
+
+    async def go():
+        async with serving(app) as c:
+            inflight = [asyncio.create_task(c.post("/v1/classify", json=classify(t, "x"))) for t in ("sst", "trec")]
+            await until(lambda: batcher.running and batcher.queued == 1)
+            closing = asyncio.create_task(batcher.close(timeout=20))  # what the app's shutdown does
+            await until(lambda: batcher.closing)
+            refused = await c.post("/v1/classify", json=classify("sst", "y"))
+            health = await c.get("/health")
+            opened.set()
+            finished = await asyncio.gather(*inflight)
+            await closing
+            return refused, health, finished
+
+    refused, health, finished = asyncio.run(go())
+    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert [r.status_code for r in finished] == [200, 200]  # both the running and the queued one
+    assert batcher.batches == 2
+
+
+# -- admin, versions, metrics, logs ------------------------------------------------------------------------
+
+
+def test_admin_loads_a_task_live_with_versions_and_refuses_a_foreign_adapter(tiny_bert: Path, saved: dict,
+                                                                             tmp_path: Path) -> None:
+    app = make_app(tiny_bert, saved, ("sst",), admin_token="s3cret")
+    auth = {"authorization": "Bearer s3cret"}
+
+    async def go():
+        async with serving(app) as c:
+            out = {"before": await c.post("/v1/classify", json=classify("trec", "a")),
+                   "no_token": await c.post("/v1/tasks", json={"name": "trec", "path": str(saved["trec"])}),
+                   "bad_token": await c.post("/v1/tasks", json={"name": "trec", "path": str(saved["trec"])},
+                                             headers={"authorization": "Bearer nope"}),
+                   "load": await c.post("/v1/tasks", json={"name": "trec", "path": str(saved["trec"])}, headers=auth),
+                   "after": await c.post("/v1/classify", json=classify("trec", "a")),
+                   "again": await c.post("/v1/tasks", json={"name": "trec", "path": str(saved["trec"])}, headers=auth),
+                   "replace": await c.post("/v1/tasks", json={"name": "trec", "path": str(saved["nli"]),
+                                                               "replace": True}, headers=auth),
+                   "foreign": await c.post("/v1/tasks", json={"name": "llama", "path": str(saved["llama"])},
+                                           headers=auth),
+                   "missing": await c.post("/v1/tasks", json={"name": "x", "path": str(tmp_path)}, headers=auth),
+                   "bad_name": await c.post("/v1/tasks", json={"name": "a b", "path": str(saved["trec"])},
+                                            headers=auth),
+                   "tasks": await c.get("/v1/tasks")}
+            out["pair_now"] = await c.post("/v1/classify", json=classify("trec", {"sentence1": "a",
+                                                                                   "sentence2": "b"}))
+            return out
+
+    r = asyncio.run(go())
+    assert r["before"].status_code == 404
+    assert r["no_token"].status_code == 401 and r["bad_token"].status_code == 401
+    assert r["load"].status_code == 201 and r["load"].json()["method"] == "lora"
+    assert r["after"].status_code == 200 and r["after"].json()["adapter_version"] == r["load"].json()["version"]
+    probs = list(r["after"].json()["results"][0]["probabilities"].values())
+    assert probs == pytest.approx(reference(saved, "trec", "a").tolist(), abs=1e-5)
+    assert r["again"].status_code == 409 and "replace" in r["again"].json()["error"]
+    assert r["replace"].status_code == 201 and r["replace"].json()["version"] != r["load"].json()["version"]
+    assert r["pair_now"].status_code == 200  # the new version (a pair task) answers under the same name
+    assert r["pair_now"].json()["adapter_version"] == r["replace"].json()["version"]
+    assert r["foreign"].status_code == 400 and "another base model" in r["foreign"].json()["error"]
+    assert "model_type llama vs bert" in r["foreign"].json()["error"]
+    assert r["missing"].status_code == 400 and "no method.json" in r["missing"].json()["error"]
+    assert r["bad_name"].status_code == 400 and "task name must be" in r["bad_name"].json()["error"]
+    names = {t["name"]: t for t in r["tasks"].json()["tasks"]}
+    assert set(names) == {"sst", "trec"} and names["trec"]["pair"] is True
+
+
+def test_admin_without_token_only_on_loopback(tiny_bert: Path, saved: dict) -> None:
+    open_app = make_app(tiny_bert, saved, ("sst",), host="0.0.0.0")
+
+    async def go(app):
+        async with serving(app) as c:
+            return await c.post("/v1/tasks", json={"name": "trec", "path": str(saved["trec"])})
+
+    assert asyncio.run(go(open_app)).status_code == 403
+    assert asyncio.run(go(make_app(tiny_bert, saved, ("sst",)))).status_code == 201
+
+
+def test_metrics_and_structured_logs(tiny_bert: Path, saved: dict, caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(tiny_bert, saved, max_wait_ms=200)
+
+    async def go():
+        async with serving(app) as c:
+            await asyncio.gather(c.post("/v1/classify", json=classify("sst", "a", "b")),
+                                 c.post("/v1/classify", json=classify("trec", "c")))
+            await c.post("/v1/classify", json=classify("nope", "c"))
+            return await c.get("/metrics"), await c.get("/health"), await c.get("/openapi.json")
+
+    with caplog.at_level(logging.INFO, logger="transferlm.serving"):
+        metrics, health, openapi = asyncio.run(go())
+    text = metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for line in ('transferlm_requests_total{status="200",task="sst"} 1.0',
+                 'transferlm_requests_total{status="200",task="trec"} 1.0',
+                 'transferlm_requests_total{status="404",task="_unknown"} 1.0',
+                 'transferlm_inputs_total{task="sst"} 2.0', "transferlm_batch_rows_sum 3.0",
+                 "transferlm_batch_requests_count 1.0", "transferlm_batch_tasks_sum 2.0",
+                 'transferlm_request_latency_seconds_count{task="sst"} 1.0', "transferlm_tasks_loaded 2.0"):
+        assert line in text, line
+    assert health.json() == {"status": "ok", "tasks": 2, "queued": 0, "running": 0, "batching": "mixed"}
+    assert "/v1/classify" in openapi.json()["paths"]
+    requests = [r for r in caplog.records if getattr(r, "event", None) == "request" and r.path == "/v1/classify"]
+    assert sorted((r.status, getattr(r, "task", None)) for r in requests) == [(200, "sst"), (200, "trec"),
+                                                                            (404, None)]
+    line = json.loads(JsonFormatter().format(requests[0]))
+    assert {"ts", "level", "msg", "method", "path", "status", "ms", "request_id"} <= set(line)
+
+
+# -- prompt-based tasks, config, command line ----------------------------------------------------------------
+
+
+def test_prompt_finetune_tasks_are_served_with_their_template_and_verbalizer(tiny_mlm: Path, toy_data: Path,
+                                                                             tmp_path: Path) -> None:
+    runs = {}
+    for i, template in enumerate(("{sentence} it was {answer} .", "{sentence} ? {answer} !")):
+        cfg = RunConfig.from_dict({
+            "task": "toy", "model": str(tiny_mlm), "method": "prompt-finetune", "quiet": True, "seed": 13 + i,
+            "output": str(tmp_path / f"p{i}"), "save_model": True, "data": {"data_dir": str(toy_data), "shots": 8},
+            "method_args": {"template": template, "label_words": {"0": "bad", "1": "good"},
+                            "peft": {"name": "lora", "r": 2}},
+            "train": {"max_steps": 3, "learning_rate": 3e-2, "eval_every": 3, "checkpoint_every": 0,
+                      "max_length": 48}})
+        runs[f"p{i}"] = run(cfg, keep_engine=True).engine
+    cfg = ServeConfig(tasks={n: str(tmp_path / n / "model") for n in runs}, device="cpu", max_wait_ms=300)
+    registry = Registry(None, device="cpu")  # the base model comes from the runs' results.json
+    for n, folder in cfg.tasks.items():
+        registry.load(n, folder)
+    assert registry.hosts == 1  # both prompt tasks' LoRA adapters on one MLM copy
+    app = create_app(cfg, registry)
+    texts = TEXTS[:3]
+
+    async def go():
+        async with serving(app) as c:
+            return await asyncio.gather(*(c.post("/v1/classify", json=classify(n, *texts)) for n in runs))
+
+    responses = asyncio.run(go())
+    assert app.state.batcher.batches == 1
+    for engine, resp in zip(runs.values(), responses, strict=True):
+        assert resp.status_code == 200, resp.text
+        served = torch.tensor([list(r["probabilities"].values()) for r in resp.json()["results"]])
+        _, scores = engine.predict([Example(t, label=0) for t in texts])
+        torch.testing.assert_close(served, torch.as_tensor(scores).float(), atol=1e-5, rtol=1e-4)  # softmax
+    with pytest.raises(ConfigError, match="train_lm_head"):
+        meta = json.loads((tmp_path / "p0" / "model" / "method.json").read_text())
+        meta["config"]["peft"]["train_lm_head"] = True
+        (tmp_path / "p0" / "model" / "method.json").write_text(json.dumps(meta))
+        registry.load("p0b", tmp_path / "p0" / "model")
+
+
+@pytest.fixture
+def _keep_logging():
+    """`serve` configures logging for the process (JSON lines); put the test process's back afterwards."""
+    names = ("transferlm.serving", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = {n: (lg.handlers[:], lg.level, lg.propagate) for n in names for lg in [logging.getLogger(n)]}
+    yield
+    for n, (handlers, level, propagate) in saved.items():
+        lg = logging.getLogger(n)
+        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+
+
+@pytest.mark.usefixtures("_keep_logging")
+def test_yaml_config_and_command_line_errors(tiny_bert: Path, saved: dict, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "serve.yaml").write_text(f"model: {tiny_bert}\ntasks: {{sst: ../x/sst}}\nmax_batch_size: 8\n")
+    cfg = load_serve_config(tmp_path / "serve.yaml", {"port": 9001, "tasks": {"trec": str(saved["trec"])}})
+    assert cfg.tasks == {"sst": str(tmp_path.resolve() / "../x/sst"), "trec": str(saved["trec"])}  # YAML-relative
+    assert (cfg.max_batch_size, cfg.port, cfg.host, cfg.batching) == (8, 9001, "127.0.0.1", "mixed")
+    (tmp_path / "bad.yaml").write_text("max_batch: 8\n")
+    cases = [(["serve", "--config", str(tmp_path / "bad.yaml")], "unknown key(s) max_batch"),
+             (["serve", "--model", str(tiny_bert), "--task", f"x={tmp_path}"], "no method.json"),
+             (["serve", "--task", f"x={saved['llama']}", "--model", str(tiny_bert)], "another base model"),
+             (["serve", "--task", "nofolder"], "NAME=FOLDER"),
+             (["serve", "--model", str(tiny_bert), "--max-queue", "0"], "max_queue must be >= 1"),
+             (["serve"], "nothing to serve")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        ours = [line for line in err.splitlines() if line.startswith("transferlm:")]  # not progress bars
+        assert "Traceback" not in err and len(ours) == 1 and message in ours[0], (argv, err)
+        assert ours[0].startswith("transferlm: error:")
+
+
+@pytest.mark.slow  # a real server process: ~10-25 s of imports and loading on a shared 2-core machine
+def test_the_command_serves_over_http_and_drains_on_sigterm(tiny_bert: Path, saved: dict) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import cli_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "transferlm", "serve", "--model", str(tiny_bert), "--port",
+                             str(port), "--task", f"sst={saved['sst']}", "--task", f"trec={saved['trec']}",
+                             "--max-wait-ms", "3000", "--max-batch-size", "8", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("server did not start")
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(httpx.post, f"{url}/v1/classify", json=classify(t, "good movie"), timeout=30)
+                       for t in ("sst", "trec", "sst", "trec")]
+            for _ in range(400):  # until all four wait in the batcher (max_wait 3 s) ...
+                health = httpx.get(f"{url}/health", timeout=5).json()
+                if health["queued"] + health["running"] == 4:
+                    break
+                time.sleep(0.01)
+            assert health["queued"] + health["running"] == 4, health
+            # ... then the signal lands
+            proc.send_signal(signal.SIGTERM)
+            answers = [f.result() for f in futures]
+        assert [r.status_code for r in answers] == [200] * 4
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # uvicorn re-raises the signal once it has shut down gracefully, so the parent sees "terminated by SIGTERM".
+    assert proc.returncode in (0, -signal.SIGTERM)
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith('{"ts"')]
+    events = [x.get("event") for x in logs]
+    assert "start" in events and "drain_done" in events and events.count("request") >= 5
+    assert {x["status"] for x in logs if x.get("event") == "request" and x["path"] == "/v1/classify"} == {200}
