@@ -95,3 +95,12 @@ def toy_data(tmp_path: Path) -> Path:
     root = tmp_path / "data"
     write_toy_task(root / "toy")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core CPU: one torch thread avoids contention and keeps timings stable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,16 +18,7 @@ METHODS = list(PEFT_METHODS)
 IDENTITY_AT_INIT = ("lora", "adapter", "bitfit", "ia3")
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: on a shared 2-core machine, OpenMP threads only contend (about 10x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def load(path: Path, head: str = "base") -> torch.nn.Module:

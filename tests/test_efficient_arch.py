@@ -11,17 +11,9 @@ from transformers import AutoModel, AutoModelForCausalLM
 from transferlm.errors import ConfigError
 from transferlm.methods.efficient import PEFT_METHODS, apply_peft
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 METHODS = list(PEFT_METHODS)
 IDENTITY_AT_INIT = ("lora", "adapter", "bitfit", "ia3")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
-    yield
-    torch.set_num_threads(before)
 
 
 def batch() -> dict[str, torch.Tensor]:

@@ -17,15 +17,7 @@ from transferlm.methods.efficient import TaskModel, load_task_adapter
 from transferlm.models.loading import load_backbone
 from transferlm.protocol.run import run
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def batch(rows: int = 4, length: int = 7) -> dict[str, torch.Tensor]:

@@ -20,19 +20,12 @@ from transferlm.prompts.build import build_prompt, predict_scores
 from transferlm.prompts.demonstrations import DemoSampler
 from transferlm.protocol.run import load_run_data, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = TaskSpec(name="toy", labels=("0", "1"), label_names=("negative", "positive"))
 PROMPT = {"template": "{sentence} it was {answer} .", "label_words": {"0": "bad", "1": "good"}}
 EXAMPLES = [Example("good movie", label=1), Example("bad film very bad plot and boring acting", label=0),
             Example("fun", label=1)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CPU is shared: one thread keeps these tiny models fast and the timings stable.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

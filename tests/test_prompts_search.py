@@ -28,18 +28,11 @@ from transferlm.prompts.search import (
 )
 from transferlm.prompts.template import Template, TemplateEncoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = TaskSpec(name="toy", labels=("0", "1"), label_names=("negative", "positive"))
 TRAIN = [Example(t, label=y) for t, y in [("good movie", 1), ("great film", 1), ("love the story", 1),
                                          ("bad movie", 0), ("terrible film", 0), ("hate the story", 0)]]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CPU is shared: one thread keeps these tiny models fast and the timings stable.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_label_search_returns_the_words_with_the_largest_log_prob_sum(tiny_mlm: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from transferlm.data.example import Example
 from transferlm.data.tasks import TASKS
@@ -14,14 +13,7 @@ from transferlm.models.loading import load_backbone
 from transferlm.prompts.defaults import DEFAULTS
 from transferlm.prompts.template import Template, TemplateEncoder, from_lmbff
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CPU is shared: one thread keeps these tiny models fast and the timings stable.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

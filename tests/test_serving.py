@@ -27,18 +27,10 @@ from transferlm.serving.app import validation_message
 from transferlm.serving.hosts import length_chunks
 from transferlm.serving.logs import JsonFormatter
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
 TEXTS = ["good movie", "bad film and very boring plot", "fun", "the acting was not great but the story is",
          "awful", "love it"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
-    yield
-    torch.set_num_threads(before)
 
 
 def save_task(folder: Path, model: Path, method: str, args: dict, labels: int, seed: int, pair: bool = False):
