@@ -19,17 +19,8 @@ import transformers
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
 from transferlm.protocol.compare import compare
+from transferlm.reports.reproduce import DOMAIN_TEXT  # domain text per task: one table for both
 from transferlm.training.pretrain import PretrainConfig, pretrain
-
-# Domain text for each task, relative to the data root, with its text field.
-DOMAIN_TEXT = {
-    "acl-arc": (["unlabeled/scibert/sci-cite/train.txt"], "text"),
-    "sciie": (["unlabeled/scibert/sci-cite/train.txt"], "text"),
-    "chemprot": (["unlabeled/scibert/mag/test.txt"], "text"),
-    "imdb": (["unlabeled/usb_subsets/amazon_review/dev.json", "unlabeled/usb_subsets/yelp_review/dev.json"], "ori"),
-    "SST-2": (["unlabeled/usb_subsets/amazon_review/dev.json", "unlabeled/usb_subsets/yelp_review/dev.json"], "ori"),
-    "cr": (["unlabeled/usb_subsets/amazon_review/dev.json"], "ori"),
-}
 
 
 def main() -> None:

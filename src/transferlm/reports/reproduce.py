@@ -129,7 +129,7 @@ PEFT_VARIANTS = [
     Variant("Prompt-tuning (20)", "prompt-tuning", train={"learning_rate": 1e-2}),
 ]
 DAPT_VARIANTS = ["Base", "DAPT", "TAPT", "DAPT + TAPT"]
-# Domain text for DAPT, relative to the data root, and its text field (as benchmarks/dapt.py).
+# Domain text for DAPT, relative to the data root, and its text field (benchmarks/dapt.py uses it too).
 DOMAIN_TEXT: dict[str, tuple[list[str], str]] = {
     "acl-arc": (["unlabeled/scibert/sci-cite/train.txt"], "text"),
     "sciie": (["unlabeled/scibert/sci-cite/train.txt"], "text"),
