@@ -25,3 +25,24 @@ def run_cli(*args: str, check: bool = False, **extra: str) -> subprocess.Complet
 def toy_run_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["run", "--task", "toy", "--data-dir", str(data), "--shots", "8", "--model", str(model),
             "--output", str(out), "--quiet", "--lr", "3e-3", "--set", "method_args.dropout=0", *extra]
+
+
+def save_task(folder: Path, model_path: Path, method: str, args: dict, spec, *, seed: int, scale: float):
+    """What `run --set save_model=true` writes for ``spec``, after a pretend training step that moves every
+    trainable weight by ``scale``·N(0, 1). Returns the trained model (eval mode) and the tokenizer."""
+    import torch
+
+    from transferlm.methods import get_method
+    from transferlm.models.loading import load_backbone
+
+    backbone = load_backbone(str(model_path))
+    torch.manual_seed(seed)
+    m = get_method(method)
+    prepared = m.prepare(backbone, spec, m.parse_config(args), max_length=32, train=[])
+    with torch.no_grad():
+        for p in prepared.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * scale)
+    folder.mkdir(parents=True)
+    prepared.save(folder)
+    return prepared.model.eval(), backbone.tokenizer

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
+import helpers
 from transferlm.config import RunConfig
 from transferlm.data.tasks import TaskSpec
 from transferlm.errors import ConfigError, ModelError
-from transferlm.methods import get_method
 from transferlm.methods.efficient import TaskModel, load_task_adapter
 from transferlm.models.loading import load_backbone
 from transferlm.protocol.run import run
@@ -28,19 +28,8 @@ def batch(rows: int = 4, length: int = 7) -> dict[str, torch.Tensor]:
 
 
 def save_task(folder: Path, model_path: Path, method: str, args: dict, labels: int, seed: int):
-    """What `run --save_model` writes, after a pretend training step that moves every trainable weight."""
-    backbone = load_backbone(str(model_path))
-    torch.manual_seed(seed)
-    m = get_method(method)
     spec = TaskSpec(name=f"task{seed}", labels=tuple(str(i) for i in range(labels)))
-    prepared = m.prepare(backbone, spec, m.parse_config(args), max_length=32, train=[])
-    with torch.no_grad():
-        for p in prepared.model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.2)
-    folder.mkdir(parents=True)
-    prepared.save(folder)
-    return prepared.model.eval()
+    return helpers.save_task(folder, model_path, method, args, spec, seed=seed, scale=0.2)[0]
 
 
 # Two tasks per method that differ in shape where the method allows (rank, variant, prefix/prompt length).

@@ -14,13 +14,12 @@ import httpx
 import pytest
 import torch
 
+import helpers
 from transferlm.cli import main
 from transferlm.config import RunConfig
 from transferlm.data.example import Example
 from transferlm.data.tasks import TaskSpec
 from transferlm.errors import ConfigError
-from transferlm.methods import get_method
-from transferlm.models.loading import load_backbone
 from transferlm.protocol.run import run
 from transferlm.serving import Registry, ServeConfig, create_app, load_serve_config
 from transferlm.serving.app import validation_message
@@ -34,21 +33,10 @@ TEXTS = ["good movie", "bad film and very boring plot", "fun", "the acting was n
 
 
 def save_task(folder: Path, model: Path, method: str, args: dict, labels: int, seed: int, pair: bool = False):
-    """What `run --set save_model=true` writes, after a pretend training step that moves every trainable weight."""
-    backbone = load_backbone(str(model))
-    torch.manual_seed(seed)
-    m = get_method(method)
     spec = TaskSpec(name=f"t{seed}", labels=tuple(str(i) for i in range(labels)),
                     label_names=tuple(f"c{i}" for i in range(labels)),
                     text_columns=("sentence1", "sentence2") if pair else ("sentence",))
-    prepared = m.prepare(backbone, spec, m.parse_config(args), max_length=32, train=[])
-    with torch.no_grad():
-        for p in prepared.model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    folder.mkdir(parents=True)
-    prepared.save(folder)
-    return prepared.model.eval(), backbone.tokenizer
+    return helpers.save_task(folder, model, method, args, spec, seed=seed, scale=0.3)
 
 
 @pytest.fixture(scope="module")
