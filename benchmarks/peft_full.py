@@ -18,9 +18,7 @@ import transformers
 from transferlm.config import RunConfig
 from transferlm.io import write_json
 from transferlm.protocol.run import run
-
-LEARNING_RATES = {"finetune": 5e-5, "lora": 1e-3, "adapter": 1e-3, "prefix": 5e-4, "prompt-tuning": 1e-2,
-                  "bitfit": 1e-3, "ia3": 3e-3}
+from transferlm.reports.reproduce import PEFT_LEARNING_RATES as LEARNING_RATES
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from ..io import write_json
 from ..methods.finetune import make_collate, pool
 from ..models.loading import load_backbone
 from ..training.checkpoint import trainable_state
+from ..training.optim import adamw
 from ..training.seeding import set_seed, step_seed
 
 
@@ -84,8 +85,8 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
                            pooling)
     collate = {t: make_collate(backbone.tokenizer, s, cfg.train.max_length) for t, (s, _) in loaded.items()}
     probs = sampling_probabilities([len(d.train) for _, d in loaded.values()], cfg.sampling, cfg.temperature)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
-                                  weight_decay=cfg.train.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
+                       weight_decay=cfg.train.weight_decay)
     rng = np.random.RandomState(cfg.seed)
     cursors = {t: 0 for t in cfg.tasks}
     orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}

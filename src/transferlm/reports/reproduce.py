@@ -119,14 +119,15 @@ LMBFF_VARIANTS = [
     Variant("Prompt-based FT (auto) + demonstrations", "prompt-finetune", {"demonstrations": True, "auto": "templates"},
             {"max_length": 256}, {"demo_eval_samples": 2}),
 ]
-# Learning rates as in benchmarks/peft_full.py: PEFT methods want more than full fine-tuning.
+# Each method's usual learning rate: PEFT methods want far more than full fine-tuning
+# (benchmarks/peft_full.py uses the same table).
+PEFT_LEARNING_RATES: dict[str, float] = {"finetune": 5e-5, "bitfit": 1e-3, "adapter": 1e-3, "lora": 1e-3,
+                                         "prefix": 5e-4, "prompt-tuning": 1e-2, "ia3": 3e-3}
 PEFT_VARIANTS = [
-    Variant("Fine-tuning", "finetune", train={"learning_rate": 5e-5}),
-    Variant("BitFit", "bitfit", train={"learning_rate": 1e-3}),
-    Variant("Adapter (Houlsby, m=64)", "adapter", train={"learning_rate": 1e-3}),
-    Variant("LoRA (r=8, q/v)", "lora", train={"learning_rate": 1e-3}),
-    Variant("Prefix-tuning (10)", "prefix", train={"learning_rate": 5e-4}),
-    Variant("Prompt-tuning (20)", "prompt-tuning", train={"learning_rate": 1e-2}),
+    Variant(label, method, train={"learning_rate": PEFT_LEARNING_RATES[method]})
+    for label, method in (("Fine-tuning", "finetune"), ("BitFit", "bitfit"), ("Adapter (Houlsby, m=64)", "adapter"),
+                          ("LoRA (r=8, q/v)", "lora"), ("Prefix-tuning (10)", "prefix"),
+                          ("Prompt-tuning (20)", "prompt-tuning"))
 ]
 DAPT_VARIANTS = ["Base", "DAPT", "TAPT", "DAPT + TAPT"]
 # Domain text for DAPT, relative to the data root, and its text field (benchmarks/dapt.py uses it too).

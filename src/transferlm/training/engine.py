@@ -31,6 +31,7 @@ from ..evaluation.metrics import compute_metrics
 from ..methods.base import Prepared
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
 from .ensemble import ParameterAverage, SelfDistillation, load_into
+from .optim import adamw
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
 
@@ -93,7 +94,7 @@ class Engine:
             groups = build_param_groups(self.model, getattr(self.model, "backbone", None), self.cfg.learning_rate,
                                         self.cfg.weight_decay, self.cfg.layer_decay)
         groups = [g for g in groups if g["params"]]
-        return torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+        return adamw(groups, lr=self.cfg.learning_rate)
 
     def _ensemble(self) -> tuple[ParameterAverage | None, SelfDistillation | None]:
         cfg = self.cfg

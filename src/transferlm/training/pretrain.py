@@ -34,6 +34,7 @@ from ..io import atomic_dir, atomic_path, write_json
 from ..models.loading import DECODER_TYPES, _load_tokenizer
 from ..models.zoo import resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
+from .optim import adamw
 from .seeding import set_seed, step_seed
 from .texts import load_phase_texts
 
@@ -180,7 +181,7 @@ class Pretrainer:
             return json.loads(done_file.with_suffix(".json").read_text(encoding="utf-8"))
         head_only = bool(self.new_head) and idx == 0 and cfg.head_warmup_steps > 0
         params = dict(self.model.named_parameters())
-        optimizer = torch.optim.AdamW([p for p in params.values()], lr=cfg.learning_rate, weight_decay=0.01)
+        optimizer = adamw(list(params.values()), lr=cfg.learning_rate, weight_decay=0.01)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.steps))
         start, history = 0, []
         restored = load_checkpoint(ck_dir, self.model, optimizer, scheduler) if ck_dir.exists() else None

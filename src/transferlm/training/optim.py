@@ -1,0 +1,28 @@
+"""The optimizer every training loop here uses: AdamW, fused where torch has a fused kernel.
+
+The fused kernel (one pass over all parameters instead of a Python loop over tensors) is what HF
+Trainer uses by default on torch >= 2.8; on 2 CPU cores it makes the update of a 135M-parameter model
+about 3x faster. It needs floating-point parameters on one device type that has the kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def can_fuse(params: list[torch.Tensor]) -> bool:
+    devices = {p.device.type for p in params}
+    return (len(devices) == 1 and devices <= set(FUSED_DEVICES)
+            and all(p.is_floating_point() for p in params))
+
+
+def adamw(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float, **kwargs: Any) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``params`` (tensors or param groups), fused when possible."""
+    items = list(params)
+    tensors = [p for g in items for p in g["params"]] if items and isinstance(items[0], dict) else items
+    return torch.optim.AdamW(items, lr=lr, fused=can_fuse(tensors) or None, **kwargs)
