@@ -195,6 +195,36 @@ def test_demonstrations_that_do_not_fit_are_dropped_and_logged(llama, caplog: py
     assert text.count("it was") == 5 and text.endswith("good movie it was")
 
 
+@pytest.mark.parametrize("which", ["llama", "mlm"])
+def test_eval_lengths_are_the_collated_prompt_lengths(which: str, request: pytest.FixtureRequest) -> None:
+    backbone = request.getfixturevalue(which)
+    sampler = DemoSampler(_pool(), num_labels=2, k=3, seed=0)
+    setup = build_prompt(backbone, SPEC, max_length=64, sampler=sampler, **PROMPT)
+    setup.model.eval()
+    lengths = setup.collate.eval_lengths(EXAMPLES)
+    for ex, n in zip(EXAMPLES, lengths, strict=True):
+        assert int(setup.collate([ex])["attention_mask"].sum(1).max()) == n
+    # Demonstrations make the prompt much longer than its input text.
+    assert min(lengths) > max(len(backbone.tokenizer(e.text_a)["input_ids"]) for e in EXAMPLES)
+
+
+def test_icl_evaluation_is_sorted_by_prompt_length_with_the_same_predictions(tiny_llama: Path, toy_data: Path) -> None:
+    out = run(_cfg(tiny_llama, toy_data, "icl", k=3), keep_engine=True)
+    engine, test = out.engine, load_run_data(_cfg(tiny_llama, toy_data, "icl", k=3))[1].test
+    seen: list[int] = []
+    collate = engine.prepared.collate
+    engine.prepared.collate = lambda exs: (seen.extend(int(n) for n in collate(exs)["attention_mask"].sum(1)),
+                                           collate(exs))[1]
+    engine.cfg.eval_batch_size = 1
+    preds, scores = engine.predict(test)
+    assert seen == sorted(seen)  # batches in order of prompt length
+    engine.prepared.eval_lengths = None  # the generic order (input characters) gives the same numbers
+    seen.clear()
+    preds2, scores2 = engine.predict(test)
+    assert seen != sorted(seen)  # ... though not in order of prompt length (the demonstrations dominate)
+    assert np.array_equal(preds, preds2) and np.allclose(scores, scores2, atol=1e-5)
+
+
 def test_demonstration_ensemble_averages_probabilities(mlm) -> None:
     sampler = DemoSampler(_pool(), num_labels=2, per_class=True, seed=0)
     setup = build_prompt(mlm, SPEC, max_length=64, sampler=sampler, eval_samples=3, **PROMPT)

@@ -34,6 +34,9 @@ class Prepared:
     param_groups: list[dict[str, Any]] | None = None
     # Writes the method's own weights (and config) into a folder; None: nothing worth saving on its own.
     save: Callable[[Path], None] | None = None
+    # Evaluation batches group examples of similar size; default: by input characters. Methods whose
+    # inputs grow by more than the text (demonstrations) give each example's length in tokens.
+    eval_lengths: Callable[[Sequence[Example]], list[int]] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

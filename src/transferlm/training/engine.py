@@ -228,7 +228,12 @@ class Engine:
         world, rank = acc.num_processes, acc.process_index
         mine = list(range(rank, len(examples), world))
         # Sort by length so each batch pads little (dynamic padding); order is restored below.
-        mine.sort(key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
+        if self.prepared.eval_lengths is not None:
+            lengths = self.prepared.eval_lengths([examples[i] for i in mine])
+            by_index = dict(zip(mine, lengths, strict=True))
+            mine.sort(key=by_index.__getitem__)
+        else:
+            mine.sort(key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
         out: list[tuple[int, list[float]]] = []
         bs = self.cfg.eval_batch_size
         for start in tqdm(range(0, len(mine), bs), desc=desc, leave=False,

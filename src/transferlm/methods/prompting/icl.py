@@ -45,5 +45,6 @@ class InContextLearning(PromptMethod):
                                   seed=seed_of_run(), regression=spec.regression)
         setup = self.setup(backbone, spec, cfg, max_length=max_length, train=train, sampler=sampler)
         frozen(setup.model)
-        return Prepared(model=setup.model, collate=setup.collate, trains=False,
+        return Prepared(model=setup.model, collate=setup.collate, eval_lengths=setup.collate.eval_lengths,
+                        trains=False,
                         extras={"prompt": self.describe(setup, cfg)})

@@ -96,5 +96,6 @@ class PromptFinetune(PromptMethod):
                 backbone.tokenizer.save_pretrained(folder / "backbone")
             self.write_description(folder, setup, cfg, spec)
 
-        return Prepared(model=setup.model, collate=setup.collate, save=save,
+        return Prepared(model=setup.model, collate=setup.collate, eval_lengths=setup.collate.eval_lengths,
+                        save=save,
                         extras={"prompt": self.describe(setup, cfg)})

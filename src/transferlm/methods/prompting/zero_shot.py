@@ -21,5 +21,6 @@ class PromptZeroShot(PromptMethod):
                 train: Sequence[Example]) -> Prepared:
         setup = self.setup(backbone, spec, cfg, max_length=max_length, train=train)
         frozen(setup.model)
-        return Prepared(model=setup.model, collate=setup.collate, trains=False,
+        return Prepared(model=setup.model, collate=setup.collate, eval_lengths=setup.collate.eval_lengths,
+                        trains=False,
                         extras={"prompt": self.describe(setup, cfg)})
