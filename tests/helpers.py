@@ -35,9 +35,9 @@ def save_task(folder: Path, model_path: Path, method: str, args: dict, spec, *, 
     from transferlm.methods import get_method
     from transferlm.models.loading import load_backbone
 
-    backbone = load_backbone(str(model_path))
-    torch.manual_seed(seed)
     m = get_method(method)
+    backbone = load_backbone(str(model_path), head=m.head_for(str(model_path)))  # an LM head for prompt methods
+    torch.manual_seed(seed)
     prepared = m.prepare(backbone, spec, m.parse_config(args), max_length=32, train=[])
     with torch.no_grad():
         for p in prepared.model.parameters():

@@ -433,7 +433,8 @@ def test_metrics_and_structured_logs(tiny_bert: Path, saved: dict, caplog: pytes
                  "transferlm_batch_requests_count 1.0", "transferlm_batch_tasks_sum 2.0",
                  'transferlm_request_latency_seconds_count{task="sst"} 1.0', "transferlm_tasks_loaded 2.0"):
         assert line in text, line
-    assert health.json() == {"status": "ok", "tasks": 2, "queued": 0, "running": 0, "batching": "mixed"}
+    assert health.json() == {"status": "ok", "tasks": 2, "queued": 0, "running": 0, "batching": "mixed",
+                             "retiring": 0}
     assert "/v1/classify" in openapi.json()["paths"]
     requests = [r for r in caplog.records if getattr(r, "event", None) == "request" and r.path == "/v1/classify"]
     assert sorted((r.status, getattr(r, "task", None)) for r in requests) == [(200, "sst"), (200, "trec"),

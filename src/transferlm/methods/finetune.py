@@ -6,17 +6,19 @@ non-padding token, since a causal model has seen the whole input only there.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data.example import Example
 from ..data.tasks import TaskSpec
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..io import write_json
 from ..training.layers import layer_of, num_layers
 from .base import Batch, Method, MethodConfig, Prepared
@@ -157,3 +159,31 @@ class Finetune(Method):
                                                 "task": spec.to_dict()})
 
         return Prepared(model=model, collate=make_collate(backbone.tokenizer, spec, max_length), save=save)
+
+
+def load_finetuned(folder: str | Path) -> tuple[Any, SequenceClassifier]:
+    """The backbone and classifier (eval mode) that a finetune run saved in ``folder`` with ``save_model: true``."""
+    from ..models.loading import load_backbone
+
+    folder = Path(folder)
+    head_path = folder / "head.safetensors"
+    if not (folder / "backbone").is_dir() or not head_path.is_file():
+        raise ConfigError(f"{folder}: a finetune model needs its backbone/ folder and head.safetensors "
+                          "(written by a run with save_model: true)")
+    try:
+        meta = json.loads((folder / "method.json").read_text(encoding="utf-8"))
+        state = load_file(str(head_path))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: cannot read the saved finetune model ({str(e).splitlines()[0]})") from None
+    cfg = Finetune().parse_config({k: v for k, v in (meta.get("config") or {}).items()
+                                   if k in FinetuneConfig.__dataclass_fields__})
+    if "weight" not in state or state["weight"].dim() != 2:
+        raise CheckpointError(f"{head_path}: not a linear head (no 2-d 'weight')")
+    backbone = load_backbone(str(folder / "backbone"))
+    model = SequenceClassifier(backbone.model, backbone.hidden_size, state["weight"].shape[0],
+                               meta.get("pooling") or "mean", 0.0, layers=cfg.layers, combine=cfg.layer_combine)
+    try:
+        model.head.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{head_path}: does not fit this backbone ({str(e).splitlines()[-1].strip()})") from None
+    return backbone, model.eval()

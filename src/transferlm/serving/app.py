@@ -160,7 +160,8 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
     """The app serving ``registry``'s tasks; the batcher starts and drains with the app's lifespan."""
     metrics = Metrics()
     batcher = Batcher(registry.predict, mode=cfg.batching, max_batch_size=cfg.max_batch_size,
-                      max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, metrics=metrics)
+                      max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, metrics=metrics, retirer=registry)
+    metrics.adapters_retiring.set_function(lambda: len(registry.retiring))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -312,13 +313,15 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
         except TransferLMError as e:
             raise ApiError(400, str(e)) from None
         metrics.tasks_loaded.set(len(registry))
+        await batcher.sweep()  # a replaced version no request uses goes now
         return entry.describe()
 
     @app.get("/health")
     async def health() -> JSONResponse:
         """200 while serving, 503 while draining (so a load balancer stops sending work)."""
         body = {"status": "draining" if batcher.closing else "ok", "tasks": len(registry),
-                "queued": batcher.queued, "running": len(batcher.running), "batching": cfg.batching}
+                "queued": batcher.queued, "running": len(batcher.running), "batching": cfg.batching,
+                "retiring": len(registry.retiring)}
         return JSONResponse(body, status_code=503 if batcher.closing else 200)
 
     @app.get("/metrics")

@@ -6,8 +6,9 @@ batch holds ``max_batch_size`` rows; under load the wait is already over and bat
 Modes: ``mixed`` takes requests of any task (one forward, each row with its own adapter);
 ``per-task`` takes only requests for the oldest request's task; ``none`` takes one request at a time.
 The forward pass runs in a single worker thread so the event loop keeps answering; the same thread
-loads adapters (``run_exclusive``), so a load never races a forward. ``close()`` stops admission and
-finishes everything already admitted (graceful drain).
+loads adapters (``run_exclusive``), so a load never races a forward. After each batch (and after a
+load: ``sweep``) it frees replaced adapter versions that no queued or running request uses any more.
+``close()`` stops admission and finishes everything already admitted (graceful drain).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .config import BATCHING_MODES
 from .hosts import Prediction, Row
@@ -28,6 +29,15 @@ from .metrics import Metrics
 log = logging.getLogger("transferlm.serving")
 T = TypeVar("T")
 Predict = Callable[[Sequence[Row], Sequence[Any]], list[Prediction]]
+
+
+class Retirer(Protocol):
+    """What holds replaced adapter versions until no request uses them (the registry)."""
+
+    @property
+    def retiring(self) -> list[str]: ...
+
+    def free(self, adapters: Sequence[str]) -> int: ...
 
 
 class QueueFullError(Exception):
@@ -60,12 +70,13 @@ class Job:
 
 class Batcher:
     def __init__(self, predict: Predict, *, mode: str = "mixed", max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, max_queue: int = 256, metrics: Metrics | None = None) -> None:
+                 max_wait_ms: float = 5.0, max_queue: int = 256, metrics: Metrics | None = None,
+                 retirer: Retirer | None = None) -> None:
         if mode not in BATCHING_MODES:
             raise ValueError(f"batching mode must be one of {BATCHING_MODES}, got {mode!r}")
         self.predict, self.mode = predict, mode
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000.0, max_queue
-        self.metrics = metrics
+        self.metrics, self.retirer = metrics, retirer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferlm-inference")
         self._pending: deque[Job] = deque()
         self._wake: asyncio.Event | None = None
@@ -73,6 +84,8 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
         self.running: list[Job] = []  # the batch in the forward pass now
+        self._sweeps: set[asyncio.Task[int]] = set()
+        self._stopped = False  # the executor is shut down
         self.batches = 0
         self.max_queued = 0  # high-water mark of the queue (never above max_queue)
 
@@ -101,6 +114,7 @@ class Batcher:
                     job.future.set_exception(DrainingError("the server shut down before this request ran"))
             self._worker.cancel()
             log.error("drain timed out", extra={"event": "drain_timeout", "dropped": len(left)})
+        self._stopped = True
         self._executor.shutdown(wait=False)
         log.info("drained", extra={"event": "drain_done", "batches": self.batches})
 
@@ -135,11 +149,40 @@ class Batcher:
             except ValueError:
                 pass
             self._gauge()
+            if self.retirer is not None and self.retirer.retiring and self._loop is not None:
+                task = self._loop.create_task(self.sweep())  # it may have held the last use of a retired version
+                self._sweeps.add(task)
+                task.add_done_callback(self._sweeps.discard)
 
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the inference thread, between forward passes (adapter loading)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def sweep(self) -> int:
+        """Free the retired adapters that no queued or running request references (on the inference thread).
+
+        Runs on the event loop, so the snapshot of retired names and of admitted rows is consistent: a request
+        admitted after a swap gets the new version, so nothing can start using a retired adapter later.
+        """
+        if self.retirer is None or self._stopped:
+            return 0
+        retiring = self.retirer.retiring
+        if not retiring:
+            return 0
+        busy = {r.adapter for j in (*self._pending, *self.running) for r in j.rows}
+        idle = [a for a in retiring if a not in busy]
+        if not idle:
+            return 0
+        loop = asyncio.get_running_loop()
+        try:
+            freed = await loop.run_in_executor(self._executor, self.retirer.free, idle)
+        except Exception:  # a bug: keep serving; the adapters stay retired and are tried again
+            log.exception("freeing retired adapters failed", extra={"event": "free_error", "adapters": idle})
+            return 0
+        if self.metrics is not None:
+            self.metrics.adapters_freed.inc(freed)
+        return freed
 
     # -- the worker -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -152,9 +195,8 @@ class Batcher:
                 await self._wake.wait()
                 continue
             await self._gather()
-            batch = self._take()
-            if batch:
-                await self._execute(batch)
+            await self._execute(self._take())  # the batch is released on return
+            await self.sweep()
 
     def _rows_waiting(self, key: str | None) -> int:
         return sum(len(j.rows) for j in self._pending if key is None or j.key == key)
@@ -198,6 +240,8 @@ class Batcher:
         return batch
 
     async def _execute(self, batch: list[Job]) -> None:
+        if not batch:
+            return
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         for job in batch:

@@ -2,10 +2,12 @@
 
 A :class:`ClassifierHost` is a base encoder/decoder with one PEFT method's task adapters and their
 classification heads (``load_task_adapter``); rows of different tasks share a forward pass, each row
-with its own adapter (on a CPU, rows of very different lengths go to separate passes: ``length_chunks``). A :class:`PromptHost` is a base LM (MLM or causal head) whose tasks are a template
-and verbalizer, each optionally with its own PEFT adapter; its rows run per task (the answer slots
-and label words differ per task). Everything here is blocking and runs on the server's single
-inference thread.
+with its own adapter (on a CPU, rows of very different lengths go to separate passes: ``length_chunks``).
+A :class:`FinetuneHost` is a fully fine-tuned run: its own model and head, one task. A :class:`PromptHost`
+is a base LM (MLM or causal head) whose tasks are a template and verbalizer, each optionally with its own
+PEFT adapter; its rows run per task (the answer slots and label words differ per task). Every host can
+``delete_adapter`` a task (a replaced version, once no request uses it). Everything here is blocking and
+runs on the server's single inference thread.
 """
 
 from __future__ import annotations
@@ -83,10 +85,24 @@ class ClassifierHost:
         """Whether rows of different tasks may share one forward pass (not IA3: peft's layers cannot)."""
         return bool(self.model is not None and self.model.backbone.mixed_batches)
 
+    @property
+    def adapters(self) -> list[str]:
+        """The tasks (adapter names) loaded here."""
+        return [] if self.model is None else self.model.task_names
+
     def load(self, folder: Path, adapter: str, meta: dict[str, Any]) -> None:
         from ..methods.efficient import load_task_adapter
 
         self.model = load_task_adapter(folder, self.backbone, adapter)
+
+    def delete_adapter(self, adapter: str) -> None:
+        """Free task ``adapter`` (its adapter weights and head); the other tasks answer exactly as before."""
+        if self.model is None:
+            raise ConfigError(f"task '{adapter}' is not loaded; loaded tasks: none")
+        self.model.delete_task(adapter)
+
+    def _logits(self, inputs: dict[str, torch.Tensor], names: list[str]) -> Sequence[torch.Tensor]:
+        return self.model(**inputs, tasks=names)
 
     def encode(self, rows: Sequence[Row]) -> list[dict[str, list[int]]]:
         """Tokenise as training did (``make_collate``), in groups of equal max_length and pairing."""
@@ -115,10 +131,44 @@ class ClassifierHost:
             for chunk in length_chunks([len(encoded[i]["input_ids"]) for i in idx], self.pad_ratio):
                 sel = [idx[j] for j in chunk]
                 batch = self.tokenizer.pad([encoded[i] for i in sel], return_tensors="pt")
-                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}, tasks=[names[i] for i in sel])
+                logits = self._logits({k: v.to(self.device) for k, v in batch.items()}, [names[i] for i in sel])
                 for i, t in zip(sel, logits, strict=True):
                     out[i] = _predictions(t.reshape(1, -1), [rows[i]], log_probs=False)[0]
         return out  # type: ignore[return-value]
+
+
+class FinetuneHost(ClassifierHost):
+    """A fully fine-tuned run (method ``finetune``): its own copy of the model and its head, serving one task."""
+
+    def __init__(self, folder: Path, device: torch.device, pad_ratio: float | None = None) -> None:
+        from ..methods.finetune import load_finetuned
+
+        backbone, self.classifier = load_finetuned(folder)
+        super().__init__(backbone, "finetune", device, pad_ratio)
+        self.classifier.to(device)
+        self.task: str | None = None
+
+    @property
+    def adapters(self) -> list[str]:
+        return [self.task] if self.task is not None else []
+
+    @property
+    def mixes(self) -> bool:
+        return True  # one task: every row takes the same weights
+
+    def load(self, folder: Path, adapter: str, meta: dict[str, Any]) -> None:
+        if self.task is not None:
+            raise ConfigError(f"this finetune model already serves task '{self.task}'")
+        self.task = adapter
+
+    def delete_adapter(self, adapter: str) -> None:
+        if adapter != self.task:
+            raise ConfigError(f"task '{adapter}' is not loaded; loaded tasks: {self.task or 'none'}")
+        self.task = None  # the model goes with the last reference to this host
+
+    def _logits(self, inputs: dict[str, torch.Tensor], names: list[str]) -> Sequence[torch.Tensor]:
+        logits = self.classifier(**inputs)
+        return logits[:, None] if logits.dim() == 1 else logits  # regression: one score per row
 
 
 def length_chunks(lengths: Sequence[int], pad_ratio: float | None) -> list[list[int]]:
@@ -195,6 +245,25 @@ class PromptHost:
                              search=cfg.get("answer_search", "argmax"), poles=cfg.get("poles"))
         setup.model.eval()
         self.tasks[adapter] = _PromptTask(setup)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.tasks)
+
+    def delete_adapter(self, adapter: str) -> None:
+        """Free task ``adapter``: its prompt setup (and the hook it put on the LM head) and its PEFT adapter."""
+        from ..methods.efficient import PeftBackbone
+
+        on_lm = isinstance(self.lm, PeftBackbone) and adapter in self.lm.configs
+        task = self.tasks.pop(adapter, None)
+        if task is None and not on_lm:
+            raise ConfigError(f"task '{adapter}' is not loaded; loaded tasks: {', '.join(self.tasks) or 'none'}")
+        if task is not None:
+            # The verbalizer's pre-hook on the (shared) LM head holds the task's whole setup, and would keep
+            # running on every forward pass; it also ties the LM to the setup in a reference cycle.
+            task.setup.model.remove_hook()
+        if on_lm:
+            self.lm.delete_adapter(adapter)
 
     def predict(self, rows: Sequence[Row]) -> list[Prediction]:
         out: list[Prediction | None] = [None] * len(rows)

@@ -53,6 +53,9 @@ class Metrics:
         self.rejected = Counter("transferlm_rejected", "requests refused or abandoned, by reason "
                                 "(queue_full, draining, timeout, disconnected, too_large)", ["reason"], registry=r)
         self.tasks_loaded = Gauge("transferlm_tasks_loaded", "tasks being served", registry=r)
+        self.adapters_retiring = Gauge("transferlm_adapters_retiring", "replaced task versions not freed yet "
+                                       "(requests admitted before the swap still use them)", registry=r)
+        self.adapters_freed = Counter("transferlm_adapters_freed", "replaced task versions freed", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

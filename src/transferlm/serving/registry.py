@@ -1,19 +1,23 @@
 """The loaded tasks: name -> adapter on a host, with a content version; one base copy per host.
 
-Loading and prediction are blocking and must run on the inference thread (the batcher's executor),
-so a task loaded while the server runs never races a forward pass. A task keeps the version it was
-admitted with: replacing a task loads the new adapter under a new internal name and swaps the mapping,
-so requests already queued finish on the old weights and say so.
+Loading, prediction and freeing are blocking and must run on the inference thread (the batcher's
+executor), so a task loaded while the server runs never races a forward pass. A task keeps the version
+it was admitted with: replacing a task loads the new adapter under a new internal name and swaps the
+mapping, so requests already queued finish on the old weights and say so. The old version is *retired*:
+once no queued or running request uses it (the batcher knows), ``free`` deletes it from its host, and a
+host left without tasks (a whole model copy) goes too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,9 @@ import torch
 
 from ..data.example import Example
 from ..data.tasks import TaskSpec
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from .config import check_task_name
-from .hosts import ClassifierHost, Prediction, PromptHost, Row, label_names_of
+from .hosts import ClassifierHost, FinetuneHost, Prediction, PromptHost, Row, label_names_of
 from .memory import MemoryTrimmer
 
 log = logging.getLogger("transferlm.serving")
@@ -119,6 +123,7 @@ class Registry:
         self.pad_ratio = pad_ratio
         self._hosts: dict[tuple[str, ...], ClassifierHost | PromptHost] = {}
         self._tasks: dict[str, TaskEntry] = {}
+        self._retired: list[TaskEntry] = []  # replaced versions not yet freed (requests may still use them)
         self._loads = 0
         self._trim = MemoryTrimmer()
 
@@ -138,8 +143,14 @@ class Registry:
 
     @property
     def hosts(self) -> int:
-        """How many copies of base weights are loaded (one per PEFT method and head kind)."""
-        return len(self._hosts)
+        """How many model copies are loaded: one per PEFT method and head kind, plus one per full-model task."""
+        live = [*self._hosts.values(), *(e.host for e in (*self._tasks.values(), *self._retired))]
+        return len({id(h) for h in live})
+
+    @property
+    def retiring(self) -> list[str]:
+        """Adapters of replaced versions that are not freed yet (a snapshot; any thread may read it)."""
+        return [e.adapter for e in list(self._retired)]
 
     # -- loading (inference thread) -----------------------------------------------------------------------
     def load(self, name: str, folder: str | Path, *, replace: bool = False) -> TaskEntry:
@@ -160,39 +171,96 @@ class Registry:
             raise ConfigError(f"{meta_path}: no task description (saved by an older transferlm?)")
         run_cfg = run_config_of(folder)
         if self.model is None:
-            self.model = run_cfg.get("model")
-            if not self.model:
-                raise ConfigError(f"no base model given and {folder.parent / 'results.json'} does not name one; "
-                                  "pass --model")
+            self.model = run_cfg.get("model") or None
         max_length = self.max_length or (run_cfg.get("train") or {}).get("max_length") or DEFAULT_MAX_LENGTH
         version = adapter_version(folder)
         self._loads += 1
         adapter = f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-v{self._loads}"
-        kind, host = self._host_for(folder, method, meta)
-        if kind == "classifier":
-            host.load(folder, adapter, meta)
-        else:
-            host.load(folder, adapter, meta, max_length=max_length)  # type: ignore[call-arg]
+        kind, host, new_key = self._host_for(folder, method, meta)
+        try:
+            if kind == "classifier":
+                host.load(folder, adapter, meta)
+            else:
+                host.load(folder, adapter, meta, max_length=max_length)  # type: ignore[call-arg]
+        except Exception:
+            if new_key is None and any(h is host for h in self._hosts.values()):
+                with contextlib.suppress(Exception):  # whatever half of it got onto a shared host (the error stands)
+                    host.delete_adapter(adapter)
+            raise
+        if new_key is not None:
+            self._hosts[new_key] = host  # a new shared copy joins once its first task loaded
         entry = TaskEntry(name=name, folder=folder, adapter=adapter, method=method, kind=kind,
                           label_names=label_names_of(spec), regression=spec.regression, pair=spec.is_pair,
                           max_length=int(max_length), version=version, loaded_at=time.time(), host=host)
+        old = self._tasks.get(name)
         self._tasks[name] = entry  # the swap: later requests get this version
+        if old is not None:
+            self._retired.append(old)  # freed by ``free`` once no admitted request uses it
         log.info("task loaded", extra={"event": "task_loaded", "task": name, "version": version, "method": method,
-                                       "kind": kind, "folder": str(folder), "base_copies": self.hosts})
+                                       "kind": kind, "folder": str(folder), "base_copies": self.hosts,
+                                       "replaced": old.version if old is not None else None})
         return entry
 
-    def _host_for(self, folder: Path, method: str, meta: dict[str, Any]) -> tuple[str, Any]:
+    # -- retiring replaced versions (inference thread) --------------------------------------------------------
+    def free(self, adapters: Collection[str]) -> int:
+        """Delete the retired ``adapters`` from their hosts; the caller knows no request uses them any more.
+
+        Names that are not retired (or already freed) are ignored. A host left without tasks is dropped, so a
+        whole model copy goes with its last task. Returns how many were freed.
+        """
+        wanted = set(adapters)
+        done = [e for e in self._retired if e.adapter in wanted]
+        if not done:
+            return 0
+        self._retired = [e for e in self._retired if e.adapter not in wanted]
+        collect, freed = False, 0
+        while done:
+            entry = done.pop()
+            self._discard(entry.host, entry.adapter)
+            if not entry.host.adapters:
+                # A shared PEFT copy holds reference cycles (wrapper <-> model, forward hooks): collect it below.
+                collect |= self._drop_host(entry.host)
+            log.info("adapter freed", extra={"event": "adapter_freed", "task": entry.name, "version": entry.version,
+                                             "adapter": entry.adapter, "base_copies": self.hosts})
+            freed += 1
+        del entry  # the last reference to a dropped host must go before the collection
+        if collect:
+            gc.collect()
+        return freed
+
+    def free_unused(self, in_use: Collection[str] = ()) -> int:
+        """``free`` every retired adapter not named in ``in_use`` (the adapters of admitted requests)."""
+        busy = set(in_use)
+        return self.free([a for a in self.retiring if a not in busy])
+
+    def _discard(self, host: Any, adapter: str) -> None:
+        try:
+            host.delete_adapter(adapter)
+        except Exception:  # never stop serving over a failed deletion: log it, the memory stays taken
+            log.exception("could not free an adapter", extra={"event": "free_error", "adapter": adapter})
+
+    def _drop_host(self, host: Any) -> bool:
+        keys = [k for k, h in self._hosts.items() if h is host]
+        for k in keys:
+            del self._hosts[k]
+            log.info("model copy released", extra={"event": "base_copy_released", "host": "/".join(k)})
+        return bool(keys)
+
+    def _host_for(self, folder: Path, method: str, meta: dict[str, Any]) -> tuple[str, Any, tuple[str, ...] | None]:
+        """The host for a task: (kind, host, the key to register it under if it is a new shared host)."""
         from ..methods.efficient import PEFT_METHODS
         from ..models.loading import load_backbone
 
-        assert self.model is not None
+        if method == "finetune":
+            self._note_own_copy(method, folder)
+            return "classifier", FinetuneHost(folder, self.device, self.pad_ratio), None
         if method in PEFT_METHODS:
             key: tuple[str, ...] = ("classifier", method)
-            if key not in self._hosts:
-                self._note_new_copy(method)
-                self._hosts[key] = ClassifierHost(load_backbone(self.model, head="base"), method, self.device,
-                                                 self.pad_ratio)
-            return "classifier", self._hosts[key]
+            if key in self._hosts:
+                return "classifier", self._hosts[key], None
+            self._note_new_copy(method)
+            return "classifier", ClassifierHost(load_backbone(self._base(folder), head="base"), method, self.device,
+                                                self.pad_ratio), key
         if method in PROMPT_METHODS:
             lm = meta.get("lm")
             if lm not in ("mlm", "causal"):
@@ -203,25 +271,35 @@ class Registry:
                 if not (folder / "backbone").is_dir():
                     raise ConfigError(f"{folder}: a prompt-finetune model without an adapter needs its backbone/ "
                                       "folder")
-                return "prompt", PromptHost(load_backbone(str(folder / "backbone"), head=lm), None, self.device)
+                self._note_own_copy(method, folder)
+                return "prompt", PromptHost(load_backbone(str(folder / "backbone"), head=lm), None, self.device), None
             if not (folder / "adapter").is_dir():
                 raise ConfigError(f"{folder}: prompt-finetune with peft {peft} but no adapter/ folder")
             key = ("prompt", lm, peft)
-            if key not in self._hosts:
-                self._note_new_copy(f"prompt/{peft}")
-                self._hosts[key] = PromptHost(load_backbone(self.model, head=lm), peft, self.device)
-            return "prompt", self._hosts[key]
-        if method == "finetune":
-            raise ModelError(f"{folder} is a fully fine-tuned model (method finetune), not a task adapter; serve "
-                             "parameter-efficient runs (lora, adapter, prefix, prompt-tuning, bitfit, ia3) or "
-                             "prompt-finetune")
-        raise ConfigError(f"{folder}: method '{method}' cannot be served")
+            if key in self._hosts:
+                return "prompt", self._hosts[key], None
+            self._note_new_copy(f"prompt/{peft}")
+            return "prompt", PromptHost(load_backbone(self._base(folder), head=lm), peft, self.device), key
+        raise ConfigError(f"{folder}: method '{method}' cannot be served (servable: finetune, prompt-finetune, "
+                          f"{', '.join(PEFT_METHODS)})")
+
+    def _base(self, folder: Path) -> str:
+        if not self.model:
+            raise ConfigError(f"no base model given and {folder.parent / 'results.json'} does not name one; "
+                              "pass --model")
+        return self.model
 
     def _note_new_copy(self, what: str) -> None:
-        if self._hosts:
+        if self.hosts:
             # Adapters of one PEFT method share a base copy; a second method needs another copy.
             log.warning("loading another copy of the base model", extra={"event": "base_copy", "method": what,
                                                                           "base_copies": self.hosts + 1})
+
+    def _note_own_copy(self, method: str, folder: Path) -> None:
+        # A run that trained the whole model is its own model: nothing is shared with the base copy or other tasks.
+        log.warning("loading a full model copy for one task (it does not share the base weights)",
+                    extra={"event": "own_copy", "method": method, "folder": str(folder),
+                           "base_copies": self.hosts + 1})
 
     # -- prediction (inference thread) --------------------------------------------------------------------
     def predict(self, rows: Sequence[Row], hosts: Sequence[Any]) -> list[Prediction]:

@@ -3,8 +3,9 @@
 A :class:`PeftBackbone` wraps a Hugging Face model (bare, MLM or causal LM), freezes it, and
 adds one method's parameters. It is called exactly like the model it wraps and returns outputs
 aligned with the input tokens, so any head (our classifier, an MLM/LM verbalizer) sits on top.
-Several adapters can live on one base model: ``set_adapter(name)`` switches them, and
-``forward(..., adapter_names=[...])`` runs each row of a batch with its own adapter.
+Several adapters can live on one base model: ``set_adapter(name)`` switches them,
+``forward(..., adapter_names=[...])`` runs each row of a batch with its own adapter, and
+``delete_adapter(name)`` removes one with its weights (a server retiring a replaced version).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class PeftBackbone(nn.Module):
     def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
 
+    def _delete(self, name: str) -> None:
+        """Drop adapter ``name``'s weights (its config is dropped by :meth:`delete_adapter`)."""
+        raise NotImplementedError
+
     def _forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         return self.model(*args, **kwargs)
 
@@ -104,6 +109,23 @@ class PeftBackbone(nn.Module):
     def set_adapter(self, name: str) -> None:
         self.check_name(name)
         self.active = name
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` and free its weights; the others keep theirs (and their outputs).
+
+        If it was the active one, the first adapter left becomes active (none left: the bare model).
+        """
+        self.check_name(name)
+        if self._rows is not None:
+            raise ConfigError(f"cannot delete adapter '{name}' during a forward pass")
+        if self.active == name:
+            rest = [n for n in self.configs if n != name]
+            if rest:
+                self.set_adapter(rest[0])
+            else:
+                self.active = None
+        self._delete(name)
+        del self.configs[name]
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:

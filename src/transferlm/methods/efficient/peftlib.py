@@ -70,6 +70,12 @@ class PeftLibBackbone(PeftBackbone):
         super().set_adapter(name)
         self.model.set_adapter(name)
 
+    def _delete(self, name: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):  # peft drops the adapter's layers and config
+            self.model.delete_adapter(name)
+
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 

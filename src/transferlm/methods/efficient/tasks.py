@@ -1,4 +1,4 @@
-"""Several saved tasks on ONE base model: load, switch by name, or mix tasks row by row in a batch."""
+"""Several saved tasks on ONE base model: load, switch by name, mix tasks row by row in a batch, delete."""
 
 from __future__ import annotations
 
@@ -33,6 +33,22 @@ class TaskModel(nn.Module):
 
     def set_task(self, name: str) -> None:
         self.backbone.set_adapter(name)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.heads)
+
+    def delete_task(self, name: str) -> None:
+        """Remove task ``name``: its adapter (weights freed), head and pooling; the other tasks are untouched."""
+        if name not in self.heads and name not in self.backbone.configs:
+            loaded = ", ".join(self.heads) or "none"
+            raise ConfigError(f"task '{name}' is not loaded; loaded tasks: {loaded}")
+        if name in self.backbone.configs:  # absent when loading it failed half-way
+            self.backbone.delete_adapter(name)
+        if name in self.heads:
+            del self.heads[name]
+        self.poolings.pop(name, None)
+        self.tasks.pop(name, None)
 
     def _head(self, name: str, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = self.heads[name](pool(hidden, mask, self.poolings[name]))

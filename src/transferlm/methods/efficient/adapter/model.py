@@ -50,6 +50,11 @@ class AdapterBackbone(PeftBackbone):
                 dim = self.arch.site(layer, rel).out_features
                 self._bank(layer, site)[name] = Adapter(dim, cfg.bottleneck, cfg.activation)
 
+    def _delete(self, name: str) -> None:
+        for bank in self.banks.values():
+            if name in bank:
+                del bank[name]  # an emptied bank's hook passes outputs through
+
     def _params(self, name: str) -> dict[str, torch.Tensor]:
         return {f"{key}.{k}": p for key, bank in self.banks.items() if name in bank
                 for k, p in bank[name].named_parameters()}

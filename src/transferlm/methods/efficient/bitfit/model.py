@@ -49,6 +49,9 @@ class BitFitBackbone(PeftBackbone):
         self.deltas[name] = nn.ParameterDict({_key(p): nn.Parameter(torch.zeros_like(m.bias))
                                               for p, m in self.sites.items()})
 
+    def _delete(self, name: str) -> None:
+        del self.deltas[name]
+
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         return {k.replace("__", "."): v for k, v in self.deltas[name].items()}
 

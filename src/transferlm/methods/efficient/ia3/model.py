@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..peftlib import PeftLibBackbone
 from .config import IA3Options
@@ -20,3 +20,9 @@ class IA3Backbone(PeftLibBackbone):
         s = self.arch.spec
         return IA3Config(target_modules=self.arch.target_regex([s.k, s.v, s.ffn_down]),
                          feedforward_modules=self.arch.target_regex([s.ffn_down]))
+
+    def _mixed_forward(self, names: list[str], args: tuple, kwargs: dict[str, Any]) -> Any:
+        # peft's IA3 layers run peft's active adapter, so a batch (one adapter: no mixing) must make it active.
+        if self.model.active_adapter != names[0]:
+            self.set_adapter(names[0])
+        return self.model(*args, **kwargs)

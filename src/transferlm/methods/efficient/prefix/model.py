@@ -37,6 +37,9 @@ class PrefixBackbone(PeftBackbone):
         self.encoders[name] = PrefixEncoder(cfg.length, a.num_layers, a.kv_dim, reparam=cfg.reparam,
                                             mlp_hidden=cfg.mlp_hidden, embed_dim=a.hidden_size)
 
+    def _delete(self, name: str) -> None:
+        del self.encoders[name]
+
     def fold(self) -> None:
         """Replace every reparametrisation MLP by the prefixes it computes (outputs do not change)."""
         for enc in self.encoders.values():

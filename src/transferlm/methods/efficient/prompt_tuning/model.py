@@ -57,6 +57,9 @@ class PromptTuningBackbone(PeftBackbone):
                 init = emb(self._init_ids(cfg).to(emb.weight.device))
         self.prompts[name] = nn.Parameter(init.detach().clone().to(emb.weight.dtype))
 
+    def _delete(self, name: str) -> None:
+        del self.prompts[name]
+
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         return {"prompt_embeddings": self.prompts[name]}
 
