@@ -132,3 +132,17 @@ def test_save_model_writes_a_reloadable_folder(tiny_bert: Path, toy_data: Path, 
     assert sum(p.numel() for p in reloaded.parameters()) > 0
     head = load_file(str(folder / "head.safetensors"))
     assert head["weight"].shape == (2, reloaded.config.hidden_size)
+
+
+def test_training_modules_do_not_import_sklearn_or_scipy() -> None:
+    # scikit-learn + scipy cost ~130-180 MB of resident memory per process: only scoring may load them.
+    code = ("import sys; import transferlm.training.engine, transferlm.methods, transferlm.models.loading, "
+            "transferlm.evaluation.metrics; print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    from transferlm.evaluation.metrics import compute_metrics
+
+    m = compute_metrics([0, 1, 1, 0], [0, 1, 0, 0], regression=False, primary="accuracy")
+    assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(2 / 3)
+    r = compute_metrics([0.0, 1.0, 2.0], [0.1, 0.9, 2.2], regression=True, primary="pearson")
+    assert r["pearson"] > 0.99 and r["spearman"] == pytest.approx(1.0)
