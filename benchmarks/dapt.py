@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import transformers
 
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
-from transferlm.protocol.compare import compare
+from transferlm.protocol.compare import compare, wall_time
 from transferlm.reports.reproduce import DOMAIN_TEXT  # domain text per task: one table for both
 from transferlm.training.pretrain import PretrainConfig, pretrain
 
@@ -53,14 +52,14 @@ def main() -> None:
                                             data_dir=args.data_dir, steps=args.steps, quiet=True))
                 pre = json.loads((folder / "pretrain.json").read_text())
                 model = str(folder)
-            t0 = time.perf_counter()
             run = RunConfig.from_dict({"task": task, "model": model, "quiet": True,
                                        "data": {"data_dir": args.data_dir, "shots": args.shots}})
             summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=[int(s) for s in args.seeds.split(",")],
                                             output=str(Path(args.work) / task / name)))
             r = summary["rows"][0]
             rows.append({"task": task, "variant": name, "metric": summary["primary_metric"], "mean": r["mean"],
-                         "std": r["std"], "per_seed": r["per_seed"], "finetune_wall_seconds": time.perf_counter() - t0,
+                         "std": r["std"], "per_seed": r["per_seed"],
+                         "finetune_wall_seconds": wall_time(r)["wall_seconds"], "reused_runs": r["reused_runs"],
                          "pretrain": [{k: p[k] for k in ("phase", "perplexity_before", "perplexity_after", "seconds",
                                                          "tokens_per_second", "train_texts")} for p in pre["phases"]]
                          if pre else None})

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
-from transferlm.protocol.compare import compare
+from transferlm.protocol.compare import compare, wall_time
 from transferlm.reports.reproduce import LMBFF_VARIANTS, Variant
 
 STEPS = 60
@@ -67,7 +66,6 @@ def main() -> None:
             if name not in VARIANTS:
                 raise SystemExit(f"--variants: unknown '{name}'; choose from {', '.join(VARIANTS)}")
             run = variant_run(task, args.model, args.data_dir, name)
-            t0 = time.perf_counter()
             slug = name.replace("+", "-")
             summary = compare(CompareConfig(run=run, methods=[run.method], seeds=seeds,
                                             output=str(Path(args.work) / args.model / task / slug)))
@@ -78,7 +76,7 @@ def main() -> None:
                 "metric": summary["primary_metric"], "mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
                 "seeds": seeds, "trainable_params": r["trainable_params"],
                 "train_seconds_per_seed": r["train_seconds"], "eval_seconds_per_seed": r["eval_seconds"],
-                "wall_seconds": round(time.perf_counter() - t0, 1)}
+                **wall_time(r)}
             print(f"{task:6s} {name:26s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})  "
                   f"train {r['train_seconds']:.0f}s/seed", flush=True)
             write_json(out, {"model": args.model, "shots": 16, "train": TRAIN, "rows": list(rows.values())})

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
-from transferlm.protocol.compare import compare
+from transferlm.protocol.compare import compare, wall_time
 
 VARIANTS = {
     "finetune": {},
@@ -38,7 +37,6 @@ def main() -> None:
     rows = []
     for task in args.tasks.split(","):
         for name, train in VARIANTS.items():
-            t0 = time.perf_counter()
             run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
                                        "data": {"data_dir": args.data_dir, "shots": 16}, "train": train})
             slug = name.split("(")[0].strip("+ ").replace(" ", "-") or "finetune"
@@ -46,7 +44,7 @@ def main() -> None:
                                             output=str(Path(args.work) / args.model / task / slug)))
             r = summary["rows"][0]
             rows.append({"task": task, "variant": name, "mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
-                         "train_seconds_per_seed": r["train_seconds"], "wall_seconds": time.perf_counter() - t0})
+                         "train_seconds_per_seed": r["train_seconds"], **wall_time(r)})
             print(f"{task:6s} {name:30s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})", flush=True)
     write_json(args.out, {"model": args.model, "shots": 16, "seeds": args.seeds, "rows": rows})
     print(json.dumps({"written": args.out}))

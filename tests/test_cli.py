@@ -9,6 +9,7 @@ import pytest
 
 from helpers import run_cli, toy_run_args
 from transferlm.errors import ConfigError
+from transferlm.protocol.compare import wall_time
 
 
 @pytest.mark.parametrize("cmd", ["run", "compare", "tasks", "models", "methods", "kshot", "probe", "pretrain",
@@ -46,12 +47,20 @@ def test_compare_writes_summary_and_table(tiny_bert: Path, toy_data: Path, tmp_p
     assert "finetune" in proc.stdout and "(" in proc.stdout  # mean (std) table
     # Per-seed selection on dev picked one grid point per seed, recorded in the summary.
     assert len(row["selected"]) == 2 and all("train.learning_rate" in s for s in row["selected"])
-    # A rerun reuses finished runs instead of training again.
+    # Everything was computed now: 2 seeds x 2 grid points, none from the cache, wall time measured.
+    assert row["runs"] == 4 and row["reused_runs"] == 0 and row["computed_wall_seconds"] > 0
+    # A rerun reuses finished runs instead of training again, and says so (its wall time is not the runs').
     before = (out / "finetune" / "seed-13" / "grid-0" / "results.json").stat().st_mtime_ns
-    run_cli("compare", "--task", "toy", "--data-dir", str(toy_data), "--shots", "8", "--model", str(tiny_bert),
-            "--methods", "finetune", "--seeds", "13,21", "--output", str(out), "--quiet", "--steps", "6",
-            "--grid", "train.learning_rate=1e-3,3e-3", check=True)
+    (out / "finetune" / "seed-21" / "grid-1" / "results.json").unlink()
+    proc = run_cli("compare", "--task", "toy", "--data-dir", str(toy_data), "--shots", "8", "--model",
+                   str(tiny_bert), "--methods", "finetune", "--seeds", "13,21", "--output", str(out), "--quiet",
+                   "--steps", "6", "--grid", "train.learning_rate=1e-3,3e-3", check=True)
     assert (out / "finetune" / "seed-13" / "grid-0" / "results.json").stat().st_mtime_ns == before
+    (again,) = json.loads((out / "summary.json").read_text())["rows"]
+    assert again["per_seed"] == row["per_seed"]  # same config and seed, same numbers
+    assert again["runs"] == 4 and again["reused_runs"] == 3 and again["computed_wall_seconds"] > 0
+    assert "3 of 4 runs reused from the cache" in proc.stdout
+    assert wall_time(again)["wall_seconds"] is None and wall_time(row)["wall_seconds"] == row["computed_wall_seconds"]
 
 
 def _assert_clean_error(proc, out: Path, *needles: str) -> None:

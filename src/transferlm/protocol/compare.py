@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +72,22 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     for method, seed in bar:
         bar.set_postfix_str(f"{method} seed {seed}")
         candidates = []
+        reused, computed_seconds = 0, 0.0
         for gi, point in enumerate(points):
             run_dir = out / method / f"seed-{seed}" / (f"grid-{gi}" if len(points) > 1 else "")
             rcfg = _apply(cfg.run, point, method=method, seed=seed, output=str(run_dir).rstrip("/"))
-            res = _cached(run_dir, rcfg) or run(rcfg).results
+            res = _cached(run_dir, rcfg)
+            if res is None:
+                t0 = time.perf_counter()
+                res = run(rcfg).results
+                computed_seconds += time.perf_counter() - t0
+            else:
+                reused += 1
             candidates.append((res, point))
         # LM-BFF: choose the hyper-parameters on each seed's dev split, report that run's test score.
         metric = candidates[0][0]["primary_metric"]
         best, point = max(candidates, key=lambda c: c[0]["dev_metrics"].get(metric, -np.inf))
-        per_method[method].append(dict(best, selected=point))
+        per_method[method].append(dict(best, selected=point, _reused=reused, _computed_seconds=computed_seconds))
     first = next(iter(per_method.values()))[0]
     split = first["split"]
     rows = []
@@ -91,7 +99,10 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                      "trainable_params": results[0]["trainable_params"], "total_params": results[0]["total_params"],
                      "trainable_percent": results[0]["trainable_percent"],
                      "train_seconds": float(np.mean([r["train_seconds"] for r in results])),
-                     "eval_seconds": float(np.mean([r["eval_seconds"] for r in results]))})
+                     "eval_seconds": float(np.mean([r["eval_seconds"] for r in results])),
+                     # Which runs came from the cache: wall time is only known for the ones computed now.
+                     "runs": len(results) * len(points), "reused_runs": sum(r["_reused"] for r in results),
+                     "computed_wall_seconds": round(sum(r["_computed_seconds"] for r in results), 1)})
     summary = {"task": first["task"], "model": cfg.run.model, "shots": first["shots"], "split": split,
                "primary_metric": first["primary_metric"], "seeds": list(cfg.seeds), "grid": cfg.grid,
                "std": "population std (ddof=0) over seeds, as LM-BFF reports", "rows": rows,
@@ -106,3 +117,10 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 def compare_config_from_run(run_cfg: RunConfig, methods: list[str], seeds: list[int],
                             grid: dict[str, list[Any]] | None, output: str) -> CompareConfig:
     return CompareConfig(run=copy.deepcopy(run_cfg), methods=methods, seeds=seeds, grid=grid or {}, output=output)
+
+
+def wall_time(row: dict[str, Any]) -> dict[str, Any]:
+    """A compare row's wall time, honest about the cache: a row with reused runs has no whole wall time."""
+    reused = row.get("reused_runs", 0)
+    return {"wall_seconds": row.get("computed_wall_seconds") if not reused else None,
+            "reused_runs": reused, "computed_wall_seconds": row.get("computed_wall_seconds")}

@@ -29,4 +29,9 @@ def format_table(summary: dict[str, Any]) -> str:
     split = summary.get("split", "test")
     lines.append(f"mean (std) over seeds {', '.join(map(str, summary['seeds']))} on the {split} split; "
                  f"model {summary['model']}, K={summary['shots']}")
+    reused = sum(r.get("reused_runs", 0) for r in summary["rows"])
+    if reused:
+        total = sum(r.get("runs", 0) for r in summary["rows"])
+        lines.append(f"{reused} of {total} runs reused from the cache (same config); "
+                     "train s/run is as measured when each was computed")
     return "\n".join(lines)

@@ -384,7 +384,8 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, report: bool = Tr
             finished += 1
             row = summary["rows"][0]
             log(f"[{i}/{len(plan.entries)}] {e.task:8s} {e.label}: {100 * row['mean']:.1f} ({100 * row['std']:.1f}) "
-                f"{summary['primary_metric']} over {len(e.seeds)} seed(s), {time.perf_counter() - t0:.0f}s")
+                f"{summary['primary_metric']} over {len(e.seeds)} seed(s), {time.perf_counter() - t0:.0f}s"
+                + (f" ({row['reused_runs']} run(s) reused from the cache)" if row["reused_runs"] else ""))
     finally:
         # Also when interrupted: the report then shows what has finished so far.
         files = build_report([out], out) if report and finished else None
