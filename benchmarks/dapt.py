@@ -65,8 +65,9 @@ def main() -> None:
                          if pre else None})
             print(f"{task:8s} {name:10s} {summary['primary_metric']} {100 * r['mean']:.1f} ({100 * r['std']:.1f})",
                   flush=True)
-    write_json(args.out, {"model": args.model, "shots": args.shots, "seeds": args.seeds, "steps": args.steps,
-                          "rows": rows})
+            # After every variant, so a stopped run still leaves what it finished.
+            write_json(args.out, {"model": args.model, "shots": args.shots, "seeds": args.seeds,
+                                  "steps": args.steps, "rows": rows})
 
 
 if __name__ == "__main__":

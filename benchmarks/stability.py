@@ -46,7 +46,8 @@ def main() -> None:
             rows.append({"task": task, "variant": name, "mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
                          "train_seconds_per_seed": r["train_seconds"], **wall_time(r)})
             print(f"{task:6s} {name:30s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})", flush=True)
-    write_json(args.out, {"model": args.model, "shots": 16, "seeds": args.seeds, "rows": rows})
+            # After every variant, so a stopped run still leaves what it finished.
+            write_json(args.out, {"model": args.model, "shots": 16, "seeds": args.seeds, "rows": rows})
     print(json.dumps({"written": args.out}))
 
 
