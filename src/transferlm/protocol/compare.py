@@ -67,12 +67,14 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     points = grid_points(cfg.grid)
     out = Path(cfg.output)
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
+    # Which runs came from the cache: wall time is only known for the ones computed now.
+    reused = dict.fromkeys(cfg.methods, 0)
+    computed_seconds = dict.fromkeys(cfg.methods, 0.0)
     jobs = [(m, s) for m in cfg.methods for s in cfg.seeds]
     bar = tqdm(jobs, desc="compare", unit="run", disable=cfg.run.quiet)
     for method, seed in bar:
         bar.set_postfix_str(f"{method} seed {seed}")
         candidates = []
-        reused, computed_seconds = 0, 0.0
         for gi, point in enumerate(points):
             run_dir = out / method / f"seed-{seed}" / (f"grid-{gi}" if len(points) > 1 else "")
             rcfg = _apply(cfg.run, point, method=method, seed=seed, output=str(run_dir).rstrip("/"))
@@ -80,14 +82,14 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             if res is None:
                 t0 = time.perf_counter()
                 res = run(rcfg).results
-                computed_seconds += time.perf_counter() - t0
+                computed_seconds[method] += time.perf_counter() - t0
             else:
-                reused += 1
+                reused[method] += 1
             candidates.append((res, point))
         # LM-BFF: choose the hyper-parameters on each seed's dev split, report that run's test score.
         metric = candidates[0][0]["primary_metric"]
         best, point = max(candidates, key=lambda c: c[0]["dev_metrics"].get(metric, -np.inf))
-        per_method[method].append(dict(best, selected=point, _reused=reused, _computed_seconds=computed_seconds))
+        per_method[method].append(dict(best, selected=point))
     first = next(iter(per_method.values()))[0]
     split = first["split"]
     rows = []
@@ -100,9 +102,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                      "trainable_percent": results[0]["trainable_percent"],
                      "train_seconds": float(np.mean([r["train_seconds"] for r in results])),
                      "eval_seconds": float(np.mean([r["eval_seconds"] for r in results])),
-                     # Which runs came from the cache: wall time is only known for the ones computed now.
-                     "runs": len(results) * len(points), "reused_runs": sum(r["_reused"] for r in results),
-                     "computed_wall_seconds": round(sum(r["_computed_seconds"] for r in results), 1)})
+                     "runs": len(results) * len(points), "reused_runs": reused[method],
+                     "computed_wall_seconds": round(computed_seconds[method], 1)})
     summary = {"task": first["task"], "model": cfg.run.model, "shots": first["shots"], "split": split,
                "primary_metric": first["primary_metric"], "seeds": list(cfg.seeds), "grid": cfg.grid,
                "std": "population std (ddof=0) over seeds, as LM-BFF reports", "rows": rows,
