@@ -130,9 +130,13 @@ def test_rerun_computes_nothing_and_interrupted_plan_continues(tiny_bert: Path, 
         return real_run(cfg, **kw)
 
     monkeypatch.setattr(compare_mod, "run", interrupt_on_second)
+    first: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        execute(plan, log=lambda s: None)
+        execute(plan, log=first.append)
     assert calls == [("finetune", 13), ("bitfit", 13)]
+    # Each pretraining phase reports its perplexity change and speed: the cost the dapt suite measures.
+    phase_line = next(line for line in first if "perplexity" in line)
+    assert "tapt-toy: perplexity" in phase_line and "tokens/s" in phase_line, first
     assert (out / "suite.json").is_file() and (out / "report.html").is_file()  # the report of what finished
 
     # Rerun: the finished run and the pretraining are reused; only the rest is computed.

@@ -371,8 +371,10 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, report: bool = Tr
             continue
         log(f"[pretrain {i}/{len(plan.pretrains)}] {step.name} -> {folder}")
         t0 = time.perf_counter()
-        pretrain(PretrainConfig(**{**step.config, "output": str(folder), "quiet": True}))
-        log(f"  {time.perf_counter() - t0:.0f}s")
+        done = pretrain(PretrainConfig(**{**step.config, "output": str(folder), "quiet": True}))
+        phases = "; ".join(f"{p['phase']}: perplexity {p['perplexity_before']:.1f} -> {p['perplexity_after']:.1f}, "
+                           f"{p['tokens_per_second']:.0f} tokens/s" for p in done["phases"])
+        log(f"  {time.perf_counter() - t0:.0f}s ({phases})")
     finished = 0
     try:
         for i, e in enumerate(plan.entries, start=1):
