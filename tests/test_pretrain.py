@@ -43,6 +43,16 @@ def test_mlm_with_a_new_head_then_finetune(tiny_bert: Path, text_file: Path, toy
     assert res["model"] == str(out) and "accuracy" in res["metrics"]
 
 
+def test_final_perplexity_reuses_the_last_steps_evaluation(tiny_bert: Path, text_file: Path, tmp_path: Path) -> None:
+    trainer = Pretrainer(_cfg(tiny_bert, [str(text_file)], tmp_path / "o"))  # steps 6, eval every 3
+    seen: list[list] = []
+    real = trainer.perplexity
+    trainer.perplexity = lambda rows: (seen.append(rows), real(rows))[1]  # type: ignore[method-assign]
+    phase = trainer.run()["phases"][0]
+    assert len(seen) == 3, "before, at step 3 and at step 6; not once more for 'after'"
+    assert phase["perplexity_after"] == phase["history"][-1]["perplexity"] == real(seen[-1])
+
+
 def test_new_head_trains_alone_first(tiny_bert: Path, text_file: Path, tmp_path: Path) -> None:
     cfg = _cfg(tiny_bert, [str(text_file)], tmp_path / "o")
     cfg.steps, cfg.head_warmup_steps, cfg.checkpoint_every = 3, 3, 0

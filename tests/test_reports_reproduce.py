@@ -93,6 +93,10 @@ def test_reproduce_dry_run_prints_every_run(capsys: pytest.CaptureFixture[str]) 
                  "--data-dir", "/d"]) == 0
     out = capsys.readouterr().out
     assert "12 run(s)" in out and out.count("seed 21") == 6
+    assert main(["reproduce", "--suite", "dapt", "--dry-run", "--tasks", "acl-arc", "--data-dir", "/d",
+                 "--pretrain-set", "steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(7 steps)") == 3 and "(200 steps)" not in out
 
 
 # --- executing a small plan on tiny models ------------------------------------------------------------
@@ -203,6 +207,17 @@ def test_max_test_in_config_round_trip_and_old_caches_still_match() -> None:
     # Unset, the key is left out, so results.json files written before it existed match the config.
     assert "max_test" not in RunConfig().to_dict()["data"]
     assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()
+
+
+def test_pretrain_settings_override_every_step_and_are_checked() -> None:
+    plan = build_plan("dapt", tasks=["acl-arc", "SST-2"], data_dir="/data",
+                      pretrain_overrides={"steps": 80, "max_length": 64})
+    assert plan.pretrains and all(p.config["steps"] == 80 and p.config["max_length"] == 64 for p in plan.pretrains)
+    assert plan.pretrains[0].config["model"] == "minilm-l6", "the steps' own keys are not overridable"
+    with pytest.raises(ConfigError, match="unknown pretraining setting 'step'.*steps"):
+        build_plan("dapt", tasks=["acl-arc"], data_dir="/data", pretrain_overrides={"step": 80})
+    with pytest.raises(ConfigError, match="unknown pretraining setting 'texts'"):
+        build_plan("dapt", tasks=["acl-arc"], data_dir="/data", pretrain_overrides={"texts": ["x"]})
 
 
 def test_pretrain_reuse_needs_the_same_settings(tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ EXAMPLES = {
   transferlm reproduce --suite lmbff --quick --data-dir ../shared/data   # minutes: a smoke-sized suite
   transferlm reproduce --suite peft --data-dir ../shared/data --output runs/peft   # hours: the full suite
   transferlm reproduce --suite dapt --tasks acl-arc --seeds 13,21 --dry-run      # print the plan only
-  transferlm reproduce --suite lmbff --tasks SST-2,cr --set train.max_steps=200  # any run key, every run""",
+  transferlm reproduce --suite lmbff --tasks SST-2,cr --set train.max_steps=200  # any run key, every run
+  transferlm reproduce --suite dapt --pretrain-set steps=80 --pretrain-set max_length=64  # a smaller DAPT budget""",
     "kshot": """examples:
   transferlm kshot --task SST-2 --data-dir ../shared/data --output /tmp/kshot
   transferlm kshot --task mr --data-dir ../shared/data --k 16 --seeds 13,21 --output /tmp/kshot --verify""",
@@ -431,12 +432,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
         k, v = item.split("=", 1)
         overrides[k.strip()] = _yaml_value(v)
+    pretrain_overrides: dict[str, Any] = {}
+    for item in args.pretrain_set:
+        if "=" not in item:
+            raise ConfigError(f"--pretrain-set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        pretrain_overrides[k.strip()] = _yaml_value(v)
     plan = build_plan(args.suite, quick=args.quick, output=args.output, model=args.model, data_dir=args.data_dir,
                       tasks=_list_arg(args.tasks, str) if args.tasks else None,
                       seeds=_list_arg(args.seeds, int) if args.seeds else None,
                       shots=parse_shots(args.shots) if args.shots is not None else "default",
                       max_test=(None if args.max_test == 0 else args.max_test) if args.max_test is not None
-                      else "default", overrides=overrides)
+                      else "default", overrides=overrides, pretrain_overrides=pretrain_overrides)
     runs = plan.runs()
     print(f"{plan.title}: {len(plan.pretrains)} pretraining step(s), {len(plan.entries)} compare(s), "
           f"{len(runs)} run(s) -> {plan.output}")
@@ -542,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: all; --quick: 200); 0 = all")
     rs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any run config key for every run, e.g. --set train.max_steps=200")
+    rs.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a pretraining setting for every DAPT/TAPT step of the dapt suite, "
+                         "e.g. --pretrain-set steps=80 --pretrain-set max_length=64")
     rs.add_argument("--dry-run", action="store_true", help="print the plan (every run) and exit")
     rs.add_argument("--quiet", action="store_true", help="only the per-step progress lines and the result")
     from .prompts.cli import add_search_commands

@@ -241,10 +241,12 @@ def _slug(text: str) -> str:
 def build_plan(suite: str, *, quick: bool = False, output: str | None = None, model: str | None = None,
                data_dir: str | None = None, tasks: list[str] | None = None, seeds: list[int] | None = None,
                shots: int | None | str = "default", max_test: int | None | str = "default",
-               overrides: dict[str, Any] | None = None) -> Plan:
+               overrides: dict[str, Any] | None = None, pretrain_overrides: dict[str, Any] | None = None) -> Plan:
     """The runs behind ``suite`` (no I/O: the plan can be inspected, tested and printed before anything runs).
 
-    ``overrides`` are dotted RunConfig keys applied to every run (``{"train.max_steps": 50}``).
+    ``overrides`` are dotted RunConfig keys applied to every run (``{"train.max_steps": 50}``);
+    ``pretrain_overrides`` are PretrainConfig fields applied to every pretraining step of the dapt suite
+    (``{"steps": 80, "max_length": 64}``: the pretraining budget, which dominates that suite's cost).
     """
     if suite not in SPECS:
         raise ConfigError(f"unknown suite '{suite}'; choose one of {', '.join(SUITES)}")
@@ -291,6 +293,7 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
         base_pre = {"steps": steps, "data_dir": data_root, "seed": 13}
         if quick:
             base_pre.update(head_warmup_steps=steps // 2, max_eval_texts=32, eval_every=0, batch_size=8)
+        base_pre.update(_pretrain_settings(pretrain_overrides or {}))
         for task in tasks:
             if task not in DOMAIN_TEXT:
                 raise ConfigError(f"the dapt suite has no domain text for task '{task}'; "
@@ -320,6 +323,21 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
     title = spec.title + (" — quick" if quick else "")
     return Plan(suite=suite, quick=quick, output=output, title=title, entries=entries, pretrains=pretrains,
                 notes=notes, reference=reference)
+
+
+def _pretrain_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Checked PretrainConfig overrides: a misspelt key fails here, before hours of work start."""
+    from dataclasses import fields
+
+    from ..training.pretrain import PretrainConfig
+
+    allowed = {f.name for f in fields(PretrainConfig)} - {"model", "output", "texts", "text_field", "data_dir",
+                                                         "quiet"}
+    for key in overrides:
+        if key not in allowed:
+            raise ConfigError(f"--pretrain-set: unknown pretraining setting '{key}'; "
+                              f"choose from {', '.join(sorted(allowed))}")
+    return dict(overrides)
 
 
 def _abs(output: str, sub: str) -> str:

@@ -200,12 +200,17 @@ class Pretrainer:
             rows = [train_rows[i] for i in perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
             batch = self._batch(rows, offset + step)
             tokens += int(batch["attention_mask"].sum())
-            loss = self.model(**batch).loss
-            loss.backward()
-            if warm:  # the new head trains alone first, so its random start does not disturb the encoder
-                for n, p in params.items():
-                    if n not in self.new_head:
-                        p.grad = None
+            # The new head trains alone first, so its random start does not disturb the encoder. Freezing
+            # the rest for those steps also skips the backward pass through the encoder (same update).
+            frozen = [p for n, p in params.items() if n not in self.new_head and p.requires_grad] if warm else []
+            for p in frozen:
+                p.requires_grad_(False)
+            try:
+                loss = self.model(**batch).loss
+                loss.backward()
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -220,8 +225,12 @@ class Pretrainer:
                 save_checkpoint(ck_dir, self.model, optimizer, scheduler, {"step": step + 1, "history": history}, None)
         bar.close()
         seconds = time.perf_counter() - t0
+        # The last step's evaluation, when there was one, is already the final perplexity.
+        last = history[-1] if history else {}
+        ppl_after = last["perplexity"] if last.get("step") == cfg.steps and "perplexity" in last \
+            else self.perplexity(eval_rows)
         report = {"phase": name, "train_texts": len(train_rows), "eval_texts": len(eval_rows),
-                  "perplexity_before": ppl_before, "perplexity_after": self.perplexity(eval_rows),
+                  "perplexity_before": ppl_before, "perplexity_after": ppl_after,
                   "seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
                   "resumed_from_step": start or None, "history": history}
         with atomic_path(done_file.with_suffix(".json")) as tmp:
