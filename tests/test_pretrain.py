@@ -96,6 +96,29 @@ def test_resume_after_interruption_matches(tiny_bert: Path, text_file: Path, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_unfinished_work_with_other_settings_is_not_resumed(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Pretrainer._batch
+
+    def dying(self, rows, step):
+        if step == 5:  # after the step-4 checkpoint
+            raise KeyboardInterrupt
+        return original(self, rows, step)
+
+    monkeypatch.setattr(Pretrainer, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    assert (tmp_path / ".cut.pretrain" / "phase-0" / "checkpoint").is_dir()
+    monkeypatch.setattr(Pretrainer, "_batch", original)
+    # Same output folder, a different schedule: the step-4 checkpoint belongs to another run.
+    report = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut", learning_rate=1e-4))
+    assert report["phases"][0]["resumed_from_step"] is None
+    pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "fresh", learning_rate=1e-4))
+    a = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fresh" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "same as a run that never had the stale checkpoint"
+
+
 def test_bad_text_sources(tiny_bert: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -124,6 +124,23 @@ class Pretrainer:
         self.wwm = cfg.whole_word_mask and self.objective == "mlm"
         self.model.to(self.acc.device)
 
+    def _claim_work_folder(self) -> None:
+        """Resume only work started with these settings: a checkpoint of another schedule, length or text
+        would silently continue the wrong run. Older work is discarded, with a warning."""
+        settings = {k: v for k, v in self.cfg.__dict__.items() if k not in ("quiet", "output")}
+        stamp = self.work / "settings.json"
+        if self.work.exists():
+            try:
+                before = json.loads(stamp.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                before = None
+            if before == json.loads(json.dumps(settings)):
+                return
+            log.warning("discarding unfinished pretraining in %s: it was started with other settings", self.work)
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        write_json(stamp, settings)
+
     def _collator(self, step: int) -> DataCollatorForLanguageModeling:
         # A fresh seed per step keeps masking identical across kill/resume.
         return DataCollatorForLanguageModeling(self.tokenizer, mlm=self.objective == "mlm",
@@ -152,6 +169,7 @@ class Pretrainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        self._claim_work_folder()
         set_seed(cfg.seed)
         report: dict[str, Any] = {"model": cfg.model, "objective": self.objective, "new_head": self.new_head,
                                   "phases": []}
