@@ -140,3 +140,44 @@ def test_model_without_any_head(tmp_path: Path, text_file: Path) -> None:
     BertTokenizerFast(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}).save_pretrained(folder)
     with pytest.raises(ModelError, match="no MLM head"):
         pretrain(_cfg(folder, [str(text_file)], tmp_path / "o"))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_masked_positions_only_loss_equals_the_models_own(family: str) -> None:
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
+
+    from transferlm.training.pretrain import masked_lm_loss
+
+    torch.manual_seed(0)
+    small = {"vocab_size": 50, "max_position_embeddings": 40}
+    model = {"bert": lambda: BertForMaskedLM(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                        intermediate_size=32, **small)),
+             "roberta": lambda: RobertaForMaskedLM(RobertaConfig(hidden_size=16, num_hidden_layers=2,
+                                                                 num_attention_heads=2, intermediate_size=32,
+                                                                 pad_token_id=1, **small)),
+             "distilbert": lambda: DistilBertForMaskedLM(DistilBertConfig(dim=16, n_layers=2, n_heads=2,
+                                                                          hidden_dim=32, **small))}[family]()
+    model.eval()  # no dropout: the two losses see the same network
+    ids = torch.randint(3, 50, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 5], labels[1, 7], labels[2, 11] = 7, 9, 11, 13
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    ours = masked_lm_loss(model, batch)
+    ours.backward()
+    ours_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    theirs = model(**batch).loss
+    theirs.backward()
+    assert torch.allclose(ours, theirs, atol=1e-6), (ours, theirs)
+    for n, p in model.named_parameters():
+        assert (p.grad is None) == (n not in ours_grads), n
+        if p.grad is not None:
+            assert torch.allclose(ours_grads[n], p.grad, atol=1e-6), n
+    assert not model.get_output_embeddings()._forward_pre_hooks, "the gather hook is removed"
