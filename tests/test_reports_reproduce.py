@@ -3,6 +3,7 @@ executed plan on tiny models, and the test-subset option the quick suites use.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,13 @@ def test_rerun_computes_nothing_and_interrupted_plan_continues(tiny_bert: Path, 
     assert sum("1 run(s) reused from the cache" in line for line in lines) == len(plan.entries), lines
     text = files.markdown.read_text()
     assert "| FT |" in text and "| BitFit |" in text and "| TAPT |" in text
+    # The pretraining's cost and perplexity, from its pretrain.json, in both report forms.
+    phase = json.loads((out / "models" / "tapt" / "pretrain.json").read_text())["phases"][0]
+    assert "## Pretraining" in text
+    row = next(line for line in text.splitlines() if line.startswith("| toy TAPT |"))
+    assert f"| tapt-toy | 2 | {phase['train_texts']:,} | {phase['perplexity_before']:.1f} → " in row
+    assert f"| {phase['tokens_per_second']:.0f} |" in row
+    assert 'id="pretraining"' in files.html.read_text() and "toy TAPT" in files.html.read_text()
     assert (out / "toy" / "ft" / "summary.json").is_file()
 
 

@@ -80,6 +80,8 @@ class Collection:
     notes: list[str] = field(default_factory=list)
     reference: Reference | None = None
     method_order: list[str] = field(default_factory=list)
+    # One row per finished pretraining phase of a dapt suite: its cost and perplexity change.
+    pretraining: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def tasks(self) -> list[str]:
@@ -215,6 +217,24 @@ def load_suite(folder: Path) -> tuple[list[Cell], dict[str, Any]]:
     return cells, suite
 
 
+def load_pretraining(folder: Path, suite: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished pretraining phases of a suite folder (DAPT/TAPT), for the report's cost table."""
+    rows = []
+    for step in suite.get("pretrains", []):
+        done = folder / step["dir"] / "pretrain.json"
+        if not done.is_file():
+            continue
+        report = _read_json(done)
+        for phase in report.get("phases", []):
+            rows.append({"step": step["name"], "phase": phase.get("phase"),
+                         "steps": report.get("config", {}).get("steps"), "train_texts": phase.get("train_texts"),
+                         "perplexity_before": phase.get("perplexity_before"),
+                         "perplexity_after": phase.get("perplexity_after"), "seconds": phase.get("seconds"),
+                         "tokens_per_second": phase.get("tokens_per_second"),
+                         "resumed_from_step": phase.get("resumed_from_step")})
+    return rows
+
+
 def _disambiguate(cells: list[Cell]) -> None:
     """Two folders with the same (task, method) get the folder name added to the label."""
     by_key: dict[tuple[str, str], list[Cell]] = {}
@@ -240,6 +260,7 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
     reference = None
     order: list[str] = []
     suite_title = None
+    pretraining: list[dict[str, Any]] = []
     for raw in folders:
         folder = Path(raw)
         if not folder.is_dir():
@@ -254,6 +275,7 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
                 cells.extend(more)
                 order.extend(e["label"] for e in suite.get("entries", []) if e["label"] not in order)
                 notes.extend(suite.get("notes", []))
+                pretraining.extend(load_pretraining(f, suite))
                 suite_title = suite_title or suite.get("title")
                 if suite.get("reference") and reference is None:
                     ref = suite["reference"]
@@ -263,4 +285,4 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
                 cells.extend(load_compare_dir(f))
     _disambiguate(cells)
     return Collection(cells=cells, title=title or suite_title or "transferlm report", notes=notes,
-                      reference=reference, method_order=order)
+                      reference=reference, method_order=order, pretraining=pretraining)

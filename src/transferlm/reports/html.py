@@ -9,7 +9,7 @@ import time
 from .. import __version__
 from .collect import Collection
 from .plots import Plot
-from .tables import Table
+from .tables import Table, build_pretraining_table
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -81,6 +81,9 @@ def render_html(collection: Collection, table: Table, reference: Table | None, p
     ]
     if reference is not None:
         parts += ["<h2>Published numbers</h2>", table_html(reference, "reference")]
+    pretraining = build_pretraining_table(collection)
+    if pretraining is not None:
+        parts += ["<h2>Pretraining</h2>", table_html(pretraining, "pretraining")]
     if collection.notes:
         parts += ["<h2>Notes</h2><ul>", *[f"<li>{html.escape(n)}</li>" for n in collection.notes], "</ul>"]
     parts += ["<h2>Plots</h2>", *[plot_html(p) for p in plots]]

@@ -144,6 +144,28 @@ def build_reference_table(collection: Collection) -> Table | None:
     return Table(header=header, rows=rows, caption=f"{ref.source}. {ref.note}".strip(), score_columns=scores)
 
 
+def build_pretraining_table(collection: Collection) -> Table | None:
+    """DAPT/TAPT cost (wall time, tokens/s) and held-out perplexity per phase; None without pretraining."""
+    if not collection.pretraining:
+        return None
+    header = ["Pretraining", "Phase", "Steps", "Train texts", "Perplexity before → after", "Seconds", "Tokens/s"]
+
+    def num(x: Any, fmt: str) -> str:
+        return MISSING if x is None else format(x, fmt)
+
+    rows = []
+    for r in collection.pretraining:
+        seconds = num(r["seconds"], ".0f")
+        if r.get("resumed_from_step"):  # the time covers only the part after the resume
+            seconds += f" (from step {r['resumed_from_step']})"
+        rows.append([TableCell(str(r["step"])), TableCell(str(r["phase"])), TableCell(num(r["steps"], "d")),
+                     TableCell(num(r["train_texts"], ",d")),
+                     TableCell(f"{num(r['perplexity_before'], '.1f')} → {num(r['perplexity_after'], '.1f')}"),
+                     TableCell(seconds), TableCell(num(r["tokens_per_second"], ".0f"))])
+    return Table(header=header, rows=rows, caption="Continued pretraining: held-out perplexity before and after "
+                                                   "each phase, and its wall time on this machine.")
+
+
 # --- Markdown -------------------------------------------------------------------------------------------
 
 def _md_escape(text: str) -> str:
@@ -231,6 +253,9 @@ def markdown_report(collection: Collection, table: Table, reference: Table | Non
     parts = [f"# {collection.title}", "", to_markdown(table)]
     if reference is not None:
         parts += ["", "## Published numbers", "", to_markdown(reference)]
+    pretraining = build_pretraining_table(collection)
+    if pretraining is not None:
+        parts += ["", "## Pretraining", "", to_markdown(pretraining)]
     if collection.notes:
         parts += ["", "## Notes", "", *[f"- {n}" for n in collection.notes]]
     sources = list(dict.fromkeys(c.source for c in collection.cells))
