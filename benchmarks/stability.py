@@ -25,6 +25,10 @@ VARIANTS = {
 }
 
 
+def _slug(name: str) -> str:
+    return name.split("(")[0].strip("+ ").replace(" ", "-") or "finetune"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="SST-2,cr")
@@ -33,13 +37,22 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", "../shared/data"))
     ap.add_argument("--work", default="runs/bench-stability")
     ap.add_argument("--out", default="benchmarks/results/stability.json")
+    ap.add_argument("--train", type=json.loads, default={},
+                    help="JSON of base training settings under every variant's own, e.g. the LM-BFF benchmark's "
+                         "'{\"max_steps\": 60, \"learning_rate\": 2e-5, \"eval_every\": 15}'")
+    ap.add_argument("--variants", help=f"comma-separated subset of: {', '.join(_slug(v) for v in VARIANTS)}")
     args = ap.parse_args()
+    chosen = {name: train for name, train in VARIANTS.items()
+              if not args.variants or _slug(name) in args.variants.split(",")}
+    if not chosen:
+        ap.error(f"--variants matches none of {', '.join(_slug(v) for v in VARIANTS)}")
     rows = []
     for task in args.tasks.split(","):
-        for name, train in VARIANTS.items():
+        for name, train in chosen.items():
             run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
-                                       "data": {"data_dir": args.data_dir, "shots": 16}, "train": train})
-            slug = name.split("(")[0].strip("+ ").replace(" ", "-") or "finetune"
+                                       "data": {"data_dir": args.data_dir, "shots": 16},
+                                       "train": {**args.train, **train}})
+            slug = _slug(name)
             summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=[int(s) for s in args.seeds.split(",")],
                                             output=str(Path(args.work) / args.model / task / slug)))
             r = summary["rows"][0]
@@ -47,7 +60,8 @@ def main() -> None:
                          "train_seconds_per_seed": r["train_seconds"], **wall_time(r)})
             print(f"{task:6s} {name:30s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})", flush=True)
             # After every variant, so a stopped run still leaves what it finished.
-            write_json(args.out, {"model": args.model, "shots": 16, "seeds": args.seeds, "rows": rows})
+            write_json(args.out, {"model": args.model, "shots": 16, "seeds": args.seeds, "train": args.train,
+                                  "rows": rows})
     print(json.dumps({"written": args.out}))
 
 
