@@ -222,6 +222,7 @@ def test_pretrain_settings_override_every_step_and_are_checked() -> None:
                       pretrain_overrides={"steps": 80, "max_length": 64})
     assert plan.pretrains and all(p.config["steps"] == 80 and p.config["max_length"] == 64 for p in plan.pretrains)
     assert plan.pretrains[0].config["model"] == "minilm-l6", "the steps' own keys are not overridable"
+    assert any("steps=80, max_length=64" in n for n in plan.notes), "the report says the budget was changed"
     with pytest.raises(ConfigError, match="unknown pretraining setting 'step'.*steps"):
         build_plan("dapt", tasks=["acl-arc"], data_dir="/data", pretrain_overrides={"step": 80})
     with pytest.raises(ConfigError, match="unknown pretraining setting 'texts'"):

@@ -294,6 +294,9 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
         if quick:
             base_pre.update(head_warmup_steps=steps // 2, max_eval_texts=32, eval_every=0, batch_size=8)
         base_pre.update(_pretrain_settings(pretrain_overrides or {}))
+        if pretrain_overrides:
+            notes.append("Pretraining settings for every DAPT/TAPT step (--pretrain-set): "
+                         + ", ".join(f"{k}={v}" for k, v in pretrain_overrides.items()) + ".")
         for task in tasks:
             if task not in DOMAIN_TEXT:
                 raise ConfigError(f"the dapt suite has no domain text for task '{task}'; "
