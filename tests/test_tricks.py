@@ -63,6 +63,16 @@ def test_layerwise_lr_decay_groups_carry_exact_rates(model: str, toy_data: Path,
     assert opt_rates == rate
 
 
+def test_layer_decay_too_strong_for_the_depth_warns(tiny_bert: Path, toy_data: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    _, _, prepared = _prepared(tiny_bert, toy_data)  # 2 layers
+    with caplog.at_level("WARNING", logger="transferlm.training.param_groups"):
+        build_param_groups(prepared.model, prepared.model.backbone, 1e-3, 0.01, 0.5)  # 0.25: fine
+        assert not caplog.records
+        build_param_groups(prepared.model, prepared.model.backbone, 1e-3, 0.01, 0.05)  # 0.0025 at the bottom
+    assert len(caplog.records) == 1 and "ξ=0.05 over 2 layers" in caplog.text and "ξ=0.316" in caplog.text
+
+
 @pytest.mark.parametrize("xi", [0.0, -0.5, 1.5])
 def test_layer_decay_outside_range_is_an_error(xi: float) -> None:
     with pytest.raises(ConfigError, match="layer_decay"):

@@ -6,12 +6,15 @@ embeddings get η·ξ^L (the lowest), and everything above the blocks (head, fin
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from torch import nn
 
 from ..errors import ConfigError
 from .layers import layer_of, num_layers
+
+log = logging.getLogger(__name__)
 
 
 def _no_decay(name: str, ndim: int) -> bool:
@@ -24,6 +27,11 @@ def build_param_groups(model: nn.Module, backbone: nn.Module | None, lr: float, 
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise ConfigError(f"train.layer_decay (ξ) must be in (0, 1], got {layer_decay}")
     depth = num_layers(backbone if backbone is not None else model) if layer_decay is not None else 0
+    if layer_decay is not None and depth and layer_decay ** depth < 0.01:
+        # Measured: ξ=0.8 on 30-layer SmolLM2 cost 7.6 points on SST-2; the bottom rate is ξ^L, not ξ.
+        log.warning("train.layer_decay ξ=%g over %d layers gives the embeddings %.2g of the base rate, so the lower "
+                    "layers barely train; ξ=%.3f would give them 10%%", layer_decay, depth, layer_decay ** depth,
+                    0.1 ** (1 / depth))
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
