@@ -167,7 +167,7 @@ def test_rerun_computes_nothing_and_interrupted_plan_continues(tiny_bert: Path, 
     phase = json.loads((out / "models" / "tapt" / "pretrain.json").read_text())["phases"][0]
     assert "## Pretraining" in text
     row = next(line for line in text.splitlines() if line.startswith("| toy TAPT |"))
-    assert f"| tapt-toy | 2 | {phase['train_texts']:,} | {phase['perplexity_before']:.1f} → " in row
+    assert f"| task:toy | 2 | {phase['train_texts']:,} | {phase['perplexity_before']:.1f} → " in row
     assert f"| {phase['tokens_per_second']:.0f} |" in row
     assert 'id="pretraining"' in files.html.read_text() and "toy TAPT" in files.html.read_text()
     assert (out / "toy" / "ft" / "summary.json").is_file()
@@ -235,3 +235,17 @@ def test_pretrain_reuse_needs_the_same_settings(tmp_path: Path) -> None:
     (folder / "pretrain.json").write_text('{"config": {"model": "a", "steps": 10, "quiet": false, "output": "x"}}')
     assert reproduce_mod._pretrain_done(folder, {"model": "a", "steps": 10, "quiet": True})
     assert not reproduce_mod._pretrain_done(folder, {"model": "a", "steps": 20})
+
+
+def test_pretraining_rows_name_each_phase_by_its_text_source(tmp_path: Path) -> None:
+    from transferlm.reports.collect import load_pretraining
+
+    (tmp_path / "m").mkdir()
+    phase = {"phase": "dev", "train_texts": 9, "perplexity_before": 9.0, "perplexity_after": 3.0, "seconds": 2.0,
+             "tokens_per_second": 50.0}
+    (tmp_path / "m" / "pretrain.json").write_text(json.dumps({"phases": [phase, phase], "config": {"steps": 5}}))
+    suite = {"pretrains": [{"name": "DAPT", "dir": "m", "config": {"texts": ["/d/amazon/dev.json", "/d/yelp/dev.json"]}},
+                           {"name": "not run yet", "dir": "missing", "config": {"texts": ["task:x"]}}]}
+    rows = load_pretraining(tmp_path, suite)
+    assert [r["phase"] for r in rows] == ["amazon/dev.json", "yelp/dev.json"]
+    assert rows[0]["steps"] == 5 and rows[0]["perplexity_after"] == 3.0

@@ -225,8 +225,12 @@ def load_pretraining(folder: Path, suite: dict[str, Any]) -> list[dict[str, Any]
         if not done.is_file():
             continue
         report = _read_json(done)
-        for phase in report.get("phases", []):
-            rows.append({"step": step["name"], "phase": phase.get("phase"),
+        sources = step.get("config", {}).get("texts", [])
+        for i, phase in enumerate(report.get("phases", [])):
+            # The phase's text source (two files named dev.json stay apart); else the name pretrain gave it.
+            src = sources[i] if i < len(sources) else None
+            label = src if not src or src.startswith("task:") else f"{Path(src).parent.name}/{Path(src).name}"
+            rows.append({"step": step["name"], "phase": label or phase.get("phase"),
                          "steps": report.get("config", {}).get("steps"), "train_texts": phase.get("train_texts"),
                          "perplexity_before": phase.get("perplexity_before"),
                          "perplexity_after": phase.get("perplexity_after"), "seconds": phase.get("seconds"),

@@ -148,7 +148,7 @@ def build_pretraining_table(collection: Collection) -> Table | None:
     """DAPT/TAPT cost (wall time, tokens/s) and held-out perplexity per phase; None without pretraining."""
     if not collection.pretraining:
         return None
-    header = ["Pretraining", "Phase", "Steps", "Train texts", "Perplexity before → after", "Seconds", "Tokens/s"]
+    header = ["Pretraining", "Text", "Steps", "Train texts", "Perplexity before → after", "Seconds", "Tokens/s"]
 
     def num(x: Any, fmt: str) -> str:
         return MISSING if x is None else format(x, fmt)
