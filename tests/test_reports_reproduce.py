@@ -98,6 +98,9 @@ def test_reproduce_dry_run_prints_every_run(capsys: pytest.CaptureFixture[str]) 
                  "--pretrain-set", "steps=7"]) == 0
     out = capsys.readouterr().out
     assert out.count("(7 steps)") == 3 and "(200 steps)" not in out
+    assert main(["reproduce", "--suite", "dapt", "--dry-run", "--tasks", "acl-arc", "--data-dir", "/d",
+                 "--pretrain-set", "steps"]) != 0
+    assert "--pretrain-set expects KEY=VALUE, got 'steps'" in capsys.readouterr().err
 
 
 # --- executing a small plan on tiny models ------------------------------------------------------------

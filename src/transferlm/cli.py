@@ -130,6 +130,17 @@ def _yaml_value(raw: str) -> Any:
         return raw
 
 
+def _key_values(items: list[str], flag: str) -> list[tuple[str, Any]]:
+    """``KEY=VALUE`` options in the order given (a YAML value each); a malformed one is an error naming ``flag``."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        pairs.append((k.strip(), _yaml_value(v)))
+    return pairs
+
+
 def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
     d: dict[str, Any] = load_yaml(args.config) if args.config else {}
     run_keys = {k: d.pop(k) for k in list(d) if k not in ("methods", "seeds", "grid")}
@@ -156,11 +167,8 @@ def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
                  "max_length": args.max_length}.items():
         if v is not None:
             set_dotted(r, f"train.{k}", v)
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        set_dotted(r, k.strip(), _yaml_value(v))
+    for k, v in _key_values(args.set, "--set"):
+        set_dotted(r, k, v)
     for key, value in _prompt_args(args).items():
         set_dotted(r, f"method_args.{key}", value)
     if args.no_resume:
@@ -426,18 +434,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reports.reproduce import build_plan, execute
 
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = _yaml_value(v)
-    pretrain_overrides: dict[str, Any] = {}
-    for item in args.pretrain_set:
-        if "=" not in item:
-            raise ConfigError(f"--pretrain-set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        pretrain_overrides[k.strip()] = _yaml_value(v)
+    overrides = dict(_key_values(args.set, "--set"))
+    pretrain_overrides = dict(_key_values(args.pretrain_set, "--pretrain-set"))
     plan = build_plan(args.suite, quick=args.quick, output=args.output, model=args.model, data_dir=args.data_dir,
                       tasks=_list_arg(args.tasks, str) if args.tasks else None,
                       seeds=_list_arg(args.seeds, int) if args.seeds else None,
