@@ -25,7 +25,7 @@ from pathlib import Path
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
 from transferlm.protocol.compare import compare, wall_time
-from transferlm.reports.reproduce import LMBFF_VARIANTS, Variant
+from transferlm.reports.reproduce import LMBFF_VARIANTS, PEFT_LEARNING_RATES, Variant
 
 STEPS = 60
 TRAIN = {"max_steps": STEPS, "batch_size": 8, "learning_rate": 2e-5, "eval_every": 15, "checkpoint_every": 0,
@@ -35,6 +35,12 @@ TRAIN = {"max_steps": STEPS, "batch_size": 8, "learning_rate": 2e-5, "eval_every
 VARIANTS: dict[str, Variant] = dict(zip(
     ("prompt-zero-shot", "icl", "finetune", "prompt-finetune", "prompt-finetune+demos", "prompt-finetune-auto+demos"),
     LMBFF_VARIANTS, strict=True))
+# Not rows of the lecture's table: prompt-based fine-tuning that trains a PEFT transformation of the LM
+# instead of all its weights (the PEFT issue's few-shot rows on a causal LM), at the PEFT learning rates.
+VARIANTS.update({
+    f"prompt-finetune+{m}": Variant(f"Prompt-based FT (man) + {label}", "prompt-finetune", {"peft": {"name": m, **o}},
+                                    {"learning_rate": PEFT_LEARNING_RATES[m]})
+    for m, label, o in (("lora", "LoRA (r=8, q/v)", {"r": 8}), ("bitfit", "BitFit", {}))})
 DEFAULT_VARIANTS = "prompt-zero-shot,icl,finetune,prompt-finetune,prompt-finetune+demos"
 
 

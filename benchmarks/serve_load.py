@@ -361,9 +361,13 @@ async def fault_burst(server: Server, inputs: dict[str, list[Any]], n: int, max_
 # -- main -------------------------------------------------------------------------------------------------------
 
 
-def batch_stats(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+def batch_stats(after: dict[str, float], before: dict[str, float], seconds: float) -> dict[str, float]:
     n = delta(after, before, "transferlm_batch_rows_count")
-    return {"forward_passes": n,
+    fwd = delta(after, before, "transferlm_forward_seconds_sum")
+    # The share of wall time the inference thread spent in forward passes: near 1, the model is the bound;
+    # well below, time goes to HTTP, queueing or the load generator.
+    return {"forward_passes": n, "forward_busy": round(fwd / seconds, 3) if seconds else 0.0,
+            "mean_forward_ms": round(1000 * fwd / n, 1) if n else 0.0,
             "mean_rows_per_pass": round(delta(after, before, "transferlm_batch_rows_sum") / n, 2) if n else 0.0,
             "mean_tasks_per_pass": round(delta(after, before, "transferlm_batch_tasks_sum") / n, 2) if n else 0.0}
 
@@ -437,7 +441,8 @@ def main() -> None:
                   f"p99 {stats['p99_ms']} ms  failed {stats['failed']}", flush=True)
     for mode in modes:
         stats = summarise(*raw[mode], args.seconds * args.rounds)
-        stats.update(batch_stats(scrape(servers[mode].url), before[mode]))
+        # Between the scrapes this server was loaded for its rounds' warm-up and measured seconds only.
+        stats.update(batch_stats(scrape(servers[mode].url), before[mode], args.rounds * (args.seconds + args.warmup)))
         stats["throughput_rps_per_round"] = per_round[mode]
         stats["startup_seconds"] = servers[mode].startup_s
         stats["rss_mb_after_load"] = round(rss_mb(servers[mode].proc.pid), 1)
@@ -479,10 +484,10 @@ def main() -> None:
         report["ratio_mixed_over_per_task"] = round(modes["mixed"]["throughput_rps"] /
                                                     modes["per-task"]["throughput_rps"], 2)
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
-    print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass")
+    print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass  fwd ms  fwd busy")
     for mode, s in modes.items():
         print(f"{mode:8s} {s['throughput_rps']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['failed']:7d} "
-              f"{s['mean_rows_per_pass']:10.2f}")
+              f"{s['mean_rows_per_pass']:10.2f} {s['mean_forward_ms']:7.1f} {s['forward_busy']:9.2f}")
     if "ratio_mixed_over_none" in report:
         print(f"mixed / one-at-a-time: {report['ratio_mixed_over_none']}x"
               + (f"; mixed / per-task: {report['ratio_mixed_over_per_task']}x" if "ratio_mixed_over_per_task" in report

@@ -40,12 +40,20 @@ def main() -> None:
     ap.add_argument("--train", type=json.loads, default={},
                     help="JSON of base training settings under every variant's own, e.g. the LM-BFF benchmark's "
                          "'{\"max_steps\": 60, \"learning_rate\": 2e-5, \"eval_every\": 15}'")
+    ap.add_argument("--layer-decay", type=float, default=0.8,
+                    help="xi of the LLRD variant; pick it for the depth (xi^layers is the embeddings' share of the rate)")
     ap.add_argument("--variants", help=f"comma-separated subset of: {', '.join(_slug(v) for v in VARIANTS)}")
     args = ap.parse_args()
-    chosen = {name: train for name, train in VARIANTS.items()
+    if not 0 < args.layer_decay <= 1:
+        ap.error(f"--layer-decay {args.layer_decay}: must be in (0, 1]")
+    variants = dict(VARIANTS)
+    if args.layer_decay != 0.8:
+        del variants["+ LLRD (ξ=0.8)"]
+        variants[f"+ LLRD (ξ={args.layer_decay:g})"] = {"layer_decay": args.layer_decay}
+    chosen = {name: train for name, train in variants.items()
               if not args.variants or _slug(name) in args.variants.split(",")}
     if not chosen:
-        ap.error(f"--variants matches none of {', '.join(_slug(v) for v in VARIANTS)}")
+        ap.error(f"--variants matches none of {', '.join(_slug(v) for v in variants)}")
     rows = []
     for task in args.tasks.split(","):
         for name, train in chosen.items():
@@ -53,6 +61,8 @@ def main() -> None:
                                        "data": {"data_dir": args.data_dir, "shots": 16},
                                        "train": {**args.train, **train}})
             slug = _slug(name)
+            if "layer_decay" in train and train["layer_decay"] != 0.8:
+                slug += f"-{train['layer_decay']:g}"  # its own cache: another xi is another run
             summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=[int(s) for s in args.seeds.split(",")],
                                             output=str(Path(args.work) / args.model / task / slug)))
             r = summary["rows"][0]

@@ -322,3 +322,63 @@ def test_auto_without_a_dev_split_is_an_error(mlm) -> None:
         method.resolve(cfg, mlm, SPEC, EXAMPLES, [])
     with pytest.raises(ConfigError, match="method_args.auto must be one of"):
         method.parse_config({"auto": "everything"})
+
+
+def test_compare_evaluates_a_seed_free_method_once_and_reuses_it_faithfully(tiny_llama: Path, toy_data: Path,
+                                                                           tmp_path: Path) -> None:
+    from transferlm.config import CompareConfig
+    from transferlm.protocol.compare import EVAL_MEMO, compare
+
+    cfg = _cfg(tiny_llama, toy_data, "prompt-zero-shot")
+    out = tmp_path / "cmp"
+    summary = compare(CompareConfig(run=cfg, methods=["prompt-zero-shot"], seeds=[13, 21], output=str(out)))
+    first, second = (json.loads((out / "prompt-zero-shot" / f"seed-{s}" / "results.json").read_text())
+                     for s in (13, 21))
+    assert "test_reused_from_seed" not in first and second["test_reused_from_seed"] == 13
+    assert second["eval_seconds"] < first["eval_seconds"]
+    assert len(list((out / "prompt-zero-shot" / EVAL_MEMO).glob("*.json"))) == 1
+    # What seed 21 would have measured on its own.
+    alone = _cfg(tiny_llama, toy_data, "prompt-zero-shot")
+    alone.seed = 21
+    assert run(alone).results["metrics"] == second["metrics"]
+    assert summary["rows"][0]["per_seed"][1] == second["metrics"]["accuracy"]
+
+
+@pytest.mark.parametrize(("method", "args", "free"), [
+    ("prompt-zero-shot", {}, True),
+    ("prompt-zero-shot", {"calibrate": True}, True),
+    ("prompt-zero-shot", {"answer_search": "sample"}, False),  # draws answers from the seed
+    ("prompt-zero-shot", {"auto": "labels"}, False),  # searches on this seed's train/dev
+    ("icl", {"k": 2}, False),  # demonstrations come from this seed's training split
+    ("prompt-finetune", {}, False),
+])
+def test_which_methods_are_seed_free(method: str, args: dict, free: bool) -> None:
+    m = get_method(method)
+    assert m.seed_free(m.parse_config({**PROMPT, **args})) is free
+
+
+def test_the_eval_memo_key_follows_weights_options_and_test_set(tmp_path: Path) -> None:
+    from transferlm.protocol.eval_memo import EvalMemo
+
+    model = torch.nn.Linear(3, 2)
+
+    def memo(**change):
+        kw = {"model": model, "method": "prompt-zero-shot", "method_config": {"template": "t"},
+              "train_settings": {"max_length": 48, "eval_batch_size": 64, "mixed_precision": "no"},
+              "device": "cpu", "test": EXAMPLES, **change}
+        return EvalMemo.for_run(tmp_path, **kw)
+
+    base = memo()
+    assert memo().key == base.key
+    assert memo(method_config={"template": "u"}).key != base.key
+    assert memo(test=EXAMPLES[:-1]).key != base.key
+    assert memo(train_settings={"max_length": 32, "eval_batch_size": 64, "mixed_precision": "no"}).key != base.key
+    assert memo(train_settings={"max_length": 48, "eval_batch_size": 64, "mixed_precision": "no",
+                                "learning_rate": 1.0}).key == base.key  # training settings do not matter
+    base.store({"accuracy": 0.5}, 1.0, seed=13)
+    assert memo().load()["metrics"] == {"accuracy": 0.5}
+    with torch.no_grad():
+        model.weight[0, 0] += 1e-3  # another model under the same name (e.g. a retrained folder)
+    assert memo().key != base.key and memo().load() is None
+    base.path.write_text("{not json")
+    assert base.load() is None  # unreadable: evaluate afresh

@@ -68,6 +68,11 @@ class Method(ABC):
             validate()
         return cfg
 
+    def seed_free(self, cfg: MethodConfig) -> bool:
+        """Whether predictions depend only on the model and ``cfg``: not on the seed, the training split or
+        training. ``compare`` then evaluates the (shared) test split once for all seeds."""
+        return False
+
     def resolve(self, cfg: MethodConfig, backbone: Any, spec: TaskSpec, train: Sequence[Example],
                 dev: Sequence[Example]) -> MethodConfig:
         """Settle options that depend on the data before ``prepare`` (e.g. automatic prompt search on dev).

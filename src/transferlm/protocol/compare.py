@@ -21,6 +21,7 @@ from .run import RESULTS, run
 from .table import format_table
 
 log = logging.getLogger(__name__)
+EVAL_MEMO = "eval-memo"  # per method: test metrics of seed-free methods, shared by the seeds
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -81,7 +82,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             res = _cached(run_dir, rcfg)
             if res is None:
                 t0 = time.perf_counter()
-                res = run(rcfg).results
+                res = run(rcfg, eval_memo=out / method / EVAL_MEMO).results
                 computed_seconds[method] += time.perf_counter() - t0
             else:
                 reused[method] += 1

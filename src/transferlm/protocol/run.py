@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
@@ -53,8 +54,12 @@ def load_run_data(cfg: RunConfig):
     return load_task(task, d.data_dir, options)
 
 
-def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
-    """Run one (task, model, method, seed). Validates everything before writing anything."""
+def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | None = None) -> RunResult:
+    """Run one (task, model, method, seed). Validates everything before writing anything.
+
+    ``eval_memo``: a folder where a seed-free method (``Method.seed_free``) keeps its test metrics, so
+    the other seeds of a comparison reuse them instead of evaluating the same test set again.
+    """
     cfg.train.validate()
     method = get_method(cfg.method)
     method_cfg = method.parse_config(cfg.method_args)
@@ -82,18 +87,21 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
     if prepared.trains:
         fit = engine.fit(data.train, data.dev)
     dev_eval = engine.evaluate(data.dev, desc="dev") if data.dev else None
-    test_eval = engine.evaluate(data.test, desc="test") if data.test else None
+    test_metrics, test_seconds, reused = _evaluate_test(cfg, method, method_cfg, prepared, engine, data.test,
+                                                        eval_memo)
     results: dict[str, Any] = {
         "task": spec.name, "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
         "shots": cfg.data.shots if cfg.data.shots is not None else "full",
-        "metrics": test_eval.metrics if test_eval else {},
+        "metrics": test_metrics,
         "dev_metrics": dev_eval.metrics if dev_eval else {},
         "primary_metric": spec.metric,
-        "split": "test" if test_eval else "dev",
+        "split": "test" if data.test else "dev",
         "trainable_params": trainable, "total_params": total,
         "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
         "train_seconds": round(fit.train_seconds, 3) if fit else 0.0,
-        "eval_seconds": round((test_eval.seconds if test_eval else 0.0) + (dev_eval.seconds if dev_eval else 0.0), 3),
+        "eval_seconds": round(test_seconds + (dev_eval.seconds if dev_eval else 0.0), 3),
+        # The test metrics came from another seed's identical evaluation (eval_memo): no test time spent here.
+        **({"test_reused_from_seed": reused} if reused is not None else {}),
         "steps": fit.steps if fit else 0, "best_step": fit.best_step if fit else None,
         "resumed_from_step": fit.resumed_from if fit else None,
         "history": fit.history if fit else [],
@@ -113,3 +121,25 @@ def run(cfg: RunConfig, *, keep_engine: bool = False) -> RunResult:
             results["model_dir"] = str(out_dir / "model")
         write_json(out_dir / RESULTS, results)
     return RunResult(results=results, engine=engine if keep_engine else None)
+
+
+def _evaluate_test(cfg: RunConfig, method: Any, method_cfg: Any, prepared: Any, engine: Engine,
+                   test: list[Any], memo_folder: str | Path | None) -> tuple[dict[str, float], float, int | None]:
+    """(metrics, seconds, seed the metrics were computed under if reused) on the test split."""
+    if not test:
+        return {}, 0.0, None
+    memo = None
+    if memo_folder is not None and not prepared.trains and method.seed_free(method_cfg):
+        from .eval_memo import EvalMemo
+
+        memo = EvalMemo.for_run(memo_folder, model=prepared.model, method=cfg.method,
+                                method_config=method_cfg.to_dict(), train_settings=dataclasses.asdict(cfg.train),
+                                device=str(engine.acc.device), test=test)
+        entry = memo.load()
+        if entry is not None:
+            log.info("test metrics reused from seed %s (same model, options and test set)", entry["seed"])
+            return entry["metrics"], 0.0, int(entry["seed"])
+    ev = engine.evaluate(test, desc="test")
+    if memo is not None and engine.acc.is_main_process:
+        memo.store(ev.metrics, ev.seconds, cfg.seed)
+    return ev.metrics, ev.seconds, None

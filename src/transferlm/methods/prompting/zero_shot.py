@@ -17,6 +17,10 @@ class PromptZeroShot(PromptMethod):
     trains = False
     description = "prompt-based zero-shot: template + label words, frozen LM (MLM cloze or causal next token)"
 
+    def seed_free(self, cfg: PromptConfig) -> bool:  # type: ignore[override]
+        # auto searches on this seed's train/dev; sampled answers draw from the seed.
+        return cfg.auto is None and cfg.answer_search == "argmax"
+
     def prepare(self, backbone, spec: TaskSpec, cfg: PromptConfig, *, max_length: int,
                 train: Sequence[Example]) -> Prepared:
         setup = self.setup(backbone, spec, cfg, max_length=max_length, train=train)
