@@ -372,13 +372,53 @@ def batch_stats(after: dict[str, float], before: dict[str, float], seconds: floa
             "mean_tasks_per_pass": round(delta(after, before, "transferlm_batch_tasks_sum") / n, 2) if n else 0.0}
 
 
+def ratios(modes: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    if "mixed" in modes and "none" in modes and modes["none"]["throughput_rps"]:
+        out["ratio_mixed_over_none"] = round(modes["mixed"]["throughput_rps"] / modes["none"]["throughput_rps"], 2)
+    if "mixed" in modes and "per-task" in modes and modes["per-task"]["throughput_rps"]:
+        out["ratio_mixed_over_per_task"] = round(modes["mixed"]["throughput_rps"] / modes["per-task"]["throughput_rps"],
+                                                 2)
+    return out
+
+
+def measure_modes(servers: dict[str, Server], inputs: dict[str, list[Any]], clients: int,
+                  args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Closed-loop load at ``clients`` concurrency against each mode's server; per-mode stats."""
+    modes = list(servers)
+    # Rounds interleave the modes (in a rotating order), so a shared machine's changing load hits them alike.
+    before = {m: scrape(servers[m].url) for m in modes}
+    raw: dict[str, tuple[list[float], list[int]]] = {m: ([], []) for m in modes}
+    per_round: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(args.rounds):
+        order = modes[r % len(modes):] + modes[:r % len(modes)]
+        for mode in order:
+            stats = asyncio.run(closed_loop(servers[mode].url, inputs, clients, args.seconds, args.warmup, seed=r))
+            raw[mode][0].extend(stats["_raw"][0])
+            raw[mode][1].extend(stats["_raw"][1])
+            per_round[mode].append(stats["throughput_rps"])
+            print(f"  {clients} clients, round {r + 1} {mode:8s} {stats['throughput_rps']:6.1f} req/s  "
+                  f"p50 {stats['p50_ms']} ms  p99 {stats['p99_ms']} ms  failed {stats['failed']}", flush=True)
+    out = {}
+    for mode in modes:
+        stats = summarise(*raw[mode], args.seconds * args.rounds)
+        # Between the scrapes this server was loaded for its rounds' warm-up and measured seconds only.
+        stats.update(batch_stats(scrape(servers[mode].url), before[mode], args.rounds * (args.seconds + args.warmup)))
+        stats["throughput_rps_per_round"] = per_round[mode]
+        stats["startup_seconds"] = servers[mode].startup_s
+        stats["rss_mb_after_load"] = round(rss_mb(servers[mode].proc.pid), 1)
+        out[mode] = stats
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm-l6")
     ap.add_argument("--adapters", choices=["random", "trained"], default="random",
                     help="random: random LoRA weights in our format (default); trained: a few K=16 steps each")
     ap.add_argument("--train-steps", type=int, default=10)
-    ap.add_argument("--clients", type=int, default=32, help="concurrent closed-loop clients")
+    ap.add_argument("--clients", default="32",
+                    help="concurrent closed-loop clients; a comma list (8,32,64) sweeps them, the last is reported in full")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per mode and round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every mode once, interleaved")
     ap.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each measurement")
@@ -394,6 +434,12 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-serve")
     ap.add_argument("--out", default=None, help="default benchmarks/results/serve-load-<model>.json")
     args = ap.parse_args()
+    try:
+        client_counts = [int(c) for c in str(args.clients).split(",")]
+    except ValueError:
+        ap.error(f"--clients {args.clients!r}: give a number or a comma list of numbers, e.g. 8,32,64")
+    if any(c < 1 for c in client_counts):
+        ap.error(f"--clients {args.clients!r}: every count must be >= 1")
     out_path = Path(args.out or f"benchmarks/results/serve-load-{args.model.split('/')[-1].split('-')[0]}.json")
     work = Path(args.work) / args.model.replace("/", "_")
     work.mkdir(parents=True, exist_ok=True)
@@ -413,11 +459,12 @@ def main() -> None:
                                       "request_timeout_s": 60.0}))
     report: dict[str, Any] = {
         "model": args.model, "adapters": f"8 LoRA (r=8, q/v) adapters, {args.adapters} weights",
-        "tasks": list(folders), "clients": args.clients, "seconds_per_mode": args.seconds * args.rounds,
+        "tasks": list(folders), "clients": client_counts[-1], "seconds_per_mode": args.seconds * args.rounds,
         "rounds": args.rounds,
         "server": {"threads": args.threads, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                    "max_queue": args.max_queue},
-        "machine": f"{os.cpu_count()} CPU cores, shared with other jobs; client and server on the same cores",
+        "machine": f"{os.cpu_count()} CPU cores; client and server on the same cores; load average before the "
+                   f"servers started {os.getloadavg()[0]:.2f} (above 0.5: other jobs shared the cores)",
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "modes": {}}
     modes = args.modes.split(",")
     servers: dict[str, Server] = {}
@@ -425,28 +472,16 @@ def main() -> None:
         servers[mode] = Server(config, mode, args, work / f"server-{mode}.log")
         print(f"[{mode}] server up in {servers[mode].startup_s}s (rss {rss_mb(servers[mode].proc.pid):.0f} MB)",
               flush=True)
-    # Rounds interleave the modes (in a rotating order), so a shared machine's changing load hits them alike.
-    before = {m: scrape(servers[m].url) for m in modes}
-    raw: dict[str, tuple[list[float], list[int]]] = {m: ([], []) for m in modes}
-    per_round: dict[str, list[float]] = {m: [] for m in modes}
-    for r in range(args.rounds):
-        order = modes[r % len(modes):] + modes[:r % len(modes)]
-        for mode in order:
-            stats = asyncio.run(closed_loop(servers[mode].url, inputs, args.clients, args.seconds, args.warmup,
-                                            seed=r))
-            raw[mode][0].extend(stats["_raw"][0])
-            raw[mode][1].extend(stats["_raw"][1])
-            per_round[mode].append(stats["throughput_rps"])
-            print(f"  round {r + 1} {mode:8s} {stats['throughput_rps']:6.1f} req/s  p50 {stats['p50_ms']} ms  "
-                  f"p99 {stats['p99_ms']} ms  failed {stats['failed']}", flush=True)
-    for mode in modes:
-        stats = summarise(*raw[mode], args.seconds * args.rounds)
-        # Between the scrapes this server was loaded for its rounds' warm-up and measured seconds only.
-        stats.update(batch_stats(scrape(servers[mode].url), before[mode], args.rounds * (args.seconds + args.warmup)))
-        stats["throughput_rps_per_round"] = per_round[mode]
-        stats["startup_seconds"] = servers[mode].startup_s
-        stats["rss_mb_after_load"] = round(rss_mb(servers[mode].proc.pid), 1)
-        report["modes"][mode] = stats
+    by_clients: dict[str, dict[str, Any]] = {}
+    for clients in client_counts:
+        by_clients[str(clients)] = measure_modes(servers, inputs, clients, args)
+    # The detailed per-mode report is the largest concurrency's; the sweep keeps the headline numbers of each.
+    report["modes"] = by_clients[str(client_counts[-1])]
+    if len(client_counts) > 1:
+        report["by_clients"] = {n: {m: {k: s[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "failed",
+                                                           "mean_rows_per_pass", "forward_busy")}
+                                    for m, s in stats.items()} | ratios(stats)
+                                for n, stats in by_clients.items()}
     mixed = servers.get("mixed")
     if mixed is not None and not args.no_faults:
         faults = {}
@@ -464,7 +499,7 @@ def main() -> None:
         report["faults"] = faults
     if mixed is not None and args.soak_seconds > 0:
         print(f"[soak] {args.soak_seconds:.0f}s mixed load, sampling RSS", flush=True)
-        soak = public(asyncio.run(closed_loop(mixed.url, inputs, args.clients, args.soak_seconds, 0.0, seed=7,
+        soak = public(asyncio.run(closed_loop(mixed.url, inputs, client_counts[-1], args.soak_seconds, 0.0, seed=7,
                                               rss_pid=mixed.proc.pid, rss_every=max(2.0, args.soak_seconds / 60))))
         rss = [m for _, m in soak["rss_mb"]]
         half = len(rss) // 2
@@ -478,12 +513,11 @@ def main() -> None:
     for mode, server in servers.items():
         report["modes"][mode]["shutdown"] = server.stop()
     modes = report["modes"]
-    if "mixed" in modes and "none" in modes and modes["none"]["throughput_rps"]:
-        report["ratio_mixed_over_none"] = round(modes["mixed"]["throughput_rps"] / modes["none"]["throughput_rps"], 2)
-    if "mixed" in modes and "per-task" in modes and modes["per-task"]["throughput_rps"]:
-        report["ratio_mixed_over_per_task"] = round(modes["mixed"]["throughput_rps"] /
-                                                    modes["per-task"]["throughput_rps"], 2)
+    report.update(ratios(modes))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    for n, row in report.get("by_clients", {}).items():
+        print(f"{n:>4s} clients: " + "  ".join(f"{m} {row[m]['throughput_rps']} req/s" for m in report["modes"])
+              + (f"  mixed/none {row['ratio_mixed_over_none']}x" if "ratio_mixed_over_none" in row else ""))
     print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass  fwd ms  fwd busy")
     for mode, s in modes.items():
         print(f"{mode:8s} {s['throughput_rps']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['failed']:7d} "

@@ -46,10 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 < args.layer_decay <= 1:
         ap.error(f"--layer-decay {args.layer_decay}: must be in (0, 1]")
-    variants = dict(VARIANTS)
-    if args.layer_decay != 0.8:
-        del variants["+ LLRD (ξ=0.8)"]
-        variants[f"+ LLRD (ξ={args.layer_decay:g})"] = {"layer_decay": args.layer_decay}
+    variants = {(f"+ LLRD (ξ={args.layer_decay:g})" if "layer_decay" in train else name):
+                ({"layer_decay": args.layer_decay} if "layer_decay" in train else train)
+                for name, train in VARIANTS.items()}
     chosen = {name: train for name, train in variants.items()
               if not args.variants or _slug(name) in args.variants.split(",")}
     if not chosen:
