@@ -40,6 +40,7 @@ VARIANTS: dict[str, Variant] = dict(zip(
 VARIANTS.update({
     f"prompt-finetune+{m}": Variant(f"Prompt-based FT (man) + {label}", "prompt-finetune", {"peft": {"name": m, **o}},
                                     {"learning_rate": PEFT_LEARNING_RATES[m]})
+    # (BitFit has nothing to train on Llama-family LMs: they have no bias terms, a one-line error says so.)
     for m, label, o in (("lora", "LoRA (r=8, q/v)", {"r": 8}), ("bitfit", "BitFit", {}))})
 DEFAULT_VARIANTS = "prompt-zero-shot,icl,finetune,prompt-finetune,prompt-finetune+demos"
 
