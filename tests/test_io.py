@@ -30,3 +30,21 @@ def test_failed_directory_write_leaves_nothing_and_keeps_the_old(tmp_path: Path)
         raise RuntimeError("killed mid-write")
     assert (target / "w").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_directory_of_safetensors_files_is_readable_by_others(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as d:
+            save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))  # safetensors 0.8 makes it 0600
+            (d / "sub").mkdir()
+            (d / "sub" / "config.json").write_text("{}")
+    finally:
+        os.umask(mask)
+    for path in (tmp_path / "model" / "model.safetensors", tmp_path / "model" / "sub" / "config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    for folder in (tmp_path / "model", tmp_path / "model" / "sub"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
