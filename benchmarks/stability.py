@@ -17,9 +17,10 @@ from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
 from transferlm.protocol.compare import compare, wall_time
 
+LLRD_XI = 0.8  # the LLRD row's default ξ; its runs keep the plain "LLRD" cache folder
 VARIANTS = {
     "finetune": {},
-    "+ LLRD (ξ=0.8)": {"layer_decay": 0.8},
+    f"+ LLRD (ξ={LLRD_XI:g})": {"layer_decay": LLRD_XI},
     "+ self-ensemble (window 5)": {"self_ensemble": "window", "ensemble_every": 10, "ensemble_window": 5},
     "+ self-distillation (λ=1)": {"self_distill": 1.0, "self_ensemble": "ema", "ema_decay": 0.95},
 }
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--train", type=json.loads, default={},
                     help="JSON of base training settings under every variant's own, e.g. the LM-BFF benchmark's "
                          "'{\"max_steps\": 60, \"learning_rate\": 2e-5, \"eval_every\": 15}'")
-    ap.add_argument("--layer-decay", type=float, default=0.8,
+    ap.add_argument("--layer-decay", type=float, default=LLRD_XI,
                     help="xi of the LLRD variant; pick it for the depth (xi^layers is the embeddings' share of the rate)")
     ap.add_argument("--variants", help=f"comma-separated subset of: {', '.join(_slug(v) for v in VARIANTS)}")
     args = ap.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
                                        "data": {"data_dir": args.data_dir, "shots": 16},
                                        "train": {**args.train, **train}})
             slug = _slug(name)
-            if "layer_decay" in train and train["layer_decay"] != 0.8:
+            if train.get("layer_decay", LLRD_XI) != LLRD_XI:
                 slug += f"-{train['layer_decay']:g}"  # its own cache: another xi is another run
             summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=[int(s) for s in args.seeds.split(",")],
                                             output=str(Path(args.work) / args.model / task / slug)))
