@@ -41,7 +41,9 @@ VARIANTS.update({
     f"prompt-finetune+{m}": Variant(f"Prompt-based FT (man) + {label}", "prompt-finetune", {"peft": {"name": m, **o}},
                                     {"learning_rate": PEFT_LEARNING_RATES[m]})
     # (BitFit has nothing to train on Llama-family LMs: they have no bias terms, a one-line error says so.)
-    for m, label, o in (("lora", "LoRA (r=8, q/v)", {"r": 8}), ("bitfit", "BitFit", {}))})
+    for m, label, o in (("lora", "LoRA (r=8, q/v)", {"r": 8}), ("ia3", "IA3", {}),
+                        ("adapter", "Adapter (Houlsby, m=64)", {}), ("prefix", "Prefix-tuning (10)", {}),
+                        ("prompt-tuning", "Prompt-tuning (20)", {}), ("bitfit", "BitFit", {}))})
 DEFAULT_VARIANTS = "prompt-zero-shot,icl,finetune,prompt-finetune,prompt-finetune+demos"
 
 

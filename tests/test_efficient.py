@@ -83,6 +83,24 @@ def test_bitfit_needs_bias_terms(tiny_llama: Path) -> None:
         apply_peft(load(tiny_llama), "bitfit")
 
 
+@pytest.mark.parametrize("family,head,name", [c for c in CASES if c[1] != "base"])
+def test_the_prompt_model_reads_the_answer_slot_through_every_transformation(request, family, head, name) -> None:
+    # PromptModel runs the LM head at the answer positions only; soft prompts shift and pad the sequence
+    # the head sees, and the result must still be the logits at the right input positions.
+    from transferlm.prompts.model import PromptModel
+
+    peft = apply_peft(family_model(request, family, head), name, options(name)).eval()
+    x = batch()
+    positions = torch.tensor([[6], [4], [0]])  # row 1 is padded after position 4
+    with torch.no_grad():
+        full = peft(**x).logits
+        reader = PromptModel(peft, None)
+        gathered = reader.answer_logits(x["input_ids"], x["attention_mask"], positions)
+        reader.remove_hook()
+    assert gathered.shape == (3, 1, full.shape[-1])
+    torch.testing.assert_close(gathered, full[torch.arange(3)[:, None], positions], atol=1e-5, rtol=1e-5)
+
+
 def test_bitfit_trains_exactly_the_biases(tiny_bert: Path) -> None:
     model = load(tiny_bert)
     n_bias = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))

@@ -300,6 +300,28 @@ def test_prompt_finetune_with_lora(tiny_llama: Path, toy_data: Path, tmp_path: P
     assert any((tmp_path / "lora" / "model" / "adapter").iterdir())
 
 
+@pytest.mark.parametrize("name", ["lora", "adapter", "prefix", "prompt-tuning", "ia3", "bitfit"])
+@pytest.mark.parametrize("kind", ["mlm", "causal"])
+def test_prompt_finetune_trains_through_every_peft_method(name: str, kind: str, tiny_mlm: Path, tiny_llama: Path,
+                                                          toy_data: Path) -> None:
+    from transferlm.methods.efficient import PEFT_METHODS
+
+    assert name in PEFT_METHODS  # the table covers the registry
+    model = tiny_mlm if kind == "mlm" else tiny_llama
+    small = {"prefix": {"mlp_hidden": 8}, "adapter": {"bottleneck": 4}}.get(name, {})  # sized for a tiny model
+    cfg = _cfg(model, toy_data, "prompt-finetune", peft={"name": name, **small})
+    cfg.train.select_on_dev = False
+    if name == "bitfit" and kind == "causal":
+        with pytest.raises(ConfigError, match="bias"):  # Llama has no bias terms to train
+            run(cfg)
+        return
+    res = run(cfg).results
+    assert 0 < res["trainable_params"] < 0.5 * res["total_params"]
+    losses = [h["loss"] for h in res["history"]]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])  # the answer slot's loss falls through the transformation
+    assert res["method_config"]["peft"]["name"] == name
+
+
 def test_auto_picks_the_best_label_words_on_dev_and_records_them(tiny_mlm: Path, toy_data: Path) -> None:
     from transferlm.prompts.search import search_label_words
     from transferlm.prompts.template import Template

@@ -42,11 +42,13 @@ class PromptModel(nn.Module):
         if self._positions is None or not args or args[0].dim() != 3:
             return None
         hidden = args[0]
-        # PEFT prompt/prefix methods prepend virtual tokens: answer positions shift by their number.
+        # PEFT prompt methods prepend virtual tokens: answer positions shift by their number. The virtual
+        # positions stay in front of the gathered ones, since a wrapper may strip them from the logits
+        # (ours does, to align outputs with the input) or may not (answer_logits keeps the last ones).
         offset = hidden.shape[1] - self._seq_len
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
         self._gathered = True
-        return (hidden[rows, self._positions + offset], *args[1:])
+        return (torch.cat([hidden[:, :offset], hidden[rows, self._positions + offset]], dim=1), *args[1:])
 
     def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       positions: torch.Tensor) -> torch.Tensor:
@@ -64,8 +66,8 @@ class PromptModel(nn.Module):
             self._positions = None
         if not self._gathered:  # the head bypassed the hook (e.g. a functional tied head): gather here
             rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-            logits = logits[rows, positions + (logits.shape[1] - input_ids.shape[1])]
-        return logits
+            return logits[rows, positions + (logits.shape[1] - input_ids.shape[1])]
+        return logits[:, logits.shape[1] - positions.shape[1]:]  # any virtual positions left in front
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                 word_rows: torch.Tensor, n_samples: torch.Tensor, prior_rows: torch.Tensor | None = None,
