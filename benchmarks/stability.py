@@ -3,7 +3,8 @@
 Runs the 5-seed K=16 protocol for plain fine-tuning and with each trick, and prints mean (std)
 over seeds. Usage:
     python benchmarks/stability.py --tasks SST-2,cr --model minilm-l6 --out benchmarks/results/stability-minilm.json
-Reruns reuse finished runs (the compare cache under --work).
+Reruns reuse finished runs (the compare cache under --work). Rows already in --out that were run with the
+same training settings keep their other seeds: `--seeds 87,100` after `--seeds 13,21,42` records 5-seed rows.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
@@ -28,6 +32,29 @@ VARIANTS = {
 
 def _slug(name: str) -> str:
     return name.split("(")[0].strip("+ ").replace(" ", "-") or "finetune"
+
+
+def _row_seeds(row: dict[str, Any], file_seeds: str) -> list[int]:
+    # Rows written before per-row seeds share the file's seed list.
+    return [int(s) for s in row.get("seeds") or file_seeds.split(",")]
+
+
+def merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """`new` plus the seeds of `old` it did not run (the same variant under the same settings).
+
+    Mean and std are recomputed over the union (population std, as compare reports); timings stay those of `new`.
+    """
+    if old is None:
+        return new
+    scores = dict(zip(old["seeds"], old["per_seed"], strict=True))
+    scores.update(zip(new["seeds"], new["per_seed"], strict=True))
+    seeds = sorted(scores)
+    values = [scores[s] for s in seeds]
+    kept = sorted(set(seeds) - set(new["seeds"]))
+    merged = {**new, "seeds": seeds, "per_seed": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
+    if kept:
+        merged["seeds_from_previous_runs"] = kept
+    return merged
 
 
 def main() -> None:
@@ -54,7 +81,13 @@ def main() -> None:
               if not args.variants or _slug(name) in args.variants.split(",")}
     if not chosen:
         ap.error(f"--variants matches none of {', '.join(_slug(v) for v in variants)}")
-    rows = []
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    same_settings = previous.get("model") == args.model and previous.get("train", {}) == args.train
+    file_seeds = previous.get("seeds", "")
+    rows = {(r["task"], r["variant"]): {**r, "seeds": _row_seeds(r, file_seeds)}
+            for r in previous.get("rows", [])} if same_settings else {}
     for task in args.tasks.split(","):
         for name, train in chosen.items():
             run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
@@ -63,16 +96,18 @@ def main() -> None:
             slug = _slug(name)
             if train.get("layer_decay", LLRD_XI) != LLRD_XI:
                 slug += f"-{train['layer_decay']:g}"  # its own cache: another xi is another run
-            summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=[int(s) for s in args.seeds.split(",")],
+            summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=seeds,
                                             output=str(Path(args.work) / args.model / task / slug)))
             r = summary["rows"][0]
-            rows.append({"task": task, "variant": name, "mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
-                         "train_seconds_per_seed": r["train_seconds"], **wall_time(r)})
-            print(f"{task:6s} {name:30s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})", flush=True)
+            new = {"task": task, "variant": name, "seeds": seeds, "mean": r["mean"], "std": r["std"],
+                   "per_seed": r["per_seed"], "train_seconds_per_seed": r["train_seconds"], **wall_time(r)}
+            row = rows[(task, name)] = merge_seeds(rows.get((task, name)), new)
+            print(f"{task:6s} {name:30s} {100 * row['mean']:.1f} ({100 * row['std']:.1f}) over seeds {row['seeds']}",
+                  flush=True)
             # After every variant, so a stopped run still leaves what it finished.
-            write_json(args.out, {"model": args.model, "shots": 16, "seeds": args.seeds, "train": args.train,
-                                  "rows": rows})
-    print(json.dumps({"written": args.out}))
+            write_json(out, {**{k: v for k, v in previous.items() if same_settings and k not in ("rows", "seeds")},
+                             "model": args.model, "shots": 16, "train": args.train, "rows": list(rows.values())})
+    print(json.dumps({"written": str(out)}))
 
 
 if __name__ == "__main__":
