@@ -22,6 +22,8 @@ import json
 import os
 from pathlib import Path
 
+from seed_rows import merge_seeds, row_seeds  # benchmarks/ is on the path when run as a script
+
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
 from transferlm.protocol.compare import compare, wall_time
@@ -69,7 +71,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    rows = {(r["task"], r["variant"]): r for r in previous.get("rows", [])}
+    # Rows of the same model and budget keep their other seeds when this call runs more.
+    same_settings = previous.get("model", args.model) == args.model and previous.get("train", TRAIN) == TRAIN
+    rows = {(r["task"], r["variant"]): {**r, "seeds": row_seeds(r)} for r in previous.get("rows", [])}
     for task in args.tasks.split(","):
         for name in args.variants.split(","):
             if name not in VARIANTS:
@@ -79,14 +83,15 @@ def main() -> None:
             summary = compare(CompareConfig(run=run, methods=[run.method], seeds=seeds,
                                             output=str(Path(args.work) / args.model / task / slug)))
             r = summary["rows"][0]
-            rows[(task, name)] = {
+            row = {
                 "task": task, "variant": name, "label": VARIANTS[name].label, "method": run.method,
                 "method_args": run.method_args,
                 "metric": summary["primary_metric"], "mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
                 "seeds": seeds, "trainable_params": r["trainable_params"],
                 "train_seconds_per_seed": r["train_seconds"], "eval_seconds_per_seed": r["eval_seconds"],
                 **wall_time(r)}
-            print(f"{task:6s} {name:26s} {100 * r['mean']:.1f} ({100 * r['std']:.1f})  "
+            row = rows[(task, name)] = merge_seeds(rows.get((task, name)) if same_settings else None, row)
+            print(f"{task:6s} {name:26s} {100 * row['mean']:.1f} ({100 * row['std']:.1f}) over seeds {row['seeds']}  "
                   f"train {r['train_seconds']:.0f}s/seed", flush=True)
             write_json(out, {"model": args.model, "shots": 16, "train": TRAIN, "rows": list(rows.values())})
     print(json.dumps({"written": str(out)}))

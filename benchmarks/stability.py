@@ -13,9 +13,8 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from seed_rows import merge_seeds, row_seeds  # benchmarks/ is on the path when run as a script
 
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
@@ -32,29 +31,6 @@ VARIANTS = {
 
 def _slug(name: str) -> str:
     return name.split("(")[0].strip("+ ").replace(" ", "-") or "finetune"
-
-
-def _row_seeds(row: dict[str, Any], file_seeds: str) -> list[int]:
-    # Rows written before per-row seeds share the file's seed list.
-    return [int(s) for s in row.get("seeds") or file_seeds.split(",")]
-
-
-def merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """`new` plus the seeds of `old` it did not run (the same variant under the same settings).
-
-    Mean and std are recomputed over the union (population std, as compare reports); timings stay those of `new`.
-    """
-    if old is None:
-        return new
-    scores = dict(zip(old["seeds"], old["per_seed"], strict=True))
-    scores.update(zip(new["seeds"], new["per_seed"], strict=True))
-    seeds = sorted(scores)
-    values = [scores[s] for s in seeds]
-    kept = sorted(set(seeds) - set(new["seeds"]))
-    merged = {**new, "seeds": seeds, "per_seed": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
-    if kept:
-        merged["seeds_from_previous_runs"] = kept
-    return merged
 
 
 def main() -> None:
@@ -86,7 +62,7 @@ def main() -> None:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     same_settings = previous.get("model") == args.model and previous.get("train", {}) == args.train
     file_seeds = previous.get("seeds", "")
-    rows = {(r["task"], r["variant"]): {**r, "seeds": _row_seeds(r, file_seeds)}
+    rows = {(r["task"], r["variant"]): {**r, "seeds": row_seeds(r, file_seeds)}
             for r in previous.get("rows", [])} if same_settings else {}
     for task in args.tasks.split(","):
         for name, train in chosen.items():
