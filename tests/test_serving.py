@@ -446,15 +446,16 @@ def test_metrics_and_structured_logs(tiny_bert: Path, saved: dict, caplog: pytes
 # -- prompt-based tasks, config, command line ----------------------------------------------------------------
 
 
-def test_prompt_finetune_tasks_are_served_with_their_template_and_verbalizer(tiny_mlm: Path, toy_data: Path,
-                                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("peft", [{"name": "lora", "r": 2}, {"name": "prompt-tuning", "length": 3, "init": "random"}])
+def test_prompt_finetune_tasks_are_served_with_their_template_and_verbalizer(peft: dict, tiny_mlm: Path,
+                                                                             toy_data: Path, tmp_path: Path) -> None:
     runs = {}
     for i, template in enumerate(("{sentence} it was {answer} .", "{sentence} ? {answer} !")):
         cfg = RunConfig.from_dict({
             "task": "toy", "model": str(tiny_mlm), "method": "prompt-finetune", "quiet": True, "seed": 13 + i,
             "output": str(tmp_path / f"p{i}"), "save_model": True, "data": {"data_dir": str(toy_data), "shots": 8},
             "method_args": {"template": template, "label_words": {"0": "bad", "1": "good"},
-                            "peft": {"name": "lora", "r": 2}},
+                            "peft": peft},
             "train": {"max_steps": 3, "learning_rate": 3e-2, "eval_every": 3, "checkpoint_every": 0,
                       "max_length": 48}})
         runs[f"p{i}"] = run(cfg, keep_engine=True).engine
@@ -462,7 +463,7 @@ def test_prompt_finetune_tasks_are_served_with_their_template_and_verbalizer(tin
     registry = Registry(None, device="cpu")  # the base model comes from the runs' results.json
     for n, folder in cfg.tasks.items():
         registry.load(n, folder)
-    assert registry.hosts == 1  # both prompt tasks' LoRA adapters on one MLM copy
+    assert registry.hosts == 1  # both prompt tasks' adapters on one MLM copy
     app = create_app(cfg, registry)
     texts = TEXTS[:3]
 
