@@ -15,6 +15,7 @@ from transferlm.data.example import Example
 from transferlm.data.tasks import TaskSpec
 from transferlm.errors import ConfigError
 from transferlm.methods import get_method
+from transferlm.methods.efficient import PEFT_METHODS
 from transferlm.models.loading import load_backbone
 from transferlm.prompts.build import build_prompt, predict_scores
 from transferlm.prompts.demonstrations import DemoSampler
@@ -300,13 +301,10 @@ def test_prompt_finetune_with_lora(tiny_llama: Path, toy_data: Path, tmp_path: P
     assert any((tmp_path / "lora" / "model" / "adapter").iterdir())
 
 
-@pytest.mark.parametrize("name", ["lora", "adapter", "prefix", "prompt-tuning", "ia3", "bitfit"])
+@pytest.mark.parametrize("name", list(PEFT_METHODS))  # every registered method, new ones included
 @pytest.mark.parametrize("kind", ["mlm", "causal"])
 def test_prompt_finetune_trains_through_every_peft_method(name: str, kind: str, tiny_mlm: Path, tiny_llama: Path,
                                                           toy_data: Path) -> None:
-    from transferlm.methods.efficient import PEFT_METHODS
-
-    assert name in PEFT_METHODS  # the table covers the registry
     model = tiny_mlm if kind == "mlm" else tiny_llama
     small = {"prefix": {"mlp_hidden": 8}, "adapter": {"bottleneck": 4}}.get(name, {})  # sized for a tiny model
     cfg = _cfg(model, toy_data, "prompt-finetune", peft={"name": name, **small})
