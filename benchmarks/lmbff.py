@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from seed_rows import merge_seeds, row_seeds  # benchmarks/ is on the path when run as a script
+from seed_rows import load_rows, merge_seeds  # benchmarks/ is on the path when run as a script
 
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
@@ -70,10 +70,8 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.is_file() else {}
-    # Rows of the same model and budget keep their other seeds when this call runs more.
-    same_settings = previous.get("model", args.model) == args.model and previous.get("train", TRAIN) == TRAIN
-    rows = {(r["task"], r["variant"]): {**r, "seeds": row_seeds(r)} for r in previous.get("rows", [])}
+    # Rows keep their other seeds when this call runs more; a file of another model or budget is an error.
+    _, rows = load_rows(out, args.model, TRAIN)
     for task in args.tasks.split(","):
         for name in args.variants.split(","):
             if name not in VARIANTS:
@@ -90,7 +88,7 @@ def main() -> None:
                 "seeds": seeds, "trainable_params": r["trainable_params"],
                 "train_seconds_per_seed": r["train_seconds"], "eval_seconds_per_seed": r["eval_seconds"],
                 **wall_time(r)}
-            row = rows[(task, name)] = merge_seeds(rows.get((task, name)) if same_settings else None, row)
+            row = rows[(task, name)] = merge_seeds(rows.get((task, name)), row)
             print(f"{task:6s} {name:26s} {100 * row['mean']:.1f} ({100 * row['std']:.1f}) over seeds {row['seeds']}  "
                   f"train {r['train_seconds']:.0f}s/seed", flush=True)
             write_json(out, {"model": args.model, "shots": 16, "train": TRAIN, "rows": list(rows.values())})

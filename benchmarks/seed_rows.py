@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +12,24 @@ import numpy as np
 def row_seeds(row: dict[str, Any], file_seeds: str = "") -> list[int]:
     # Rows written before per-row seeds share the file's seed list.
     return [int(s) for s in row.get("seeds") or file_seeds.split(",") if str(s).strip()]
+
+
+def load_rows(out: Path, model: str, train: dict[str, Any]) -> tuple[dict[str, Any], dict[tuple[str, str], dict]]:
+    """The results file at ``out`` and its rows by (task, variant), checked to be runs of ``model`` and ``train``.
+
+    Rows of another model or budget must not be extended (their seeds are other runs) nor relabelled as this
+    call's, so such a file is an error that names the fix rather than something to overwrite or mix.
+    """
+    if not out.is_file():
+        return {}, {}
+    previous = json.loads(out.read_text())
+    theirs = (previous.get("model"), previous.get("train") or {})
+    if theirs != (model, train):
+        raise SystemExit(f"{out}: holds rows of model {theirs[0]!r} with train settings {json.dumps(theirs[1])}, "
+                         f"but this call runs {model!r} with {json.dumps(train)}; pass another --out")
+    rows = {(r["task"], r["variant"]): {**r, "seeds": row_seeds(r, previous.get("seeds", ""))}
+            for r in previous.get("rows", [])}
+    return previous, rows
 
 
 def merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:

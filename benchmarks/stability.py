@@ -3,8 +3,8 @@
 Runs the 5-seed K=16 protocol for plain fine-tuning and with each trick, and prints mean (std)
 over seeds. Usage:
     python benchmarks/stability.py --tasks SST-2,cr --model minilm-l6 --out benchmarks/results/stability-minilm.json
-Reruns reuse finished runs (the compare cache under --work). Rows already in --out that were run with the
-same training settings keep their other seeds: `--seeds 87,100` after `--seeds 13,21,42` records 5-seed rows.
+Reruns reuse finished runs (the compare cache under --work). Rows already in --out keep their other seeds:
+`--seeds 87,100` after `--seeds 13,21,42` records 5-seed rows. An --out of another model or --train is an error.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from seed_rows import merge_seeds, row_seeds  # benchmarks/ is on the path when run as a script
+from seed_rows import load_rows, merge_seeds  # benchmarks/ is on the path when run as a script
 
 from transferlm.config import CompareConfig, RunConfig
 from transferlm.io import write_json
@@ -59,11 +59,7 @@ def main() -> None:
         ap.error(f"--variants matches none of {', '.join(_slug(v) for v in variants)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.is_file() else {}
-    same_settings = previous.get("model") == args.model and previous.get("train", {}) == args.train
-    file_seeds = previous.get("seeds", "")
-    rows = {(r["task"], r["variant"]): {**r, "seeds": row_seeds(r, file_seeds)}
-            for r in previous.get("rows", [])} if same_settings else {}
+    previous, rows = load_rows(out, args.model, args.train)
     for task in args.tasks.split(","):
         for name, train in chosen.items():
             run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
@@ -81,7 +77,7 @@ def main() -> None:
             print(f"{task:6s} {name:30s} {100 * row['mean']:.1f} ({100 * row['std']:.1f}) over seeds {row['seeds']}",
                   flush=True)
             # After every variant, so a stopped run still leaves what it finished.
-            write_json(out, {**{k: v for k, v in previous.items() if same_settings and k not in ("rows", "seeds")},
+            write_json(out, {**{k: v for k, v in previous.items() if k not in ("rows", "seeds")},
                              "model": args.model, "shots": 16, "train": args.train, "rows": list(rows.values())})
     print(json.dumps({"written": str(out)}))
 

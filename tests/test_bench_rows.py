@@ -1,0 +1,54 @@
+"""The benchmarks' seed bookkeeping: rows grow by seeds and never mix runs of another model or budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from seed_rows import load_rows, merge_seeds  # noqa: E402
+
+TRAIN = {"max_steps": 60, "learning_rate": 2e-5}
+
+
+def _row(seeds: list[int], scores: list[float]) -> dict:
+    return {"task": "SST-2", "variant": "finetune", "seeds": seeds, "per_seed": scores,
+            "mean": float(np.mean(scores)), "std": float(np.std(scores)), "train_seconds_per_seed": 1.0}
+
+
+def test_more_seeds_extend_a_row_and_recompute_mean_and_std() -> None:
+    merged = merge_seeds(_row([13, 21, 42], [0.5, 0.6, 0.7]), _row([87, 100], [0.8, 0.9]))
+    assert merged["seeds"] == [13, 21, 42, 87, 100]
+    assert merged["per_seed"] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert merged["mean"] == pytest.approx(0.7)
+    assert merged["std"] == pytest.approx(np.std([0.5, 0.6, 0.7, 0.8, 0.9]))
+    assert merged["seeds_from_previous_runs"] == [13, 21, 42]
+
+
+def test_a_rerun_seed_takes_the_new_score() -> None:
+    merged = merge_seeds(_row([13, 21], [0.5, 0.6]), _row([21], [0.9]))
+    assert merged["per_seed"] == [0.5, 0.9]
+    assert merged["seeds_from_previous_runs"] == [13]
+    assert merge_seeds(None, _row([13], [0.5]))["per_seed"] == [0.5]
+
+
+def test_load_rows_reads_rows_of_the_same_model_and_budget(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert load_rows(out, "m", TRAIN) == ({}, {})
+    # A row written before rows had their own seeds takes the file's list.
+    old = {k: v for k, v in _row([13, 21], [0.5, 0.6]).items() if k != "seeds"}
+    out.write_text(json.dumps({"model": "m", "train": TRAIN, "seeds": "13,21", "rows": [old]}))
+    _, rows = load_rows(out, "m", TRAIN)
+    assert rows[("SST-2", "finetune")]["seeds"] == [13, 21]
+
+
+@pytest.mark.parametrize("model, train", [("other", TRAIN), ("m", {**TRAIN, "max_steps": 120})])
+def test_load_rows_refuses_a_file_of_another_model_or_budget(tmp_path: Path, model: str, train: dict) -> None:
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"model": "m", "train": TRAIN, "rows": [_row([13], [0.5])]}))
+    with pytest.raises(SystemExit, match="r.json: holds rows of model 'm'.*pass another --out"):
+        load_rows(out, model, train)
