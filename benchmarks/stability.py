@@ -5,6 +5,7 @@ over seeds. Usage:
     python benchmarks/stability.py --tasks SST-2,cr --model minilm-l6 --out benchmarks/results/stability-minilm.json
 Reruns reuse finished runs (the compare cache under --work). Rows already in --out keep their other seeds:
 `--seeds 87,100` after `--seeds 13,21,42` records 5-seed rows. An --out of another model or --train is an error.
+--finetune-from takes the finetune row from benchmarks/lmbff.py results of the same model and settings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from seed_rows import load_rows, merge_seeds  # benchmarks/ is on the path when run as a script
 
 from transferlm.config import CompareConfig, RunConfig
@@ -33,6 +36,35 @@ def _slug(name: str) -> str:
     return name.split("(")[0].strip("+ ").replace(" ", "-") or "finetune"
 
 
+def borrowed_finetune_row(files: list[str], task: str, seeds: list[int], model: str,
+                          train: dict[str, Any]) -> dict[str, Any]:
+    """The plain fine-tuning row of ``task`` taken from LM-BFF results files instead of rerun.
+
+    ``benchmarks/lmbff.py``'s finetune variant is this script's finetune run exactly (method finetune, no
+    method arguments, the same train settings, which ``load_rows`` checks), so its seeds need not be trained twice.
+    """
+    for f in files:
+        if not Path(f).is_file():
+            raise SystemExit(f"--finetune-from: {f} does not exist; pass a benchmarks/lmbff.py --out file")
+        src = load_rows(Path(f), model, train)[1].get((task, "finetune"))
+        if src is None:
+            continue
+        missing = sorted(set(seeds) - set(src["seeds"]))
+        if missing:
+            raise SystemExit(f"{f}: its {task} finetune row lacks seeds {missing}; run them there first: "
+                             f"python benchmarks/lmbff.py --tasks {task} --variants finetune "
+                             f"--seeds {','.join(map(str, missing))} --out {f}")
+        scores = dict(zip(src["seeds"], src["per_seed"], strict=True))
+        per_seed = [scores[s] for s in seeds]
+        return {"task": task, "variant": "finetune", "seeds": seeds, "mean": float(np.mean(per_seed)),
+                "std": float(np.std(per_seed)), "per_seed": per_seed,
+                "train_seconds_per_seed": src["train_seconds_per_seed"], "wall_seconds": None,
+                "source": f"seeds {', '.join(map(str, seeds))} of the {task} finetune row of {f}: the identical "
+                          "run config (method finetune, these train settings), computed there"}
+    raise SystemExit(f"--finetune-from: no {task} finetune row in {', '.join(files)}; run benchmarks/lmbff.py "
+                     f"--tasks {task} --variants finetune into one of them, or drop --finetune-from")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="SST-2,cr")
@@ -46,6 +78,8 @@ def main() -> None:
                          "'{\"max_steps\": 60, \"learning_rate\": 2e-5, \"eval_every\": 15}'")
     ap.add_argument("--layer-decay", type=float, default=LLRD_XI,
                     help="xi of the LLRD variant; pick it for the depth (xi^layers is the embeddings' share of the rate)")
+    ap.add_argument("--finetune-from", help="comma-separated LM-BFF results files (benchmarks/lmbff.py --out) of the "
+                    "same --model and --train: take the finetune row from them instead of training it again")
     ap.add_argument("--variants", help=f"comma-separated subset of: {', '.join(_slug(v) for v in VARIANTS)}")
     args = ap.parse_args()
     if not 0 < args.layer_decay <= 1:
@@ -65,6 +99,12 @@ def main() -> None:
             run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
                                        "data": {"data_dir": args.data_dir, "shots": 16},
                                        "train": {**args.train, **train}})
+            if name == "finetune" and args.finetune_from:
+                new = borrowed_finetune_row(args.finetune_from.split(","), task, seeds, args.model, args.train)
+                rows[(task, name)] = new  # the source holds every seed, so nothing to merge
+                print(f"{task:6s} {name:30s} {100 * new['mean']:.1f} ({100 * new['std']:.1f}) over seeds {seeds}, "
+                      f"from {args.finetune_from}", flush=True)
+                continue
             slug = _slug(name)
             if train.get("layer_decay", LLRD_XI) != LLRD_XI:
                 slug += f"-{train['layer_decay']:g}"  # its own cache: another xi is another run

@@ -52,3 +52,22 @@ def test_load_rows_refuses_a_file_of_another_model_or_budget(tmp_path: Path, mod
     out.write_text(json.dumps({"model": "m", "train": TRAIN, "rows": [_row([13], [0.5])]}))
     with pytest.raises(SystemExit, match="r.json: holds rows of model 'm'.*pass another --out"):
         load_rows(out, model, train)
+
+
+def test_stability_borrows_the_finetune_row_of_an_lmbff_file(tmp_path: Path) -> None:
+    from stability import borrowed_finetune_row
+
+    src = tmp_path / "lmbff.json"
+    src.write_text(json.dumps({"model": "m", "train": TRAIN, "rows": [_row([13, 21, 42], [0.5, 0.6, 0.9])]}))
+    row = borrowed_finetune_row([str(src)], "SST-2", [13, 42], "m", TRAIN)
+    assert row["per_seed"] == [0.5, 0.9] and row["seeds"] == [13, 42]
+    assert row["mean"] == pytest.approx(0.7) and row["std"] == pytest.approx(0.2)
+    assert "lmbff.json" in row["source"]
+    with pytest.raises(SystemExit, match=r"lacks seeds \[87\]; run them there first"):
+        borrowed_finetune_row([str(src)], "SST-2", [13, 87], "m", TRAIN)
+    with pytest.raises(SystemExit, match="no cr finetune row"):
+        borrowed_finetune_row([str(src)], "cr", [13], "m", TRAIN)
+    with pytest.raises(SystemExit, match="absent.json does not exist"):
+        borrowed_finetune_row([str(tmp_path / "absent.json")], "SST-2", [13], "m", TRAIN)
+    with pytest.raises(SystemExit, match="pass another --out"):  # another budget is another run
+        borrowed_finetune_row([str(src)], "SST-2", [13], "m", {"max_steps": 100})
