@@ -40,12 +40,16 @@ VARIANTS: dict[str, Variant] = dict(zip(
 # Not rows of the lecture's table: prompt-based fine-tuning that trains a PEFT transformation of the LM
 # instead of all its weights (the PEFT issue's few-shot rows on a causal LM), at the PEFT learning rates.
 VARIANTS.update({
-    f"prompt-finetune+{m}": Variant(f"Prompt-based FT (man) + {label}", "prompt-finetune", {"peft": {"name": m, **o}},
-                                    {"learning_rate": PEFT_LEARNING_RATES[m]})
+    f"prompt-finetune+{key}": Variant(f"Prompt-based FT (man) + {label}", "prompt-finetune", {"peft": {"name": m, **o}},
+                                      {"learning_rate": PEFT_LEARNING_RATES[m]})
     # (BitFit has nothing to train on Llama-family LMs: they have no bias terms, a one-line error says so.)
-    for m, label, o in (("lora", "LoRA (r=8, q/v)", {"r": 8}), ("ia3", "IA3", {}),
-                        ("adapter", "Adapter (Houlsby, m=64)", {}), ("prefix", "Prefix-tuning (10)", {}),
-                        ("prompt-tuning", "Prompt-tuning (20)", {}), ("bitfit", "BitFit", {}))})
+    for key, m, label, o in (("lora", "lora", "LoRA (r=8, q/v)", {"r": 8}), ("ia3", "ia3", "IA3", {}),
+                             ("adapter", "adapter", "Adapter (Houlsby, m=64)", {}),
+                             ("prefix", "prefix", "Prefix-tuning (10)", {}),
+                             ("prefix-vocab", "prefix", "Prefix-tuning (10, from vocabulary keys/values)",
+                              {"init": "vocab"}),
+                             ("prompt-tuning", "prompt-tuning", "Prompt-tuning (20)", {}),
+                             ("bitfit", "bitfit", "BitFit", {}))})
 DEFAULT_VARIANTS = "prompt-zero-shot,icl,finetune,prompt-finetune,prompt-finetune+demos"
 
 

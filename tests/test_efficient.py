@@ -145,7 +145,8 @@ def test_lora_option_errors_are_one_line(tiny_bert: Path, args, match) -> None:
 
 @pytest.mark.parametrize("name,args,match", [
     ("adapter", {"variant": "x"}, "variant"), ("adapter", {"bottleneck": 0}, "bottleneck"),
-    ("prefix", {"length": 0}, "length"), ("prompt-tuning", {"init": "label-words"}, "words"),
+    ("prefix", {"length": 0}, "length"), ("prefix", {"init": "words"}, "init"),
+    ("prompt-tuning", {"init": "label-words"}, "words"),
     ("prompt-tuning", {"init": "zeros"}, "init"), ("bitfit", {"pooling": "max"}, "pooling"),
 ])
 def test_method_args_are_validated(name, args, match) -> None:
@@ -201,6 +202,45 @@ def test_prefix_fold_keeps_outputs_and_leaves_plain_prefixes(request, family) ->
     kv_dim = peft.arch.kv_dim
     assert count_parameters(peft)[0] == model.config.num_hidden_layers * 2 * 4 * kv_dim
     assert set(peft.adapter_state("default")) == {"prefix"}
+
+
+def test_a_prefix_of_token_keys_values_reads_as_those_tokens_before_the_text(tiny_llama: Path) -> None:
+    # Why init=vocab starts gently: a decoder with this prefix computes what it computes for the real tokens
+    # followed by the text, instead of attending to noise.
+    model = load(tiny_llama, "causal").eval()
+    peft = apply_peft(model, "prefix", {"length": 3, "reparam": False}).eval()
+    words, x = torch.tensor([[9, 12, 30]]), batch()
+    rows = x["input_ids"].shape[0]
+    with torch.no_grad():
+        peft.encoders["default"].prefix.copy_(peft.token_kv(words))
+        with_prefix = peft(**x).logits
+        plain = model(input_ids=torch.cat([words.expand(rows, -1), x["input_ids"]], 1),
+                      attention_mask=torch.cat([torch.ones(rows, 3, dtype=torch.long), x["attention_mask"]], 1)).logits
+    real = x["attention_mask"].bool()
+    torch.testing.assert_close(with_prefix[real], plain[:, 3:][real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_prefix_init_vocab_starts_at_the_models_own_keys_values_and_trains(request, family) -> None:
+    from transferlm.methods.finetune import SequenceClassifier
+
+    model = family_model(request, family)
+    torch.manual_seed(0)
+    peft = apply_peft(model, "prefix", {"length": 2, "mlp_hidden": 8, "init": "vocab"})
+    enc = peft.encoders["default"]
+    start = enc.kv().detach().clone()
+    torch.testing.assert_close(start, enc.base)  # the reparametrisation adds exactly zero at step 0
+    torch.manual_seed(0)  # the same draw of vocabulary tokens, so the same start
+    ids = torch.randint(0, model.get_input_embeddings().num_embeddings, (1, 2))
+    torch.testing.assert_close(start, peft.token_kv(ids))
+    clf = SequenceClassifier(peft, 32, 2, "mean", 0.0)
+    opt = torch.optim.SGD([p for p in clf.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):  # the zeroed output layer moves first, then gradient reaches P' and the hidden layer
+        opt.zero_grad()
+        clf(**batch()).sum().backward()
+        opt.step()
+    assert enc.embedding.grad.abs().max() > 0 and (enc.kv() - start).abs().max() > 1e-4
+    assert peft.saved_config("default").init == "random"  # the saved prefix is the trained tensor itself
 
 
 def test_prefix_decoding_continues_from_the_returned_cache(tiny_llama: Path) -> None:

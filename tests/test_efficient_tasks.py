@@ -36,7 +36,7 @@ def save_task(folder: Path, model_path: Path, method: str, args: dict, labels: i
 TWO_TASKS = {
     "lora": ({"r": 4}, {"r": 2, "target": "attention"}),
     "adapter": ({"bottleneck": 6}, {"bottleneck": 3, "variant": "pfeiffer"}),
-    "prefix": ({"length": 3, "mlp_hidden": 16}, {"length": 5, "reparam": False}),
+    "prefix": ({"length": 3, "mlp_hidden": 16}, {"length": 5, "reparam": False, "init": "vocab"}),
     "prompt-tuning": ({"length": 2, "init": "random"}, {"length": 4}),
     "bitfit": ({}, {}),
 }

@@ -34,8 +34,30 @@ class PrefixBackbone(PeftBackbone):
 
     def _add(self, name: str, cfg: PrefixOptions) -> None:
         a = self.arch
+        init = None
+        if cfg.init == "vocab":
+            emb = self.model.get_input_embeddings()
+            init = self.token_kv(torch.randint(0, emb.num_embeddings, (1, cfg.length)).to(emb.weight.device))
         self.encoders[name] = PrefixEncoder(cfg.length, a.num_layers, a.kv_dim, reparam=cfg.reparam,
-                                            mlp_hidden=cfg.mlp_hidden, embed_dim=a.hidden_size)
+                                            mlp_hidden=cfg.mlp_hidden, embed_dim=a.hidden_size, init=init)
+
+    @torch.no_grad()
+    def token_kv(self, ids: torch.Tensor) -> torch.Tensor:
+        """[layers, 2, length, kv_dim]: the keys/values the frozen model caches for the ``[1, length]`` ``ids``.
+
+        Taken from the model's own cache, so they are exactly what attention would see had those tokens
+        preceded the input (after any key norm and rotary embedding): with the text's positions starting
+        after the prefix, a decoder then computes what it computes for the real tokens followed by the text.
+        """
+        cache = DynamicCache(config=self.model.config)
+        was_training = self.model.training
+        self.model.eval()  # no dropout in the start it copies
+        try:
+            self.model(input_ids=ids, cache=cache)
+        finally:
+            self.model.train(was_training)
+        kv = [torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]  # [2, heads, P, head_dim]
+        return torch.stack(kv).transpose(2, 3).flatten(3).float()  # [layers, 2, P, heads * head_dim]
 
     def _delete(self, name: str) -> None:
         del self.encoders[name]
@@ -47,7 +69,8 @@ class PrefixBackbone(PeftBackbone):
         self.configs = {n: dataclasses.replace(c, reparam=False) for n, c in self.configs.items()}
 
     def saved_config(self, name: str) -> PrefixOptions:
-        return dataclasses.replace(self.configs[name], reparam=False)
+        # The saved form is the plain trained prefix: loading it needs neither the MLP nor a start to compute.
+        return dataclasses.replace(self.configs[name], reparam=False, init="random")
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         return {"prefix": self.encoders[name].kv().detach()}
