@@ -100,20 +100,19 @@ def main() -> None:
                                        "data": {"data_dir": args.data_dir, "shots": 16},
                                        "train": {**args.train, **train}})
             if name == "finetune" and args.finetune_from:
-                new = borrowed_finetune_row(args.finetune_from.split(","), task, seeds, args.model, args.train)
-                rows[(task, name)] = new  # the source holds every seed, so nothing to merge
-                print(f"{task:6s} {name:30s} {100 * new['mean']:.1f} ({100 * new['std']:.1f}) over seeds {seeds}, "
-                      f"from {args.finetune_from}", flush=True)
-                continue
-            slug = _slug(name)
-            if train.get("layer_decay", LLRD_XI) != LLRD_XI:
-                slug += f"-{train['layer_decay']:g}"  # its own cache: another xi is another run
-            summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=seeds,
-                                            output=str(Path(args.work) / args.model / task / slug)))
-            r = summary["rows"][0]
-            new = {"task": task, "variant": name, "seeds": seeds, "mean": r["mean"], "std": r["std"],
-                   "per_seed": r["per_seed"], "train_seconds_per_seed": r["train_seconds"], **wall_time(r)}
-            row = rows[(task, name)] = merge_seeds(rows.get((task, name)), new)
+                # The source holds every seed asked for, so the row is taken whole, not merged.
+                row = rows[(task, name)] = borrowed_finetune_row(args.finetune_from.split(","), task, seeds,
+                                                                 args.model, args.train)
+            else:
+                slug = _slug(name)
+                if train.get("layer_decay", LLRD_XI) != LLRD_XI:
+                    slug += f"-{train['layer_decay']:g}"  # its own cache: another xi is another run
+                summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=seeds,
+                                                output=str(Path(args.work) / args.model / task / slug)))
+                r = summary["rows"][0]
+                new = {"task": task, "variant": name, "seeds": seeds, "mean": r["mean"], "std": r["std"],
+                       "per_seed": r["per_seed"], "train_seconds_per_seed": r["train_seconds"], **wall_time(r)}
+                row = rows[(task, name)] = merge_seeds(rows.get((task, name)), new)
             print(f"{task:6s} {name:30s} {100 * row['mean']:.1f} ({100 * row['std']:.1f}) over seeds {row['seeds']}",
                   flush=True)
             # After every variant, so a stopped run still leaves what it finished.

@@ -71,3 +71,16 @@ def test_stability_borrows_the_finetune_row_of_an_lmbff_file(tmp_path: Path) -> 
         borrowed_finetune_row([str(tmp_path / "absent.json")], "SST-2", [13], "m", TRAIN)
     with pytest.raises(SystemExit, match="pass another --out"):  # another budget is another run
         borrowed_finetune_row([str(src)], "SST-2", [13], "m", {"max_steps": 100})
+
+
+def test_stability_records_a_borrowed_finetune_row_without_training(tmp_path: Path, monkeypatch) -> None:
+    import stability
+
+    src, out = tmp_path / "lmbff.json", tmp_path / "stability.json"
+    src.write_text(json.dumps({"model": "m", "train": TRAIN, "rows": [_row([13, 21], [0.5, 0.7])]}))
+    monkeypatch.setattr(sys, "argv", ["stability.py", "--tasks", "SST-2", "--model", "m", "--seeds", "13,21",
+                                      "--variants", "finetune", "--finetune-from", str(src),
+                                      "--train", json.dumps(TRAIN), "--out", str(out)])
+    stability.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["per_seed"]) for r in rows] == [("finetune", [0.5, 0.7])]
