@@ -96,14 +96,14 @@ def main() -> None:
     previous, rows = load_rows(out, args.model, args.train)
     for task in args.tasks.split(","):
         for name, train in chosen.items():
-            run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
-                                       "data": {"data_dir": args.data_dir, "shots": 16},
-                                       "train": {**args.train, **train}})
             if name == "finetune" and args.finetune_from:
                 # The source holds every seed asked for, so the row is taken whole, not merged.
                 row = rows[(task, name)] = borrowed_finetune_row(args.finetune_from.split(","), task, seeds,
                                                                  args.model, args.train)
             else:
+                run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
+                                           "data": {"data_dir": args.data_dir, "shots": 16},
+                                           "train": {**args.train, **train}})
                 slug = _slug(name)
                 if train.get("layer_decay", LLRD_XI) != LLRD_XI:
                     slug += f"-{train['layer_decay']:g}"  # its own cache: another xi is another run
