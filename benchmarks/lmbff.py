@@ -45,7 +45,7 @@ VARIANTS.update({
     # (BitFit has nothing to train on Llama-family LMs: they have no bias terms, a one-line error says so.)
     for key, m, label, o in (("lora", "lora", "LoRA (r=8, q/v)", {"r": 8}), ("ia3", "ia3", "IA3", {}),
                              ("adapter", "adapter", "Adapter (Houlsby, m=64)", {}),
-                             ("prefix", "prefix", "Prefix-tuning (10)", {}),
+                             ("prefix", "prefix", "Prefix-tuning (10, random start)", {"init": "random"}),
                              ("prefix-vocab", "prefix", "Prefix-tuning (10, from vocabulary keys/values)",
                               {"init": "vocab"}),
                              ("prompt-tuning", "prompt-tuning", "Prompt-tuning (20)", {}),

@@ -180,7 +180,7 @@ def test_prefix_changes_attention_and_only_prefix_and_head_get_gradients(request
     attention.register_forward_hook(lambda m, i, out: seen.append(out[0].detach()))
     x = batch()
     model(**x)
-    clf = SequenceClassifier(apply_peft(model, "prefix", {"length": 2, "mlp_hidden": 8}), 32, 2, "mean", 0.0)
+    clf = SequenceClassifier(apply_peft(model, "prefix", {"length": 2, "mlp_hidden": 8, "init": "random"}), 32, 2, "mean", 0.0)
     clf(**x).sum().backward()
     assert (seen[1] - seen[0]).abs().max() > 1e-3  # the first layer's attention already sees the prefix
     with_grad = {n for n, p in clf.named_parameters() if p.grad is not None}

@@ -40,12 +40,41 @@ class Prepared:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+# Field metadata key: how runs recorded before an option existed behaved (see ``changed_default``).
+WAS = "was"
+
+
+def changed_default(default: Any, *, was: Any) -> Any:
+    """A method option whose default is not what runs recorded before it existed did (they behaved as ``was``).
+
+    An option added with a default that keeps the old behaviour needs nothing. When it does not, or when a
+    default changes, compare's run cache must not reuse old runs for the new default: results.json
+    records every option's value, and ``was`` stands in for the ones a run recorded before the option existed.
+    """
+    return field(default=default, metadata={WAS: was})
+
+
 @dataclass
 class MethodConfig:
     """Base for method options; subclasses add fields. Round-trips through dicts/JSON."""
 
+    # Options that Method.resolve() may fill from the data when left unset (None).
+    resolved_from_data: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def sub_configs(self) -> dict[str, MethodConfig]:
+        """Options given as a mapping that another config class parses (e.g. prompt-finetune's ``peft``)."""
+        return {}
+
+    def settings(self) -> dict[str, Any]:
+        """Every option's value, defaults included, nested mappings too: what a run recorded with these
+        options did, so that a later change of a default is seen (compare's run cache keys on this)."""
+        d = self.to_dict()
+        for key, sub in self.sub_configs().items():
+            d[key] = {**d[key], **sub.settings()}
+        return d
 
 
 class Method(ABC):

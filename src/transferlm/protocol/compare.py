@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,7 +16,8 @@ from ..config import CompareConfig, RunConfig, from_dict, set_dotted
 from ..errors import ConfigError
 from ..io import write_json, write_text
 from ..methods import get_method
-from .run import RESULTS, run
+from .run import run
+from .run_cache import cached_result
 from .table import format_table
 
 log = logging.getLogger(__name__)
@@ -41,23 +41,6 @@ def _apply(base: RunConfig, point: dict[str, Any], **fixed: Any) -> RunConfig:
     return from_dict(RunConfig, d, source="grid")
 
 
-def _cached(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
-    """A finished run with the same config is reused: reruns only compute what changed."""
-    path = out / RESULTS
-    if not path.is_file():
-        return None
-    try:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    mine = cfg.to_dict()
-    theirs = res.get("config", {})
-    for key in ("quiet", "resume", "output"):
-        mine.pop(key, None)
-        theirs.pop(key, None)
-    return res if theirs == mine else None
-
-
 def compare(cfg: CompareConfig) -> dict[str, Any]:
     if not cfg.output:
         raise ConfigError("compare needs --output (a folder for the runs and summary.json)")
@@ -79,7 +62,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         for gi, point in enumerate(points):
             run_dir = out / method / f"seed-{seed}" / (f"grid-{gi}" if len(points) > 1 else "")
             rcfg = _apply(cfg.run, point, method=method, seed=seed, output=str(run_dir).rstrip("/"))
-            res = _cached(run_dir, rcfg)
+            res = cached_result(run_dir, rcfg)
             if res is None:
                 t0 = time.perf_counter()
                 res = run(rcfg, eval_memo=out / method / EVAL_MEMO).results

@@ -63,6 +63,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     cfg.train.validate()
     method = get_method(cfg.method)
     method_cfg = method.parse_config(cfg.method_args)
+    settings = method_cfg.settings()  # before resolve(): what the user asked, defaults included
     spec, data = load_run_data(cfg)
     if not data.train and method.trains:
         raise ConfigError(f"task {spec.name}: empty training split")
@@ -109,6 +110,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
         "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels)},
         "config": cfg.to_dict(),
         "method_config": method_cfg.to_dict(),
+        "method_settings": settings,
         **({"prompt": prepared.extras["prompt"]} if "prompt" in prepared.extras else {}),
         "environment": {"transferlm": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "processes": engine.acc.num_processes, "device": str(engine.acc.device),

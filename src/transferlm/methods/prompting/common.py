@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,6 +29,7 @@ AUTO_MODES = ("labels", "templates", "both")
 
 @dataclass
 class PromptConfig(MethodConfig):
+    resolved_from_data: ClassVar[tuple[str, ...]] = ("template", "label_words")  # by auto search
     # "{sentence} It was {answer}." etc.; default: the LM-BFF manual template of a registered task.
     template: str | None = None
     # {label: word | [words]} (label values or names as keys) or [word, ...] in class order.

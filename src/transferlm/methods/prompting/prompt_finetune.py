@@ -45,6 +45,20 @@ class PromptFinetuneConfig(DemoConfig):
         if self.peft is not None and not (isinstance(self.peft, dict) and self.peft.get("name")):
             raise ConfigError("method_args.peft must be a mapping with a name, e.g. {name: lora, r: 8}")
 
+    def sub_configs(self) -> dict[str, Any]:
+        if not self.peft:
+            return {}
+        try:
+            from ..efficient import config_from_dict
+        except ImportError:  # without the PEFT package, apply_peft_if_asked says so when the run starts
+            return {}
+        args = {k: v for k, v in self.peft.items() if k not in PEFT_KEYS}
+        return {"peft": config_from_dict(self.peft["name"], args)}
+
+
+# Keys of ``peft`` that are not the PEFT method's own options.
+PEFT_KEYS = ("name", "train_lm_head")
+
 
 def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> torch.nn.Module:
     """Wrap the LM with transferlm.methods.efficient's PEFT transformation (imported only when asked)."""

@@ -13,6 +13,17 @@ from .config import PrefixOptions
 from .layer import PrefixEncoder
 
 
+# A prefix is stored as rows of concatenated heads; a cache holds one slice per head. These convert both ways.
+def heads_to_rows(x: torch.Tensor) -> torch.Tensor:
+    """[..., heads, P, head_dim] (a cache's layout) -> [..., P, heads * head_dim] (a prefix's)."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def rows_to_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[..., P, heads * head_dim] (a prefix's layout) -> [..., heads, P, head_dim] (a cache's)."""
+    return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+
 class PrefixBackbone(PeftBackbone):
     """Prefixes enter through the model's own KV cache, so no attention code is copied or patched.
 
@@ -56,8 +67,8 @@ class PrefixBackbone(PeftBackbone):
             self.model(input_ids=ids, cache=cache)
         finally:
             self.model.train(was_training)
-        kv = [torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]  # [2, heads, P, head_dim]
-        return torch.stack(kv).transpose(2, 3).flatten(3).float()  # [layers, 2, P, heads * head_dim]
+        kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
+        return heads_to_rows(kv).float()  # [layers, 2, P, heads * head_dim]
 
     def _delete(self, name: str) -> None:
         del self.encoders[name]
@@ -128,8 +139,7 @@ class PrefixBackbone(PeftBackbone):
             cache = DynamicCache(config=self.model.config)
             a = self.arch
             for layer in range(a.num_layers):
-                k, v = (kv[:, layer, i].reshape(batch, -1, a.num_kv_heads, a.head_dim).transpose(1, 2)
-                        for i in (0, 1))
+                k, v = (rows_to_heads(kv[:, layer, i], a.num_kv_heads) for i in (0, 1))
                 cache.update(k, v, layer)
             if kwargs.get("position_ids") is None:
                 kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length)

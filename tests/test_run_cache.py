@@ -1,0 +1,86 @@
+"""compare's per-run cache: reuse a finished run only when it did what the requested run would do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from transferlm.config import RunConfig
+from transferlm.io import write_json
+from transferlm.methods import get_method
+from transferlm.methods.efficient.prefix.config import PrefixOptions
+from transferlm.protocol.run import RESULTS, run
+from transferlm.protocol.run_cache import cached_result, same_settings
+
+PF = "prompt-finetune"
+# (method, requested method_args, what the finished run recorded, reused?)
+CASES = [
+    # A default written out is the run that left it implicit.
+    ("lora", {"r": 8}, {}, True),
+    ("lora", {"r": 4}, {}, False),
+    ("lora", {"target": ["qv"]}, {"target": ["qv"]}, True),  # a list field against its JSON form
+    # prefix's init default changed from random to vocab: runs from before must not stand for the new default.
+    ("prefix", {}, {}, False),
+    ("prefix", {"init": "random"}, {}, True),
+    ("prefix", {}, {"init": "random"}, False),
+    ("prefix", {}, {"init": "vocab"}, True),
+    # Nested options (prompt-finetune's peft) are compared as settings too, defaults included.
+    (PF, {"peft": {"name": "prefix", "init": "random"}}, {"peft": {"name": "prefix"}}, True),
+    (PF, {"peft": {"name": "prefix", "init": "random", "length": 11}}, {"peft": {"name": "prefix"}}, False),
+    (PF, {"peft": {"name": "prefix"}}, {"peft": {"name": "prefix"}}, False),
+    (PF, {"peft": {"name": "lora"}}, {"peft": {"name": "prefix"}}, False),
+    (PF, {"peft": {"name": "lora"}}, {"peft": None}, False),
+    (PF, {}, {"peft": {"name": "lora"}}, False),
+    (PF, {"peft": {"name": "lora", "train_lm_head": True}}, {"peft": {"name": "lora", "train_lm_head": False}}, False),
+    # Options left unset are the ones resolve() fills from the data (auto search): what it found is not a mismatch.
+    (PF, {"auto": "labels"}, {"auto": "labels", "label_words": {"0": ["bad"], "1": ["good"]}}, True),
+    (PF, {"auto": "labels", "template": "{sentence} It was {answer} ."},
+     {"auto": "labels", "template": "{sentence} Really {answer} ."}, False),
+]
+
+
+@pytest.mark.parametrize("method,args,recorded,reused", CASES)
+def test_a_finished_run_matches_on_its_settings_defaults_included(method, args, recorded, reused) -> None:
+    options = get_method(method).parse_config(args)
+    assert same_settings(options, recorded) is reused
+
+
+def test_settings_spell_out_the_nested_peft_options() -> None:
+    settings = get_method(PF).parse_config({"peft": {"name": "prefix", "length": 4}}).settings()
+    assert settings["peft"] == {"name": "prefix", **PrefixOptions(length=4).settings()}
+    assert settings["peft"]["init"] == "vocab"
+    # A bad nested option fails when the options are read, before any model loads.
+    with pytest.raises(Exception, match="length"):
+        get_method(PF).parse_config({"peft": {"name": "prefix", "length": 0}}).settings()
+
+
+def _cfg(model: Path, data: Path, **args) -> RunConfig:
+    return RunConfig.from_dict({
+        "task": "toy", "model": str(model), "method": "prefix", "quiet": True,
+        "data": {"data_dir": str(data), "shots": 4}, "method_args": {"length": 2, "mlp_hidden": 8, **args},
+        "train": {"max_steps": 2, "learning_rate": 1e-3, "eval_every": 2, "checkpoint_every": 0, "max_length": 32}})
+
+
+def test_a_run_records_its_settings_and_is_reused_only_for_them(tiny_bert: Path, toy_data: Path,
+                                                               tmp_path: Path) -> None:
+    cfg = _cfg(tiny_bert, toy_data)
+    cfg.output = str(tmp_path / "run")
+    res = run(cfg).results
+    assert res["method_settings"]["init"] == "vocab" and res["method_settings"]["length"] == 2
+    out = Path(cfg.output)
+    assert cached_result(out, cfg) == json.loads((out / RESULTS).read_text())
+    assert cached_result(out, _cfg(tiny_bert, toy_data, init="vocab")) is not None  # the default, written out
+    assert cached_result(out, _cfg(tiny_bert, toy_data, init="random")) is None
+    other = _cfg(tiny_bert, toy_data)
+    other.train.max_steps = 3
+    assert cached_result(out, other) is None  # the rest of the config is compared as written
+    # A record from before method_settings existed: its method_config stands in.
+    old = json.loads((out / RESULTS).read_text())
+    del old["method_settings"]
+    old["method_config"]["init"] = "random"
+    write_json(out / RESULTS, old)
+    assert cached_result(out, cfg) is None
+    (out / RESULTS).write_text("{not json", encoding="utf-8")
+    assert cached_result(out, cfg) is None
