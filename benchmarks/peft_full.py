@@ -62,7 +62,8 @@ def main() -> None:
                      "trainable_params": res["trainable_params"], "total_params": res["total_params"],
                      "trainable_percent": res["trainable_percent"], "learning_rate": LEARNING_RATES[method],
                      "steps": res["steps"], "train_seconds": res["train_seconds"],
-                     "wall_seconds": wall, "reused": reused})
+                     "wall_seconds": wall, "reused": reused,
+                     "options": res.get("method_settings", res["method_config"])})
         print(f"{method:14s} test {100 * res['metrics'][metric]:.1f}  trainable {res['trainable_params']:>10,} "
               f"({res['trainable_percent']:.2f}%)  train {res['train_seconds']:.0f}s{'  (reused)' if reused else ''}",
               flush=True)
