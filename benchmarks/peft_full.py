@@ -39,8 +39,13 @@ def main() -> None:
     args = ap.parse_args()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    old_file = Path(args.out)
-    before = {r["method"]: r for r in json.loads(old_file.read_text()).get("rows", [])} if old_file.is_file() else {}
+    header = {"task": args.task, "model": args.model, "shots": args.shots, "epochs": args.epochs, "seed": args.seed}
+    old_file = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    # Rows of the same setting from an earlier call: methods not run now are kept; others are replaced.
+    same = all(old_file.get(k) == v for k, v in header.items())
+    before = {r["method"]: r for r in old_file.get("rows", [])} if same else {}
+    if old_file and not same:
+        print(f"{args.out} holds another setting; it is replaced", flush=True)
     rows = []
     for method in args.methods.split(","):
         out = Path(args.work) / args.task / method
@@ -67,8 +72,8 @@ def main() -> None:
         print(f"{method:14s} test {100 * res['metrics'][metric]:.1f}  trainable {res['trainable_params']:>10,} "
               f"({res['trainable_percent']:.2f}%)  train {res['train_seconds']:.0f}s{'  (reused)' if reused else ''}",
               flush=True)
-    write_json(args.out, {"task": args.task, "model": args.model, "shots": args.shots, "epochs": args.epochs,
-                          "seed": args.seed, "rows": rows})
+    ran = {r["method"] for r in rows}
+    write_json(args.out, {**header, "rows": rows + [r for m, r in before.items() if m not in ran]})
 
 
 if __name__ == "__main__":

@@ -84,3 +84,23 @@ def test_stability_records_a_borrowed_finetune_row_without_training(tmp_path: Pa
     stability.main()
     rows = json.loads(out.read_text())["rows"]
     assert [(r["variant"], r["per_seed"]) for r in rows] == [("finetune", [0.5, 0.7])]
+
+
+def test_peft_full_reuses_finished_runs_and_keeps_rows_it_did_not_run(tiny_bert: Path, toy_data: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    import peft_full
+
+    out, work = tmp_path / "peft.json", tmp_path / "work"
+
+    def call(methods: str) -> dict:
+        monkeypatch.setattr(sys, "argv", ["peft_full.py", "--task", "toy", "--model", str(tiny_bert), "--methods",
+                                          methods, "--data-dir", str(toy_data), "--work", str(work), "--out", str(out)])
+        peft_full.main()
+        return {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+
+    first = call("bitfit,prefix")
+    assert not first["bitfit"]["reused"] and first["prefix"]["options"]["init"] == "vocab"
+    again = call("prefix")  # only prefix is asked for: it is reused, and the bitfit row stays
+    assert again["prefix"]["reused"] and again["prefix"]["test"] == first["prefix"]["test"]
+    assert again["prefix"]["wall_seconds"] == first["prefix"]["wall_seconds"]  # the time of the call that ran it
+    assert again["bitfit"] == first["bitfit"]
