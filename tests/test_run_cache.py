@@ -34,6 +34,8 @@ CASES = [
     (PF, {"peft": {"name": "lora"}}, {"peft": None}, False),
     (PF, {}, {"peft": {"name": "lora"}}, False),
     (PF, {"peft": {"name": "lora", "train_lm_head": True}}, {"peft": {"name": "lora", "train_lm_head": False}}, False),
+    (PF, {"peft": {"name": "lora", "train_lm_head": True}}, {"peft": {"name": "lora"}}, False),
+    (PF, {"peft": {"name": "lora", "train_lm_head": False}}, {"peft": {"name": "lora"}}, True),
     # Options left unset are the ones resolve() fills from the data (auto search): what it found is not a mismatch.
     (PF, {"auto": "labels"}, {"auto": "labels", "label_words": {"0": ["bad"], "1": ["good"]}}, True),
     (PF, {"auto": "labels", "template": "{sentence} It was {answer} ."},
@@ -49,7 +51,7 @@ def test_a_finished_run_matches_on_its_settings_defaults_included(method, args, 
 
 def test_settings_spell_out_the_nested_peft_options() -> None:
     settings = get_method(PF).parse_config({"peft": {"name": "prefix", "length": 4}}).settings()
-    assert settings["peft"] == {"name": "prefix", **PrefixOptions(length=4).settings()}
+    assert settings["peft"] == {"name": "prefix", "train_lm_head": False, **PrefixOptions(length=4).settings()}
     assert settings["peft"]["init"] == "vocab"
     # A bad nested option fails when the options are read, before any model loads.
     with pytest.raises(Exception, match="length"):

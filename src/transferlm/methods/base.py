@@ -64,16 +64,18 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def sub_configs(self) -> dict[str, MethodConfig]:
-        """Options given as a mapping that another config class parses (e.g. prompt-finetune's ``peft``)."""
+    def sub_configs(self) -> dict[str, tuple[MethodConfig, ...]]:
+        """Options given as a mapping that other config classes parse, each reading its own keys (e.g.
+        prompt-finetune's ``peft``: which PEFT method, and that method's options)."""
         return {}
 
     def settings(self) -> dict[str, Any]:
         """Every option's value, defaults included, nested mappings too: what a run recorded with these
         options did, so that a later change of a default is seen (compare's run cache keys on this)."""
         d = self.to_dict()
-        for key, sub in self.sub_configs().items():
-            d[key] = {**d[key], **sub.settings()}
+        for key, subs in self.sub_configs().items():
+            for sub in subs:
+                d[key] = {**d[key], **sub.settings()}
         return d
 
 

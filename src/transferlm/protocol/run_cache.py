@@ -61,12 +61,8 @@ def same_settings(options: MethodConfig, recorded: dict[str, Any]) -> bool:
             theirs = f.metadata[WAS]
         else:  # the record left it at its default, which has not changed since (else it would have WAS)
             theirs = _plain(_default(f))
-        if f.name in subs:
-            if not isinstance(theirs, dict) or not same_settings(subs[f.name], theirs):
-                return False
-            own = {g.name for g in dataclasses.fields(subs[f.name])}
-            # The mapping's keys that are not the sub-config's options (e.g. peft's name).
-            if any(k in theirs and theirs[k] != v for k, v in mine.items() if k not in own):
+        if f.name in subs:  # a mapping: each config that parses part of it compares its own keys
+            if not isinstance(theirs, dict) or not all(same_settings(sub, theirs) for sub in subs[f.name]):
                 return False
         elif theirs != mine:
             return False

@@ -10,17 +10,18 @@ inference the mean prediction over ``demo_eval_samples`` draws (LM-BFF uses 16).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ...config import from_dict
 from ...data.example import Example
 from ...data.tasks import TaskSpec
 from ...errors import ConfigError
 from ...prompts.demonstrations import STRATEGIES, DemoSampler
-from ..base import Prepared
+from ..base import MethodConfig, Prepared
 from ..registry import register
 from .common import DemoConfig, PromptMethod, seed_of_run
 
@@ -45,19 +46,28 @@ class PromptFinetuneConfig(DemoConfig):
         if self.peft is not None and not (isinstance(self.peft, dict) and self.peft.get("name")):
             raise ConfigError("method_args.peft must be a mapping with a name, e.g. {name: lora, r: 8}")
 
-    def sub_configs(self) -> dict[str, Any]:
+    def sub_configs(self) -> dict[str, tuple[MethodConfig, ...]]:
         if not self.peft:
             return {}
+        choice = from_dict(PeftChoice, {k: v for k, v in self.peft.items() if k in PEFT_KEYS}, source="method_args.peft")
         try:
             from ..efficient import config_from_dict
         except ImportError:  # without the PEFT package, apply_peft_if_asked says so when the run starts
-            return {}
+            return {"peft": (choice,)}
         args = {k: v for k, v in self.peft.items() if k not in PEFT_KEYS}
-        return {"peft": config_from_dict(self.peft["name"], args)}
+        return {"peft": (choice, config_from_dict(choice.name, args))}
 
 
-# Keys of ``peft`` that are not the PEFT method's own options.
-PEFT_KEYS = ("name", "train_lm_head")
+@dataclass
+class PeftChoice(MethodConfig):
+    """The keys of ``peft`` that are not the PEFT method's own options."""
+
+    name: str = ""
+    # The LM head stays frozen under PEFT unless asked (LM-BFF tunes it; adapters usually do not).
+    train_lm_head: bool = False
+
+
+PEFT_KEYS = tuple(f.name for f in fields(PeftChoice))
 
 
 def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> torch.nn.Module:
@@ -72,11 +82,10 @@ def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> tor
     if apply is None:
         raise ConfigError("method_args.peft needs transferlm.methods.efficient.apply_peft, which this "
                           "installation does not have; drop method_args.peft")
-    args = dict(peft)
-    name = args.pop("name")
-    # The LM head stays frozen under PEFT unless asked (LM-BFF tunes it; adapters usually do not).
-    extra = {"train_lm_head": True} if args.pop("train_lm_head", False) else {}
-    out = apply(lm, name, args, **extra)
+    choice = from_dict(PeftChoice, {k: v for k, v in peft.items() if k in PEFT_KEYS}, source="method_args.peft")
+    args = {k: v for k, v in peft.items() if k not in PEFT_KEYS}
+    extra = {"train_lm_head": True} if choice.train_lm_head else {}
+    out = apply(lm, choice.name, args, **extra)
     # apply_peft may wrap the model or transform it in place.
     return out if isinstance(out, torch.nn.Module) else lm
 
