@@ -49,6 +49,11 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def as_json(obj: Any) -> Any:
+    """``obj`` as a file written by :func:`write_json` holds it when read back (tuples become lists)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def _json_default(obj: Any) -> Any:
     # numpy scalars and paths show up in metrics and configs.
     if hasattr(obj, "item"):

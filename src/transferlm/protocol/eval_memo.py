@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..data.example import Example
-from ..io import write_json
+from ..io import as_json, write_json
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -70,7 +70,7 @@ class EvalMemo:
             entry = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
-        if entry.get("facts") != json.loads(json.dumps(self.facts, default=str)):
+        if entry.get("facts") != as_json(self.facts):
             return None  # a digest collision or a hand-edited file: compute afresh
         return entry
 

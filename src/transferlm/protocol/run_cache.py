@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..io import as_json
 from ..methods import get_method
 from ..methods.base import WAS, MethodConfig
 from .run import RESULTS
@@ -52,7 +53,7 @@ def same_settings(options: MethodConfig, recorded: dict[str, Any]) -> bool:
     """
     subs = options.sub_configs()
     for f in dataclasses.fields(options):
-        mine = _plain(getattr(options, f.name))
+        mine = as_json(getattr(options, f.name))
         if mine is None and f.name in options.resolved_from_data:
             continue
         if f.name in recorded:
@@ -60,18 +61,13 @@ def same_settings(options: MethodConfig, recorded: dict[str, Any]) -> bool:
         elif WAS in f.metadata:
             theirs = f.metadata[WAS]
         else:  # the record left it at its default, which has not changed since (else it would have WAS)
-            theirs = _plain(_default(f))
+            theirs = as_json(_default(f))
         if f.name in subs:  # a mapping: each config that parses part of it compares its own keys
             if not isinstance(theirs, dict) or not all(same_settings(sub, theirs) for sub in subs[f.name]):
                 return False
         elif theirs != mine:
             return False
     return True
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as results.json holds it (tuples become lists)."""
-    return json.loads(json.dumps(value, default=str))
 
 
 def _default(f: dataclasses.Field) -> Any:

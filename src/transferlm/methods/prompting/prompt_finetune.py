@@ -49,12 +49,11 @@ class PromptFinetuneConfig(DemoConfig):
     def sub_configs(self) -> dict[str, tuple[MethodConfig, ...]]:
         if not self.peft:
             return {}
-        choice = from_dict(PeftChoice, {k: v for k, v in self.peft.items() if k in PEFT_KEYS}, source="method_args.peft")
+        choice, args = split_peft(self.peft)
         try:
             from ..efficient import config_from_dict
         except ImportError:  # without the PEFT package, apply_peft_if_asked says so when the run starts
             return {"peft": (choice,)}
-        args = {k: v for k, v in self.peft.items() if k not in PEFT_KEYS}
         return {"peft": (choice, config_from_dict(choice.name, args))}
 
 
@@ -70,6 +69,12 @@ class PeftChoice(MethodConfig):
 PEFT_KEYS = tuple(f.name for f in fields(PeftChoice))
 
 
+def split_peft(peft: dict[str, Any]) -> tuple[PeftChoice, dict[str, Any]]:
+    """``peft`` as (which method and train_lm_head, the PEFT method's own options)."""
+    choice = from_dict(PeftChoice, {k: v for k, v in peft.items() if k in PEFT_KEYS}, source="method_args.peft")
+    return choice, {k: v for k, v in peft.items() if k not in PEFT_KEYS}
+
+
 def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> torch.nn.Module:
     """Wrap the LM with transferlm.methods.efficient's PEFT transformation (imported only when asked)."""
     if not peft:
@@ -82,8 +87,7 @@ def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> tor
     if apply is None:
         raise ConfigError("method_args.peft needs transferlm.methods.efficient.apply_peft, which this "
                           "installation does not have; drop method_args.peft")
-    choice = from_dict(PeftChoice, {k: v for k, v in peft.items() if k in PEFT_KEYS}, source="method_args.peft")
-    args = {k: v for k, v in peft.items() if k not in PEFT_KEYS}
+    choice, args = split_peft(peft)
     extra = {"train_lm_head": True} if choice.train_lm_head else {}
     out = apply(lm, choice.name, args, **extra)
     # apply_peft may wrap the model or transform it in place.
