@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from transferlm.config import RunConfig
+from transferlm.errors import ConfigError
 from transferlm.io import write_json
 from transferlm.methods import get_method
 from transferlm.methods.efficient.prefix.config import PrefixOptions
@@ -56,6 +57,21 @@ def test_settings_spell_out_the_nested_peft_options() -> None:
     # A bad nested option fails when the options are read, before any model loads.
     with pytest.raises(Exception, match="length"):
         get_method(PF).parse_config({"peft": {"name": "prefix", "length": 0}}).settings()
+
+
+@pytest.mark.parametrize("peft,message", [
+    ({"name": "prefix", "init": "words"}, r"^method_args\.peft\.init must be one of random, vocab, got 'words'$"),
+    ({"name": "adapter", "bottleneck": 0}, r"^method_args\.peft\.bottleneck must be > 0"),
+    ({"name": "lora", "colour": 1}, r"^method_args\.peft \(lora\): unknown key\(s\) colour"),
+])
+def test_a_bad_nested_peft_option_is_named_where_it_sits(peft, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        get_method(PF).parse_config({"peft": peft}).settings()
+
+
+def test_a_peft_method_on_its_own_names_its_options_from_method_args() -> None:
+    with pytest.raises(ConfigError, match=r"^method_args\.init must be one of"):
+        get_method("prefix").parse_config({"init": "words"})
 
 
 def _cfg(model: Path, data: Path, **args) -> RunConfig:

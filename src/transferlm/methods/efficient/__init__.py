@@ -59,10 +59,21 @@ def _info(name: str) -> PeftMethodInfo:
     return PEFT_METHODS[name]
 
 
-def config_from_dict(name: str, options: dict[str, Any]) -> EfficientConfig:
-    """Parse and validate ``method_args`` for PEFT method ``name``."""
-    cfg = from_dict(_info(name).config, dict(options), source=f"method_args ({name})")
-    cfg.validate()
+def config_from_dict(name: str, options: dict[str, Any], where: str = "method_args") -> EfficientConfig:
+    """Parse and validate the options of PEFT method ``name``, written under ``where`` in the run config.
+
+    ``where`` is ``method_args`` for a PEFT method run on its own, ``method_args.peft`` where another
+    method nests it; errors name the option by that path, so the user finds where it sits.
+    """
+    cfg = from_dict(_info(name).config, dict(options), source=f"{where} ({name})")
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        # The options' checks name their field from the top ("method_args.init").
+        message = str(e)
+        if where == "method_args" or not message.startswith("method_args."):
+            raise
+        raise ConfigError(f"{where}.{message.removeprefix('method_args.')}") from None
     return cfg
 
 

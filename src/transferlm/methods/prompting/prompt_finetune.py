@@ -54,7 +54,7 @@ class PromptFinetuneConfig(DemoConfig):
             from ..efficient import config_from_dict
         except ImportError:  # without the PEFT package, apply_peft_if_asked says so when the run starts
             return {"peft": (choice,)}
-        return {"peft": (choice, config_from_dict(choice.name, args))}
+        return {"peft": (choice, config_from_dict(choice.name, args, where="method_args.peft"))}
 
 
 @dataclass
@@ -88,8 +88,9 @@ def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> tor
         raise ConfigError("method_args.peft needs transferlm.methods.efficient.apply_peft, which this "
                           "installation does not have; drop method_args.peft")
     choice, args = split_peft(peft)
+    options = efficient.config_from_dict(choice.name, args, where="method_args.peft")
     extra = {"train_lm_head": True} if choice.train_lm_head else {}
-    out = apply(lm, choice.name, args, **extra)
+    out = apply(lm, choice.name, options, **extra)
     # apply_peft may wrap the model or transform it in place.
     return out if isinstance(out, torch.nn.Module) else lm
 
