@@ -71,7 +71,7 @@ def config_from_dict(name: str, options: dict[str, Any], where: str = "method_ar
     except ConfigError as e:
         # The options' checks name their field from the top ("method_args.init").
         message = str(e)
-        if where == "method_args" or not message.startswith("method_args."):
+        if not message.startswith("method_args."):
             raise
         raise ConfigError(f"{where}.{message.removeprefix('method_args.')}") from None
     return cfg
