@@ -102,3 +102,49 @@ def test_a_run_records_its_settings_and_is_reused_only_for_them(tiny_bert: Path,
     assert cached_result(out, cfg) is None
     (out / RESULTS).write_text("{not json", encoding="utf-8")
     assert cached_result(out, cfg) is None
+
+
+def test_the_data_is_compared_by_what_the_run_read_not_by_how_its_folder_was_spelled(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(tiny_bert, toy_data)
+    cfg.output = str(tmp_path / "run")
+    res = run(cfg).results
+    out = Path(cfg.output)
+    assert set(res["data"]["digests"]) == {"train", "dev", "test"}
+    # The same folder, spelled relative to the current folder, through a link, or taken from TRANSFERLM_DATA.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(toy_data, target_is_directory=True)
+    for spelling in ("data", "./data/", "link"):
+        assert cached_result(out, _cfg(tiny_bert, Path(spelling))) is not None, spelling
+    env = _cfg(tiny_bert, toy_data)
+    env.data.data_dir = None
+    monkeypatch.setenv("TRANSFERLM_DATA", str(toy_data))
+    assert cached_result(out, env) is not None
+    # A copy of the same files elsewhere is the same data.
+    import shutil
+
+    shutil.copytree(toy_data, tmp_path / "copy")
+    assert cached_result(out, _cfg(tiny_bert, tmp_path / "copy")) is not None
+    # The same path whose test file has changed since is other data: the run is not reused.
+    test_csv = toy_data / "toy" / "original" / "test.csv"
+    test_csv.write_text(test_csv.read_text(encoding="utf-8").replace("good movie", "fine movie", 1), encoding="utf-8")
+    assert cached_result(out, cfg) is None
+    # Data that cannot be read is no match (the run itself then says why).
+    assert cached_result(out, _cfg(tiny_bert, tmp_path / "missing")) is None
+
+
+def test_a_record_from_before_the_digests_compares_the_resolved_folder(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(tiny_bert, toy_data)
+    cfg.output = str(tmp_path / "run")
+    run(cfg)
+    out = Path(cfg.output)
+    old = json.loads((out / RESULTS).read_text())
+    del old["data"]["digests"]
+    write_json(out / RESULTS, old)
+    monkeypatch.chdir(tmp_path)
+    assert cached_result(out, _cfg(tiny_bert, Path("data"))) is not None
+    import shutil
+
+    shutil.copytree(toy_data, tmp_path / "copy")
+    assert cached_result(out, _cfg(tiny_bert, tmp_path / "copy")) is None  # no digest to tell it is the same data

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -25,3 +28,16 @@ class TaskData:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
+
+    def digests(self) -> dict[str, str]:
+        """A digest of each split's examples: what a run read, wherever the files sat."""
+        return {"train": examples_digest(self.train), "dev": examples_digest(self.dev),
+                "test": examples_digest(self.test)}
+
+
+def examples_digest(examples: Sequence[Example]) -> str:
+    """A digest of the examples' texts and labels, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for e in examples:
+        h.update(json.dumps([e.text_a, e.text_b, e.label], default=str).encode())
+    return h.hexdigest()

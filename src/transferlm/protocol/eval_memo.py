@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data.example import Example
+from ..data.example import Example, examples_digest
 from ..io import as_json, write_json
 
 
@@ -31,13 +31,6 @@ def weights_digest(model: torch.nn.Module) -> str:
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def examples_digest(examples: Sequence[Example]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for e in examples:
-        h.update(json.dumps([e.text_a, e.text_b, e.label], default=str).encode())
     return h.hexdigest()
 
 

@@ -107,7 +107,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
         "resumed_from_step": fit.resumed_from if fit else None,
         "history": fit.history if fit else [],
         "intermediate": intermediate,
-        "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels)},
+        "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels), "digests": data.digests()},
         "config": cfg.to_dict(),
         "method_config": method_cfg.to_dict(),
         "method_settings": settings,

@@ -1,25 +1,35 @@
 """compare's per-run cache: a finished run is reused only when it did what the requested run would do.
 
-The run config is compared as written, except ``method_args``: those are compared as the settings they
-parse to, defaults included. A user who writes a default out still reuses the run that left it implicit,
-and a run recorded under an older default is not reused for the new one (see ``changed_default``).
+The run config is compared as written, except for two parts:
+- ``method_args`` are compared as the settings they parse to, defaults included. A user who writes a
+  default out still reuses the run that left it implicit, and a run recorded under an older default is
+  not reused for the new one (see ``changed_default``).
+- Where the data sits (``data.data_dir`` and the split files) is compared by what the run read: the
+  digest of each split's examples, which runs record. ``../shared/data`` and ``/work/shared/data`` are
+  one folder; a folder whose files changed since is not. Records from before the digests compare the
+  resolved paths (a relative path resolved against the current folder).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..data.loading import DATA_ENV
+from ..errors import TransferLMError
 from ..io import as_json
 from ..methods import get_method
 from ..methods.base import WAS, MethodConfig
-from .run import RESULTS
+from .run import RESULTS, load_run_data
 
 # Run options that do not change what a run computes.
 IGNORED = ("quiet", "resume", "output")
+# Keys of the data section that say where the data sits, not what it is.
+LOCATION = ("data_dir", "train_file", "dev_file", "test_file")
 
 
 def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -35,12 +45,41 @@ def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     for key in (*IGNORED, "method_args"):
         mine.pop(key, None)
         theirs.pop(key, None)
+    mine_where, theirs_where = _split_location(mine), _split_location(theirs)
     if theirs != mine:
+        return None
+    digests = res.get("data", {}).get("digests")
+    if digests is not None:
+        if _digests(cfg) != digests:
+            return None
+    elif _resolved(mine_where) != _resolved(theirs_where):
         return None
     options = get_method(cfg.method).parse_config(cfg.method_args)
     # Runs recorded before "method_settings" existed have only the config after resolve() (auto search).
     recorded = res.get("method_settings", res.get("method_config", {}))
     return res if same_settings(options, recorded) else None
+
+
+def _split_location(config: dict[str, Any]) -> dict[str, Any]:
+    """Take the location keys out of ``config``'s data section (in place) and return them."""
+    data = dict(config.get("data") or {})
+    where = {k: data.pop(k, None) for k in LOCATION}
+    config["data"] = data
+    return where
+
+
+def _resolved(where: dict[str, Any]) -> dict[str, str | None]:
+    raw = {**where, "data_dir": where.get("data_dir") or os.environ.get(DATA_ENV)}
+    return {k: str(Path(v).expanduser().resolve()) if v else None for k, v in raw.items()}
+
+
+def _digests(cfg: RunConfig) -> dict[str, str] | None:
+    """The split digests of the data ``cfg`` would read; None where it cannot be read (the run will say why)."""
+    try:
+        _, data = load_run_data(cfg)
+    except (TransferLMError, OSError):
+        return None
+    return data.digests()
 
 
 def same_settings(options: MethodConfig, recorded: dict[str, Any]) -> bool:
