@@ -9,9 +9,10 @@ from typing import Any
 
 def write_compare(folder: Path, task: str, rows: dict[str, dict[str, Any]], *, metric: str = "accuracy",
                   seeds: tuple[int, ...] = (13, 21, 42), grid: dict[str, list[Any]] | None = None,
-                  steps: int = 6, model: str = "tiny") -> Path:
+                  steps: int = 6, model: str = "tiny", method_args: dict[str, Any] | None = None) -> Path:
     """A compare output folder. ``rows``: method -> {"per_seed": [...], "params": n, "total": n, "trains": bool,
-    "selected": [grid point per seed]}; mean and std are computed from per_seed as compare does."""
+    "selected": [grid point per seed]}; mean and std are computed from per_seed as compare does.
+    ``method_args``: the run's method options, recorded in the summary's config as compare does."""
     folder.mkdir(parents=True, exist_ok=True)
     out_rows = []
     for method, r in rows.items():
@@ -48,7 +49,8 @@ def write_compare(folder: Path, task: str, rows: dict[str, dict[str, Any]], *, m
                 "task": task, "method": method, "seed": seed, "metrics": {metric: per_seed[i]},
                 "dev_metrics": {metric: 0.5}, "primary_metric": metric, "history": history}), encoding="utf-8")
     summary = {"task": task, "model": model, "shots": 16, "split": "test", "primary_metric": metric,
-               "seeds": list(seeds), "grid": grid or {}, "rows": out_rows}
+               "seeds": list(seeds), "grid": grid or {}, "rows": out_rows,
+               "config": {"run": {"task": task, "method_args": method_args or {}}, "seeds": list(seeds)}}
     (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return folder
 

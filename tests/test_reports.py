@@ -148,6 +148,39 @@ def test_same_method_in_two_folders_is_told_apart(tmp_path: Path) -> None:
     assert sorted(coll.methods) == ["finetune (llrd)", "finetune (plain)"]
 
 
+def test_a_row_is_one_configuration_on_every_task(tmp_path: Path) -> None:
+    # The benchmark's layout: <task>/<variant>/, prompt-finetune with and without demonstrations.
+    pf, demos = {"demonstrations": False}, {"demonstrations": True}
+    write_compare(tmp_path / "b" / "SST-2" / "pft", "SST-2", {"prompt-finetune": {"per_seed": [0.8]}}, seeds=(13,),
+                  method_args=pf)
+    write_compare(tmp_path / "b" / "cr" / "pft-demos", "cr", {"prompt-finetune": {"per_seed": [0.9]}}, seeds=(13,),
+                  method_args=demos)
+    write_compare(tmp_path / "b" / "mr" / "pft", "mr", {"prompt-finetune": {"per_seed": [0.7]}}, seeds=(13,))
+    # The same options on two tasks, one written out at its default: one row, no folder names.
+    write_compare(tmp_path / "b" / "SST-2" / "lora", "SST-2", {"lora": {"per_seed": [0.6]}}, seeds=(13,),
+                  method_args={"r": 8})
+    write_compare(tmp_path / "b" / "cr" / "lora", "cr", {"lora": {"per_seed": [0.5]}}, seeds=(13,))
+    coll = collect([tmp_path / "b"])
+    assert coll.methods == ["lora", "prompt-finetune (pft)", "prompt-finetune (pft-demos)"]
+    table = build_table(coll)
+    assert table.header[1:4] == ["SST-2 (acc)", "cr (acc)", "mr (acc)"]
+    assert [c.text for c in _row(table, "prompt-finetune (pft)")[1:4]] == ["80.0 (0.0)", "–", "70.0 (0.0)"]
+    assert [c.text for c in _row(table, "prompt-finetune (pft-demos)")[1:4]] == ["–", "90.0 (0.0)", "–"]
+    assert [c.text for c in _row(table, "lora")[1:4]] == ["60.0 (0.0)", "50.0 (0.0)", "–"]
+
+
+def test_a_cell_over_other_seeds_says_how_many(tmp_path: Path) -> None:
+    write_compare(tmp_path / "a", "SST-2", {"finetune": {"per_seed": [0.7, 0.8, 0.9]}, "lora": {"per_seed": [0.5, 0.6, 0.7]}},
+                  seeds=(13, 21, 42))
+    write_compare(tmp_path / "b", "cr", {"finetune": {"per_seed": [0.6, 0.8]}}, seeds=(13, 21))
+    table = build_table(collect([tmp_path / "a", tmp_path / "b"]))
+    assert _row(table, "finetune")[1].text == "80.0 (8.2)"
+    assert _row(table, "finetune")[2].text == "70.0 (10.0) [n=2]"
+    assert table.caption.startswith("mean (std) over 3 seed(s) (13, 21, 42) on the test split, ×100; [n=k]: over k")
+    same = build_table(collect([tmp_path / "a"]))
+    assert "[n=" not in same.caption and all("[n=" not in c.text for r in same.rows for c in r)
+
+
 def test_suite_folder_labels_order_and_reference(tmp_path: Path) -> None:
     write_compare(tmp_path / "s" / "SST-2" / "ft", "SST-2", {"finetune": {"per_seed": [0.7]}}, seeds=(13,))
     write_compare(tmp_path / "s" / "SST-2" / "zs", "SST-2", {"prompt-zero-shot": {"per_seed": [0.6], "params": 0}},

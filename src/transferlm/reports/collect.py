@@ -62,6 +62,8 @@ class Cell:
     eval_seconds: float
     source: str
     curves: list[Curve] = field(default_factory=list)
+    # The method's options as the compare run them (JSON): one label with two of these is two rows.
+    options: str = ""
 
 
 @dataclass
@@ -161,6 +163,7 @@ def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -
     if not isinstance(summary["rows"], list) or not summary["rows"]:
         raise ReportError(f"{path}: no rows (no method finished); rerun compare")
     metric = summary["primary_metric"]
+    run_cfg = (summary.get("config") or {}).get("run") or {}
     cells = []
     for row in summary["rows"]:
         missing = [k for k in _ROW_KEYS if k not in row]
@@ -185,8 +188,19 @@ def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -
             seeds=seeds, trainable_params=trainable, total_params=total,
             trainable_percent=float(row.get("trainable_percent", 100.0 * trainable / max(total, 1))),
             train_seconds=float(row.get("train_seconds", 0.0)), eval_seconds=float(row.get("eval_seconds", 0.0)),
-            source=str(folder), curves=curves))
+            source=str(folder), curves=curves, options=_options(row["method"], run_cfg.get("method_args") or {})))
     return cells
+
+
+def _options(method: str, args: dict[str, Any]) -> str:
+    """``method``'s options as settings with defaults filled in (so {} and {"r": 8} agree), as JSON."""
+    from ..methods import get_method
+
+    try:
+        settings = get_method(method).parse_config(dict(args)).settings()
+    except (TransferLMError, TypeError, ValueError):
+        settings = args  # a method or option this version lacks: compare as written
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def _find(folder: Path) -> list[Path]:
@@ -240,19 +254,25 @@ def load_pretraining(folder: Path, suite: dict[str, Any]) -> list[dict[str, Any]
 
 
 def _disambiguate(cells: list[Cell]) -> None:
-    """Two folders with the same (task, method) get the folder name added to the label."""
-    by_key: dict[tuple[str, str], list[Cell]] = {}
+    """Give every table row one configuration, the same in every column.
+
+    A label that stands for different method options in different folders (prompt-finetune with and
+    without demonstrations) gets the folder name added in every cell, on every task, so that no row mixes
+    the two. So does a label that two folders give on one task. Where folder names clash too, the path.
+    """
+    options: dict[str, set[str]] = {}
+    sources: dict[tuple[str, str], set[str]] = {}
     for c in cells:
-        by_key.setdefault((c.task, c.method), []).append(c)
-    for group in by_key.values():
-        if len(group) > 1 and len({c.source for c in group}) > 1:
-            for c in group:
-                c.method = f"{c.method} ({Path(c.source).name})"
-    # Still ambiguous (same folder name in two places): the whole path.
+        options.setdefault(c.method, set()).add(c.options)
+        sources.setdefault((c.task, c.method), set()).add(c.source)
+    renamed = [len(options[c.method]) > 1 or len(sources[(c.task, c.method)]) > 1 for c in cells]
+    for c, rename in zip(cells, renamed, strict=True):
+        if rename:
+            c.method = f"{c.method} ({Path(c.source).name})"
     keys = [(c.task, c.method) for c in cells]
-    for c in cells:
-        if keys.count((c.task, c.method)) > 1:
-            c.method = f"{c.method.split(' (')[0]} ({c.source})"
+    for c, rename in zip(cells, renamed, strict=True):
+        if rename and keys.count((c.task, c.method)) > 1:
+            c.method = f"{c.method.rsplit(' (', 1)[0]} ({c.source})"
 
 
 def collect(folders: list[str | Path], *, title: str | None = None) -> Collection:

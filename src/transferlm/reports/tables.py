@@ -66,15 +66,27 @@ def mark_best(rows: list[list[TableCell]], columns: list[int]) -> None:
             r[j].best = r[j].value is not None and math.isclose(r[j].value, top, abs_tol=1e-9)
 
 
+def main_seeds(cells: list[Cell]) -> list[int]:
+    """The seed list most cells share (on a tie, the longer one): the table's caption names it."""
+    lists = [tuple(c.seeds) for c in cells]
+    return list(max(dict.fromkeys(lists), key=lambda s: (lists.count(s), len(s))))
+
+
+def seeds_mark(cell: Cell, main: list[int]) -> str:
+    """" [n=k]" after a score over other seeds than the caption's (k of them), else ""."""
+    return "" if list(cell.seeds) == main else f" [n={len(cell.seeds)}]"
+
+
 def _caption(cells: list[Cell]) -> str:
     def joined(values: list[Any]) -> str:
         return ", ".join(str(v) for v in dict.fromkeys(values))
 
-    seeds = joined([", ".join(map(str, c.seeds)) for c in cells])
-    n_seeds = sorted({len(c.seeds) for c in cells})
+    main = main_seeds(cells)
+    others = any(list(c.seeds) != main for c in cells)
     split = joined([c.split for c in cells])
-    return (f"mean (std) over {'/'.join(map(str, n_seeds))} seed(s) ({seeds}) on the {split} split, ×100; "
-            f"model {joined([c.model for c in cells])}, K={joined([c.shots for c in cells])}; "
+    return (f"mean (std) over {len(main)} seed(s) ({', '.join(map(str, main))}) on the {split} split, ×100"
+            + ("; [n=k]: over k other seeds (each cell's seeds are in results.csv)" if others else "") +
+            f"; model {joined([c.model for c in cells])}, K={joined([c.shots for c in cells])}; "
             "std is the population std over seeds; best per column in bold")
 
 
@@ -86,12 +98,14 @@ def build_table(collection: Collection) -> Table:
     if with_avg:
         header.append("Avg.")
     header += ["# Trainable params", "Train s/run", "Eval s/run"]
+    main = main_seeds(collection.cells)
     rows = []
     for m in methods:
         cells = [collection.get(t, m) for t in tasks]
         row = [TableCell(m)]
         for c in cells:
-            row.append(TableCell(score_text(c.mean, c.std), shown(c.mean)) if c else TableCell(MISSING))
+            row.append(TableCell(score_text(c.mean, c.std) + seeds_mark(c, main), shown(c.mean)) if c
+                       else TableCell(MISSING))
         present = [c for c in cells if c is not None]
         if with_avg:
             if len(present) == len(tasks):
