@@ -104,3 +104,36 @@ def test_peft_full_reuses_finished_runs_and_keeps_rows_it_did_not_run(tiny_bert:
     assert again["prefix"]["reused"] and again["prefix"]["test"] == first["prefix"]["test"]
     assert again["prefix"]["wall_seconds"] == first["prefix"]["wall_seconds"]  # the time of the call that ran it
     assert again["bitfit"] == first["bitfit"]
+
+
+def _results(path: Path, rows: list[dict]) -> Path:
+    path.write_text(json.dumps({"model": "smollm2-135m", "shots": 16, "train": TRAIN, "rows": rows}))
+    return path
+
+
+def test_the_lmbff_table_shows_every_lecture_row_with_its_seed_count_and_fills_the_readme(tmp_path: Path) -> None:
+    from lmbff_report import BEGIN, END, collection, load_cells, replace_between
+
+    from transferlm.reports.tables import build_reference_table, build_table
+
+    rows = [{**_row([13, 21, 42, 87, 100], [0.8] * 5), "variant": "prompt-finetune", "method": "prompt-finetune",
+             "trainable_params": 100},
+            {**_row([13, 21], [0.6, 0.7]), "variant": "icl", "method": "icl", "trainable_params": 0},
+            {**_row([13], [0.9]), "variant": "prompt-finetune+lora", "method": "prompt-finetune"}]  # a PEFT row
+    first = _results(tmp_path / "a.json", rows)
+    later = _results(tmp_path / "b.json", [{**rows[1], **_row([13, 21, 42], [0.6, 0.7, 0.8]), "variant": "icl"}])
+    zero = tmp_path / "z.json"
+    zero.write_text(json.dumps({"model": "smollm2-135m", "method": "prompt-zero-shot", "rows": [
+        {"task": "SST-2", "calibrate": True, "accuracy": 0.69, "eval_seconds": 9.0}]}))
+    coll = collection(load_cells([first, later], zero))
+    table = build_table(coll)
+    by_label = {r[0].text: r[1].text for r in table.rows}
+    assert by_label == {"Prompt-based zero-shot + calibration": "69.0 (0.0)", '"GPT-3" in-context learning':
+                        "70.0 (8.2) [n=3]", "Prompt-based FT (man)": "80.0 (0.0)"}  # the later file's icl row wins
+    assert [r[0].text for r in table.rows] == ["Prompt-based zero-shot + calibration", '"GPT-3" in-context learning',
+                                               "Prompt-based FT (man)"]  # the lecture's order; no PEFT row
+    assert build_reference_table(coll).rows[0][1].text == "50.9"  # the lecture's majority class on SST-2
+    readme = f"intro\n{BEGIN}\nold table\n{END}\nrest\n"
+    assert replace_between(readme, "new", "R.md") == f"intro\n{BEGIN}\nnew\n{END}\nrest\n"
+    with pytest.raises(SystemExit, match="R.md: no"):
+        replace_between("no markers", "new", "R.md")

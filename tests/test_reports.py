@@ -176,7 +176,7 @@ def test_a_cell_over_other_seeds_says_how_many(tmp_path: Path) -> None:
     table = build_table(collect([tmp_path / "a", tmp_path / "b"]))
     assert _row(table, "finetune")[1].text == "80.0 (8.2)"
     assert _row(table, "finetune")[2].text == "70.0 (10.0) [n=2]"
-    assert table.caption.startswith("mean (std) over 3 seed(s) (13, 21, 42) on the test split, ×100; [n=k]: over k")
+    assert table.caption.startswith("mean (std) over 3 seed(s) (13, 21, 42) on the test split, ×100; [n=k]: that cell")
     same = build_table(collect([tmp_path / "a"]))
     assert "[n=" not in same.caption and all("[n=" not in c.text for r in same.rows for c in r)
 

@@ -85,7 +85,7 @@ def _caption(cells: list[Cell]) -> str:
     others = any(list(c.seeds) != main for c in cells)
     split = joined([c.split for c in cells])
     return (f"mean (std) over {len(main)} seed(s) ({', '.join(map(str, main))}) on the {split} split, ×100"
-            + ("; [n=k]: over k other seeds (each cell's seeds are in results.csv)" if others else "") +
+            + ("; [n=k]: that cell's mean (std) is over its own k seeds (listed in results.csv)" if others else "") +
             f"; model {joined([c.model for c in cells])}, K={joined([c.shots for c in cells])}; "
             "std is the population std over seeds; best per column in bold")
 

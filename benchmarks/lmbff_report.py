@@ -1,0 +1,119 @@
+"""The LM-BFF table (seed lecture, slide 25) from the benchmark's results files: one report, our rows beside the lecture's.
+
+Reads the rows ``benchmarks/lmbff.py`` recorded (and the zero-shot rows of ``zero-shot-smollm2.json``) and
+writes ``transferlm report``'s three files: report.html (tables and plots), report.md and results.csv. A cell
+over fewer seeds than five says how many (``[n=3]``). With ``--readme``, the Markdown tables replace the part of
+that file between ``<!-- lmbff-table:begin -->`` and ``<!-- lmbff-table:end -->``.
+Usage:
+    python benchmarks/lmbff_report.py --output runs/report-lmbff-smollm2 --readme README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from lmbff import VARIANTS  # benchmarks/ is on the path when run as a script
+
+from transferlm.io import write_text
+from transferlm.reports.collect import Cell, Collection, Reference
+from transferlm.reports.report import write_report
+from transferlm.reports.reproduce import REFERENCE_NOTE, SEEDS, SPECS, lecture_rows
+from transferlm.reports.tables import build_reference_table, build_table, to_markdown
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_FILES = [RESULTS / "lmbff-smollm2.json", RESULTS / "lmbff-smollm2-more.json"]
+ZERO_SHOT = RESULTS / "zero-shot-smollm2.json"
+CALIBRATED = "Prompt-based zero-shot + calibration"
+LECTURE_VARIANTS = ("prompt-zero-shot", "icl", "finetune", "prompt-finetune", "prompt-finetune+demos",
+                    "prompt-finetune-auto+demos")
+TASK_ORDER = ("SST-2", "sst-5", "mr", "cr", "trec", "RTE", "MRPC", "QNLI")
+BEGIN, END = "<!-- lmbff-table:begin -->", "<!-- lmbff-table:end -->"
+
+
+def cell(task: str, label: str, method: str, model: str, row: dict[str, Any], source: str) -> Cell:
+    trainable = int(row.get("trainable_params") or 0)
+    return Cell(task=task, method=label, raw_method=method, metric=row.get("metric", "accuracy"), split="test",
+                model=model, shots=16, mean=float(row["mean"]), std=float(row["std"]),
+                per_seed=[float(x) for x in row["per_seed"]], seeds=[int(s) for s in row["seeds"]],
+                trainable_params=trainable, total_params=0, trainable_percent=0.0,
+                train_seconds=float(row.get("train_seconds_per_seed") or 0.0),
+                eval_seconds=float(row.get("eval_seconds_per_seed") or 0.0), source=source)
+
+
+def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
+    cells: dict[tuple[str, str], Cell] = {}
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for row in data["rows"]:
+            if row["variant"] not in LECTURE_VARIANTS:
+                continue  # PEFT variants belong to the PEFT table
+            label = VARIANTS[row["variant"]].label
+            cells[(row["task"], label)] = cell(row["task"], label, row["method"], data["model"], row, str(path))
+    if zero_shot is not None:
+        data = json.loads(zero_shot.read_text(encoding="utf-8"))
+        for row in data["rows"]:
+            # Seed-independent (no training data is read): the one evaluation stands for every seed.
+            label = CALIBRATED if row.get("calibrate") else VARIANTS["prompt-zero-shot"].label
+            score = float(row["accuracy"])
+            cells.setdefault((row["task"], label), cell(
+                row["task"], label, data["method"], data["model"],
+                {"mean": score, "std": 0.0, "per_seed": [score] * len(SEEDS), "seeds": SEEDS,
+                 "eval_seconds_per_seed": row.get("eval_seconds")}, str(zero_shot)))
+    out = list(cells.values())
+    total = max(c.trainable_params for c in out)  # full fine-tuning trains every weight
+    for c in out:
+        c.total_params = total
+        c.trainable_percent = 100.0 * c.trainable_params / max(total, 1)
+    rank = {t: i for i, t in enumerate(TASK_ORDER)}
+    return sorted(out, key=lambda c: rank.get(c.task, len(rank)))
+
+
+def collection(cells: list[Cell]) -> Collection:
+    spec = SPECS["lmbff"]
+    order = [VARIANTS["prompt-zero-shot"].label, CALIBRATED,
+             *[VARIANTS[v].label for v in LECTURE_VARIANTS[1:]]]
+    notes = ["SmolLM2-135M-Instruct, K=16 per class, 60 steps of batch 8 at lr 2e-5 with dev selection every 15 "
+             "steps, 2 demonstration sets at inference (LM-BFF: RoBERTa-large, 1,000 steps, 16 sets). "
+             "Zero-shot rows are seed-independent: one evaluation.",
+             "Commands and per-seed wall times: README, section 'LM-BFF on SmolLM2-135M'."]
+    return Collection(cells=cells, title="LM-BFF few-shot table (lecture slide 25) on SmolLM2-135M", notes=notes,
+                      reference=Reference(source=f"Published numbers, lecture {spec.slide}",
+                                          rows=lecture_rows("lmbff"), note=REFERENCE_NOTE),
+                      method_order=order)
+
+
+def replace_between(text: str, body: str, where: str) -> str:
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{where}: no {BEGIN} ... {END} markers; add them where the table belongs")
+    return pattern.sub(lambda _: f"{BEGIN}\n{body}\n{END}", text, count=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=",".join(map(str, DEFAULT_FILES)),
+                    help="comma-separated results files of benchmarks/lmbff.py (a later file's row wins)")
+    ap.add_argument("--zero-shot", default=str(ZERO_SHOT), help="zero-shot rows (calibrated and not); '' for none")
+    ap.add_argument("--output", default="runs/report-lmbff-smollm2")
+    ap.add_argument("--readme", help="a Markdown file whose marked part gets the tables")
+    args = ap.parse_args()
+    cells = load_cells([Path(p) for p in args.results.split(",") if p], Path(args.zero_shot) if args.zero_shot else None)
+    coll = collection(cells)
+    files = write_report(coll, args.output)
+    print(files.table)
+    if args.readme:
+        table, reference = build_table(coll), build_reference_table(coll)
+        body = "\n".join([to_markdown(table), "", "The lecture's numbers for the same tasks (RoBERTa-large):", "",
+                          to_markdown(reference)])
+        readme = Path(args.readme)
+        write_text(readme, replace_between(readme.read_text(encoding="utf-8"), body, args.readme))
+    print(json.dumps({"report": str(files.html), "markdown": str(files.markdown), "csv": str(files.csv),
+                      **({"readme": args.readme} if args.readme else {})}))
+
+
+if __name__ == "__main__":
+    main()
