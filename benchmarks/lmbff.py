@@ -8,6 +8,10 @@ Usage:
     python benchmarks/lmbff.py --tasks SST-2 --model smollm2-135m --out benchmarks/results/lmbff-smollm2.json
     python benchmarks/lmbff.py --tasks SST-2 --variants prompt-finetune --seeds 13,21   # a subset
 Reruns reuse finished runs (the compare cache under --work); results are written after every variant.
+Calls for other seeds (or tasks, variants) may run in parallel with the same --out: each adds its seeds to the
+rows under a lock, e.g. one process per core:
+    python benchmarks/lmbff.py --tasks cr --variants icl --seeds 87 --out benchmarks/results/lmbff.json &
+    python benchmarks/lmbff.py --tasks cr --variants icl --seeds 100 --out benchmarks/results/lmbff.json
 
 Budget for 2 CPU cores (LM-BFF itself trains 1000 steps and ensembles 16 demonstration sets):
 60 steps of batch 8 at lr 2e-5, dev selection every 15 steps, 2 demonstration sets at inference.
@@ -22,10 +26,9 @@ import json
 import os
 from pathlib import Path
 
-from seed_rows import load_rows, merge_seeds  # benchmarks/ is on the path when run as a script
+from seed_rows import load_rows, record_row  # benchmarks/ is on the path when run as a script
 
 from transferlm.config import CompareConfig, RunConfig
-from transferlm.io import write_json
 from transferlm.protocol.compare import compare, wall_time
 from transferlm.reports.reproduce import LMBFF_VARIANTS, PEFT_LEARNING_RATES, Variant
 
@@ -74,8 +77,9 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    # Rows keep their other seeds when this call runs more; a file of another model or budget is an error.
-    _, rows = load_rows(out, args.model, TRAIN)
+    # Rows keep their other seeds when this call runs more; a file of another model or budget is an error
+    # (checked now, before any training). Calls running other seeds in parallel may write to the same file.
+    load_rows(out, args.model, TRAIN)
     for task in args.tasks.split(","):
         for name in args.variants.split(","):
             if name not in VARIANTS:
@@ -92,10 +96,9 @@ def main() -> None:
                 "seeds": seeds, "trainable_params": r["trainable_params"],
                 "train_seconds_per_seed": r["train_seconds"], "eval_seconds_per_seed": r["eval_seconds"],
                 **wall_time(r)}
-            row = rows[(task, name)] = merge_seeds(rows.get((task, name)), row)
+            row = record_row(out, args.model, TRAIN, row, header={"shots": 16})
             print(f"{task:6s} {name:26s} {100 * row['mean']:.1f} ({100 * row['std']:.1f}) over seeds {row['seeds']}  "
                   f"train {r['train_seconds']:.0f}s/seed", flush=True)
-            write_json(out, {"model": args.model, "shots": 16, "train": TRAIN, "rows": list(rows.values())})
     print(json.dumps({"written": str(out)}))
 
 

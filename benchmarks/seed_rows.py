@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from transferlm.io import write_json
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: parallel calls into one file are not serialised there
+    fcntl = None  # type: ignore[assignment]
 
 
 def row_seeds(row: dict[str, Any], file_seeds: str = "") -> list[int]:
@@ -49,3 +58,35 @@ def merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, An
     if kept:
         merged["seeds_from_previous_runs"] = kept
     return merged
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (through ``out``.lock) while reading and rewriting it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def record_row(out: Path, model: str, train: dict[str, Any], row: dict[str, Any], *, whole: bool = False,
+               header: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``row`` into the results file ``out`` and return the row as recorded.
+
+    The file is read again under a lock right before it is rewritten, so calls running in parallel (one
+    per seed, say) each add their seeds and none drops a row or seed another wrote meanwhile. ``row``
+    extends the recorded row of its (task, variant) by seeds (``merge_seeds``), or replaces it if ``whole``.
+    ``header``: other top-level keys of the file.
+    """
+    with locked(out):
+        previous, rows = load_rows(out, model, train)
+        key = (row["task"], row["variant"])
+        recorded = rows[key] = row if whole else merge_seeds(rows.get(key), row)
+        write_json(out, {**{k: v for k, v in previous.items() if k not in ("rows", "seeds")}, **(header or {}),
+                         "model": model, "train": train, "rows": list(rows.values())})
+    return recorded

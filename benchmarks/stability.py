@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from seed_rows import load_rows, merge_seeds  # benchmarks/ is on the path when run as a script
+from seed_rows import load_rows, record_row  # benchmarks/ is on the path when run as a script
 
 from transferlm.config import CompareConfig, RunConfig
-from transferlm.io import write_json
 from transferlm.protocol.compare import compare, wall_time
 
 LLRD_XI = 0.8  # the LLRD row's default ξ; its runs keep the plain "LLRD" cache folder
@@ -93,13 +92,14 @@ def main() -> None:
         ap.error(f"--variants matches none of {', '.join(_slug(v) for v in variants)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    previous, rows = load_rows(out, args.model, args.train)
+    load_rows(out, args.model, args.train)  # a file of another model or budget fails now, before any training
     for task in args.tasks.split(","):
         for name, train in chosen.items():
             if name == "finetune" and args.finetune_from:
                 # The source holds every seed asked for, so the row is taken whole, not merged.
-                row = rows[(task, name)] = borrowed_finetune_row(args.finetune_from.split(","), task, seeds,
-                                                                 args.model, args.train)
+                row = record_row(out, args.model, args.train, borrowed_finetune_row(
+                    args.finetune_from.split(","), task, seeds, args.model, args.train), whole=True,
+                    header={"shots": 16})
             else:
                 run = RunConfig.from_dict({"task": task, "model": args.model, "quiet": True,
                                            "data": {"data_dir": args.data_dir, "shots": 16},
@@ -112,12 +112,10 @@ def main() -> None:
                 r = summary["rows"][0]
                 new = {"task": task, "variant": name, "seeds": seeds, "mean": r["mean"], "std": r["std"],
                        "per_seed": r["per_seed"], "train_seconds_per_seed": r["train_seconds"], **wall_time(r)}
-                row = rows[(task, name)] = merge_seeds(rows.get((task, name)), new)
+                # Written after every variant, so a stopped run still leaves what it finished.
+                row = record_row(out, args.model, args.train, new, header={"shots": 16})
             print(f"{task:6s} {name:30s} {100 * row['mean']:.1f} ({100 * row['std']:.1f}) over seeds {row['seeds']}",
                   flush=True)
-            # After every variant, so a stopped run still leaves what it finished.
-            write_json(out, {**{k: v for k, v in previous.items() if k not in ("rows", "seeds")},
-                             "model": args.model, "shots": 16, "train": args.train, "rows": list(rows.values())})
     print(json.dumps({"written": str(out)}))
 
 

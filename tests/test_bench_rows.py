@@ -137,3 +137,38 @@ def test_the_lmbff_table_shows_every_lecture_row_with_its_seed_count_and_fills_t
     assert replace_between(readme, "new", "R.md") == f"intro\n{BEGIN}\nnew\n{END}\nrest\n"
     with pytest.raises(SystemExit, match="R.md: no"):
         replace_between("no markers", "new", "R.md")
+
+
+def test_calls_recording_other_seeds_into_one_file_keep_each_others_rows(tmp_path: Path) -> None:
+    from seed_rows import record_row
+
+    out = tmp_path / "r.json"
+    assert record_row(out, "m", TRAIN, _row([13], [0.5]), header={"shots": 16})["seeds"] == [13]
+    # Another call (started before the first wrote) records seed 21, then another variant: nothing is lost.
+    assert record_row(out, "m", TRAIN, _row([21], [0.7]))["per_seed"] == [0.5, 0.7]
+    record_row(out, "m", TRAIN, {**_row([13], [0.9]), "variant": "icl"})
+    saved = json.loads(out.read_text())
+    assert saved["shots"] == 16 and saved["model"] == "m" and saved["train"] == TRAIN
+    rows = {(r["task"], r["variant"]): r for r in saved["rows"]}
+    assert rows[("SST-2", "finetune")]["seeds"] == [13, 21] and rows[("SST-2", "icl")]["seeds"] == [13]
+    assert record_row(out, "m", TRAIN, _row([87], [0.1]), whole=True)["seeds"] == [87]  # replaced, not merged
+    with pytest.raises(SystemExit, match="pass another --out"):
+        record_row(out, "other", TRAIN, _row([13], [0.5]))
+
+
+def _record_seed(out: str, seed: int) -> None:
+    from seed_rows import record_row
+
+    record_row(Path(out), "m", TRAIN, _row([seed], [seed / 1000]))
+
+
+def test_parallel_processes_recording_seeds_lose_none(tmp_path: Path) -> None:
+    import multiprocessing
+
+    out = tmp_path / "r.json"
+    seeds = list(range(1, 25))
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(8) as pool:
+        pool.starmap(_record_seed, [(str(out), s) for s in seeds])
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["seeds"] == seeds and row["per_seed"] == [s / 1000 for s in seeds]
