@@ -21,7 +21,7 @@ from lmbff import VARIANTS  # benchmarks/ is on the path when run as a script
 from transferlm.io import write_text
 from transferlm.reports.collect import Cell, Collection, Reference
 from transferlm.reports.report import write_report
-from transferlm.reports.reproduce import REFERENCE_NOTE, SEEDS, SPECS, lecture_rows
+from transferlm.reports.reproduce import SEEDS, lecture_reference
 from transferlm.reports.tables import build_reference_table, build_table, to_markdown
 
 RESULTS = Path(__file__).parent / "results"
@@ -73,7 +73,6 @@ def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
 
 
 def collection(cells: list[Cell]) -> Collection:
-    spec = SPECS["lmbff"]
     order = [VARIANTS["prompt-zero-shot"].label, CALIBRATED,
              *[VARIANTS[v].label for v in LECTURE_VARIANTS[1:]]]
     notes = ["SmolLM2-135M-Instruct, K=16 per class, 60 steps of batch 8 at lr 2e-5 with dev selection every 15 "
@@ -81,8 +80,7 @@ def collection(cells: list[Cell]) -> Collection:
              "Zero-shot rows are seed-independent: one evaluation.",
              "Commands and per-seed wall times: README, section 'LM-BFF on SmolLM2-135M'."]
     return Collection(cells=cells, title="LM-BFF few-shot table (lecture slide 25) on SmolLM2-135M", notes=notes,
-                      reference=Reference(source=f"Published numbers, lecture {spec.slide}",
-                                          rows=lecture_rows("lmbff"), note=REFERENCE_NOTE),
+                      reference=Reference(**lecture_reference("lmbff")),
                       method_order=order)
 
 

@@ -96,12 +96,12 @@ def _ref_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def lecture_rows(suite: str) -> list[dict[str, Any]]:
-    """The lecture's published numbers behind ``suite``'s table: {"method", "task", "value", "std", ["params"]}."""
-    return _ref_rows({"lmbff": _LMBFF_REF, "peft": _PEFT_REF, "dapt": _DAPT_REF}[suite])
-
-
-REFERENCE_NOTE = "Different model and data sizes from ours: a reference point, not a target to match."
+def lecture_reference(suite: str) -> dict[str, Any]:
+    """The lecture's published numbers behind ``suite``'s table, as a report's reference: ``source``, ``note``
+    and ``rows`` ({"method", "task", "value", "std", ["params"]})."""
+    return {"source": f"Published numbers, lecture {SPECS[suite].slide}",
+            "rows": _ref_rows({"lmbff": _LMBFF_REF, "peft": _PEFT_REF, "dapt": _DAPT_REF}[suite]),
+            "note": "Different model and data sizes from ours: a reference point, not a target to match."}
 
 
 # --- suite definitions ----------------------------------------------------------------------------------
@@ -295,7 +295,6 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
             for v in variants:
                 entries.append(Entry(v.label, task, v.method, f"{task}/{_slug(v.label)}", seeds,
                                      run_dict(v, task, model)))
-        refs = lecture_rows(suite)
     else:
         steps = QUICK_PRETRAIN_STEPS if quick else PRETRAIN_STEPS
         base_pre = {"steps": steps, "data_dir": data_root, "seed": 13}
@@ -328,8 +327,7 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
             for label in DAPT_VARIANTS:
                 entries.append(Entry(label, task, "finetune", f"{task}/{_slug(label)}", seeds,
                                      run_dict(None, task, models[label])))
-        refs = lecture_rows(suite)
-    reference = {"source": f"Published numbers, lecture {spec.slide}", "rows": refs, "note": REFERENCE_NOTE}
+    reference = lecture_reference(suite)
     title = spec.title + (" — quick" if quick else "")
     return Plan(suite=suite, quick=quick, output=output, title=title, entries=entries, pretrains=pretrains,
                 notes=notes, reference=reference)
