@@ -2,7 +2,9 @@
 
 Reads the rows ``benchmarks/lmbff.py`` recorded (and the zero-shot rows of ``zero-shot-smollm2.json``) and
 writes ``transferlm report``'s three files: report.html (tables and plots), report.md and results.csv. A cell
-over fewer seeds than five says how many (``[n=3]``). With ``--readme``, the Markdown tables replace the part of
+over fewer seeds than five says how many (``[n=3]``). Rows of a file trained under mixed precision
+(``benchmarks/lmbff.py --precision bf16``) are rows of their own, labelled ``[bf16]``, never merged into the
+float32 rows. With ``--readme``, the Markdown tables replace the part of
 that file between ``<!-- lmbff-table:begin -->`` and ``<!-- lmbff-table:end -->``.
 Usage:
     python benchmarks/lmbff_report.py --output runs/report-lmbff-smollm2 --readme README.md
@@ -32,6 +34,7 @@ LECTURE_VARIANTS = ("prompt-zero-shot", "icl", "finetune", "prompt-finetune", "p
                     "prompt-finetune-auto+demos")
 TASK_ORDER = ("SST-2", "sst-5", "mr", "cr", "trec", "RTE", "MRPC", "QNLI")
 BEGIN, END = "<!-- lmbff-table:begin -->", "<!-- lmbff-table:end -->"
+MIXED = re.compile(r" \[(bf16|fp16)\]$")  # the label suffix precision_tag adds
 
 
 def cell(task: str, label: str, method: str, model: str, row: dict[str, Any], source: str) -> Cell:
@@ -44,14 +47,21 @@ def cell(task: str, label: str, method: str, model: str, row: dict[str, Any], so
                 eval_seconds=float(row.get("eval_seconds_per_seed") or 0.0), source=source)
 
 
+def precision_tag(train: dict[str, Any] | None) -> str:
+    """`` [bf16]`` for a file trained under mixed precision; nothing for float32 (the files without the key)."""
+    precision = (train or {}).get("mixed_precision", "no")
+    return "" if precision == "no" else f" [{precision}]"
+
+
 def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
     cells: dict[tuple[str, str], Cell] = {}
     for path in files:
         data = json.loads(path.read_text(encoding="utf-8"))
+        tag = precision_tag(data.get("train"))
         for row in data["rows"]:
             if row["variant"] not in LECTURE_VARIANTS:
                 continue  # PEFT variants belong to the PEFT table
-            label = VARIANTS[row["variant"]].label
+            label = VARIANTS[row["variant"]].label + tag
             cells[(row["task"], label)] = cell(row["task"], label, row["method"], data["model"], row, str(path))
     if zero_shot is not None:
         data = json.loads(zero_shot.read_text(encoding="utf-8"))
@@ -73,12 +83,17 @@ def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
 
 
 def collection(cells: list[Cell]) -> Collection:
-    order = [VARIANTS["prompt-zero-shot"].label, CALIBRATED,
-             *[VARIANTS[v].label for v in LECTURE_VARIANTS[1:]]]
+    base = [VARIANTS["prompt-zero-shot"].label, CALIBRATED, *[VARIANTS[v].label for v in LECTURE_VARIANTS[1:]]]
+    labels = {c.method for c in cells}
+    # A mixed-precision row sits right under its float32 row.
+    order = [x for label in base for x in [label, *sorted(m for m in labels if m.startswith(label + " ["))]]
     notes = ["SmolLM2-135M-Instruct, K=16 per class, 60 steps of batch 8 at lr 2e-5 with dev selection every 15 "
              "steps, 2 demonstration sets at inference (LM-BFF: RoBERTa-large, 1,000 steps, 16 sets). "
              "Zero-shot rows are seed-independent: one evaluation.",
              "Commands and per-seed wall times: README, section 'LM-BFF on SmolLM2-135M'."]
+    for precision in sorted({m.group(1) for c in cells if (m := MIXED.search(c.method))}):
+        notes.append(f"[{precision}]: trained and evaluated under {precision} autocast (train.mixed_precision="
+                     f"{precision}), a row of its own; README, 'LM-BFF on SmolLM2-135M', compares it with float32.")
     return Collection(cells=cells, title="LM-BFF few-shot table (lecture slide 25) on SmolLM2-135M", notes=notes,
                       reference=Reference(**lecture_reference("lmbff")),
                       method_order=order)

@@ -86,7 +86,13 @@ def record_row(out: Path, model: str, train: dict[str, Any], row: dict[str, Any]
     with locked(out):
         previous, rows = load_rows(out, model, train)
         key = (row["task"], row["variant"])
-        recorded = rows[key] = row if whole else merge_seeds(rows.get(key), row)
+        old = rows.get(key)
+        if not whole and old is not None and old.get("method_args", row.get("method_args")) != row.get("method_args"):
+            # Seeds run with other method options are other runs: their mean would describe no configuration.
+            raise SystemExit(f"{out}: row {key[0]} {key[1]} holds seeds run with method_args "
+                             f"{json.dumps(old['method_args'], sort_keys=True)}, this call ran "
+                             f"{json.dumps(row.get('method_args'), sort_keys=True)}; pass another --out")
+        recorded = rows[key] = row if whole else merge_seeds(old, row)
         write_json(out, {**{k: v for k, v in previous.items() if k not in ("rows", "seeds")}, **(header or {}),
                          "model": model, "train": train, "rows": list(rows.values())})
     return recorded

@@ -8,16 +8,20 @@ tokens and both implementations do the same work), then predicts on test example
 * training examples/s: steady state, from the time between consecutive steps (the first step, with its
   warm-up allocations, is left out); evaluation examples/s;
 * peak RSS of the process (model, optimizer state, activations);
-* achieved FLOP/s as a fraction of this machine's matmul peak, measured here with a float32 torch.mm
-  loop on the same threads. Model FLOPs per token: 6·N for full fine-tuning (forward 2N, backward 4N),
+* achieved FLOP/s as a fraction of this machine's matmul peak, measured here with a torch.mm loop in
+  the run's precision on the same threads. Model FLOPs per token: 6·N for full fine-tuning (forward 2N, backward 4N),
   4·N for LoRA (the frozen weights need no weight gradients), N = non-embedding parameters;
 * the estimated cost of the whole 5-seed protocol at these rates (5 × (100 steps × batch 8 + 872 SST-2
   test examples)), at this benchmark's sequence length;
-* ratios transferlm / HF for each.
+* ratios transferlm / HF for each;
+* with ``--precisions fp32,bf16``, each row also in bfloat16 autocast (transferlm: train.mixed_precision=bf16;
+  HF: TrainingArguments(bf16=True)) and the bf16 / fp32 speed ratios. CPUs with AMX (Sapphire Rapids and
+  later) multiply bfloat16 several times faster than float32.
 
 Usage (defaults take a few minutes on 2 CPU cores; the machine may be shared, numbers are as measured):
     python benchmarks/train_speed.py
     python benchmarks/train_speed.py --models minilm-l6 --methods finetune,lora --steps 12 --out /tmp/s.json
+    python benchmarks/train_speed.py --models smollm2-135m --methods finetune --precisions fp32,bf16 --out /tmp/p.json
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ PROFILES = {
     "smollm2-135m": {"steps": 8, "batch_size": 4, "max_length": 64, "eval_examples": 32},
 }
 DEFAULT_PROFILE = {"steps": 6, "batch_size": 8, "max_length": 128, "eval_examples": 64}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 LEARNING_RATES = {"finetune": 5e-5, "lora": 1e-3}
 LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
 TASK = "imdb"  # reviews longer than max_length: every sequence is exactly max_length tokens
@@ -111,7 +116,8 @@ def worker_transferlm(model: str, method: str, p: dict[str, Any], data_dir: str)
     freeze_unused_parameters(prepared.model, prepared.collate(train[:2]))  # as run() does
     trainable, total = count_parameters(prepared.model)
     cfg = TrainConfig(max_steps=p["steps"], batch_size=p["batch_size"], eval_batch_size=32, eval_every=0,
-                      checkpoint_every=0, learning_rate=LEARNING_RATES[method], max_length=p["max_length"])
+                      checkpoint_every=0, learning_rate=LEARNING_RATES[method], max_length=p["max_length"],
+                      mixed_precision="no" if p.get("precision", "fp32") == "fp32" else p["precision"])
     engine = Engine(prepared, spec, cfg, seed=13, quiet=True)
     times: list[float] = []
     tokens: list[int] = []
@@ -193,7 +199,7 @@ def worker_hf(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict
                                  learning_rate=LEARNING_RATES[method], weight_decay=0.01, max_grad_norm=1.0,
                                  logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
                                  use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
-                                 seed=13)
+                                 seed=13, bf16=p.get("precision") == "bf16")
         trainer = Trainer(model=hf, args=args, train_dataset=encode(train), data_collator=collate,
                           compute_metrics=classification_metrics)
         t0 = time.perf_counter()
@@ -211,13 +217,14 @@ def worker_hf(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict
 
 # --- the parent ---------------------------------------------------------------------------------------------
 
-def matmul_peak(seconds: float = 2.0) -> dict[str, Any]:
-    """Best float32 matmul FLOP/s on this process's torch threads."""
+def matmul_peak(seconds: float = 2.0, precision: str = "fp32") -> dict[str, Any]:
+    """Best matmul FLOP/s in ``precision`` on this process's torch threads."""
     import torch
 
+    dtype = getattr(torch, DTYPES[precision])
     best = {}
     for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         torch.mm(a, b)  # warm up
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
@@ -226,7 +233,7 @@ def matmul_peak(seconds: float = 2.0) -> dict[str, Any]:
         best[n] = 2 * n**3 * reps / (time.perf_counter() - t0)
     n_best = max(best, key=best.get)
     return {"flops_per_s": best[n_best], "size": n_best, "by_size": {str(k): v for k, v in best.items()},
-            "threads": torch.get_num_threads(), "dtype": "float32"}
+            "threads": torch.get_num_threads(), "dtype": DTYPES[precision]}
 
 
 def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -265,6 +272,53 @@ def add_derived(r: dict[str, Any], method: str, peak: float) -> None:
                                                     + PROTOCOL["test_examples"] / r["eval_examples_per_s"])
 
 
+def measure_row(model: str, method: str, p: dict[str, Any], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    """One model × method × precision: each implementation ``args.repeats`` times, best rates, HF ratios."""
+    impls = args.impls.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    for rep in range(args.repeats):
+        # Alternate the order so neither side always runs first on a machine whose speed drifts.
+        for impl in impls if rep % 2 == 0 else impls[::-1]:
+            runs[impl].append(run_worker(impl, model, method, p, args.data_dir))
+    results = {}
+    tag = f"{model:13s} {method:8s} {p['precision']:4s}"
+    for impl in impls:
+        r = best_of(runs[impl])
+        add_derived(r, method, peak)
+        results[impl] = r
+        if "error" in r:
+            print(f"{tag} {impl:10s} ERROR {r['error']}", flush=True)
+            continue
+        print(f"{tag} {impl:10s} train {r['train_examples_per_s']:7.2f} ex/s  "
+              f"eval {r['eval_examples_per_s']:7.2f} ex/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+              f"{100 * r['fraction_of_matmul_peak']:5.1f}% of matmul peak  "
+              f"5-seed protocol ≈ {r['protocol_estimate_s'] / 60:.0f} min", flush=True)
+    row = {"model": model, "method": method, "profile": p, "results": results}
+    ours, theirs = results.get("transferlm", {}), results.get("hf", {})
+    if ours and theirs and "error" not in ours and "error" not in theirs:
+        row["ratios_transferlm_over_hf"] = rr = {
+            k: ours[k] / theirs[k] for k in ("train_examples_per_s", "eval_examples_per_s", "peak_rss_mb")}
+        print(f"{tag} ratio transferlm/HF: train {rr['train_examples_per_s']:.2f}x  "
+              f"eval {rr['eval_examples_per_s']:.2f}x  peak RSS {rr['peak_rss_mb']:.2f}x", flush=True)
+    return row
+
+
+def print_precision_ratios(rows: list[dict[str, Any]]) -> None:
+    """Speed of each later precision over the first (fp32), per implementation; stored on the later rows."""
+    first = rows[0]
+    for row in rows[1:]:
+        ratios = {}
+        for impl, r in row["results"].items():
+            f = first["results"].get(impl, {})
+            if "error" in r or not f or "error" in f:
+                continue
+            ratios[impl] = rr = {k: r[k] / f[k] for k in ("train_examples_per_s", "eval_examples_per_s", "peak_rss_mb")}
+            print(f"{row['model']:13s} {row['method']:8s} {impl:10s} {row['profile']['precision']} / "
+                  f"{first['profile']['precision']}: train {rr['train_examples_per_s']:.2f}x  "
+                  f"eval {rr['eval_examples_per_s']:.2f}x  peak RSS {rr['peak_rss_mb']:.2f}x", flush=True)
+        row[f"ratios_over_{first['profile']['precision']}"] = ratios
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm-l6,smollm2-135m")
@@ -276,6 +330,8 @@ def main() -> None:
     ap.add_argument("--eval-examples", type=int)
     ap.add_argument("--repeats", type=int, default=2,
                     help="runs per implementation, in alternating order; the best rates of each are reported")
+    ap.add_argument("--precisions", default="fp32",
+                    help="comma-separated, from fp32, bf16 (autocast); the first is the reference of the ratios")
     ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", "../shared/data"))
     ap.add_argument("--out", default="benchmarks/results/train-speed.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -290,53 +346,41 @@ def main() -> None:
     import torch
 
     t_start = time.perf_counter()
-    peak = matmul_peak()
-    print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s (float32, n={peak['size']}, "
-          f"{peak['threads']} threads)", flush=True)
+    precisions = args.precisions.split(",")
+    for prec in precisions:
+        if prec not in DTYPES:
+            raise SystemExit(f"--precisions: unknown '{prec}'; choose from {', '.join(DTYPES)}")
+    peaks = {prec: matmul_peak(precision=prec) for prec in precisions}
+    for pk in peaks.values():
+        print(f"matmul peak: {pk['flops_per_s'] / 1e9:.1f} GFLOP/s ({pk['dtype']}, n={pk['size']}, "
+              f"{pk['threads']} threads)", flush=True)
     rows = []
     for model in args.models.split(","):
-        p = dict(PROFILES.get(model, DEFAULT_PROFILE))
+        base = dict(PROFILES.get(model, DEFAULT_PROFILE))
         for key in ("steps", "batch_size", "max_length", "eval_examples"):
             if getattr(args, key) is not None:
-                p[key] = getattr(args, key)
+                base[key] = getattr(args, key)
         for method in args.methods.split(","):
-            impls = args.impls.split(",")
-            runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
-            for rep in range(args.repeats):
-                # Alternate the order so neither side always runs first on a machine whose speed drifts.
-                for impl in impls if rep % 2 == 0 else impls[::-1]:
-                    runs[impl].append(run_worker(impl, model, method, p, args.data_dir))
-            results = {}
-            for impl in impls:
-                r = best_of(runs[impl])
-                add_derived(r, method, peak["flops_per_s"])
-                results[impl] = r
-                if "error" in r:
-                    print(f"{model:13s} {method:8s} {impl:10s} ERROR {r['error']}", flush=True)
-                    continue
-                print(f"{model:13s} {method:8s} {impl:10s} train {r['train_examples_per_s']:7.2f} ex/s  "
-                      f"eval {r['eval_examples_per_s']:7.2f} ex/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
-                      f"{100 * r['fraction_of_matmul_peak']:5.1f}% of matmul peak  "
-                      f"5-seed protocol ≈ {r['protocol_estimate_s'] / 60:.0f} min", flush=True)
-            row = {"model": model, "method": method, "profile": p, "results": results}
-            ours, theirs = results.get("transferlm", {}), results.get("hf", {})
-            if ours and theirs and "error" not in ours and "error" not in theirs:
-                row["ratios_transferlm_over_hf"] = {
-                    k: ours[k] / theirs[k] for k in ("train_examples_per_s", "eval_examples_per_s", "peak_rss_mb")}
-                rr = row["ratios_transferlm_over_hf"]
-                print(f"{'':13s} {method:8s} ratio transferlm/HF: train {rr['train_examples_per_s']:.2f}x  "
-                      f"eval {rr['eval_examples_per_s']:.2f}x  peak RSS {rr['peak_rss_mb']:.2f}x", flush=True)
-            rows.append(row)
-    # The peak again at the end (a shared machine's load changes): the higher of the two is the reference.
-    again = matmul_peak()
-    if again["flops_per_s"] > peak["flops_per_s"]:
-        for row in rows:
-            for r in row["results"].values():
-                if "error" not in r:
-                    r["fraction_of_matmul_peak"] = r["train_flops_per_s"] / again["flops_per_s"]
-    peak = {**max(peak, again, key=lambda x: x["flops_per_s"]),
-            "measured_gflops": [round(peak["flops_per_s"] / 1e9, 1), round(again["flops_per_s"] / 1e9, 1)]}
-    print(f"matmul peak at the end: {again['flops_per_s'] / 1e9:.1f} GFLOP/s; fractions use the higher", flush=True)
+            for prec in precisions:
+                p = {**base, "precision": prec}
+                rows.append(measure_row(model, method, p, args, peaks[prec]["flops_per_s"]))
+            if len(precisions) > 1:
+                print_precision_ratios(rows[-len(precisions):])
+    # The peaks again at the end (a shared machine's load changes): the higher of the two is the reference.
+    for prec in precisions:
+        again = matmul_peak(precision=prec)
+        if again["flops_per_s"] > peaks[prec]["flops_per_s"]:
+            for row in rows:
+                for r in row["results"].values():
+                    if row["profile"]["precision"] == prec and "error" not in r:
+                        r["fraction_of_matmul_peak"] = r["train_flops_per_s"] / again["flops_per_s"]
+        print(f"matmul peak at the end: {again['flops_per_s'] / 1e9:.1f} GFLOP/s ({again['dtype']}); "
+              "fractions use the higher", flush=True)
+        peaks[prec] = {**max(peaks[prec], again, key=lambda x: x["flops_per_s"]),
+                       "measured_gflops": [round(peaks[prec]["flops_per_s"] / 1e9, 1),
+                                           round(again["flops_per_s"] / 1e9, 1)]}
+    # One precision keeps the file's earlier shape (one peak); several record one peak each.
+    peak = peaks[precisions[0]] if len(precisions) == 1 else peaks
     from transferlm.io import write_json
 
     write_json(args.out, {"task": TASK, "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

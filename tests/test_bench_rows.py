@@ -133,6 +133,15 @@ def test_the_lmbff_table_shows_every_lecture_row_with_its_seed_count_and_fills_t
     assert [r[0].text for r in table.rows] == ["Prompt-based zero-shot + calibration", '"GPT-3" in-context learning',
                                                "Prompt-based FT (man)"]  # the lecture's order; no PEFT row
     assert build_reference_table(coll).rows[0][1].text == "50.9"  # the lecture's majority class on SST-2
+    # A bf16 file's row is a row of its own under its float32 row, and the notes say what [bf16] means.
+    bf16 = tmp_path / "bf16.json"
+    bf16.write_text(json.dumps({"model": "smollm2-135m", "shots": 16, "train": {**TRAIN, "mixed_precision": "bf16"},
+                                "rows": [{**rows[0], **_row([13], [0.7]), "variant": "prompt-finetune"}]}))
+    mixed = collection(load_cells([first, later, bf16], zero))
+    labels = [r[0].text for r in build_table(mixed).rows]
+    assert labels[-2:] == ["Prompt-based FT (man)", "Prompt-based FT (man) [bf16]"]
+    assert {r[0].text: r[1].text for r in build_table(mixed).rows}["Prompt-based FT (man)"] == "80.0 (0.0)"
+    assert any(n.startswith("[bf16]:") for n in mixed.notes) and not any("[bf16]" in n for n in coll.notes)
     readme = f"intro\n{BEGIN}\nold table\n{END}\nrest\n"
     assert replace_between(readme, "new", "R.md") == f"intro\n{BEGIN}\nnew\n{END}\nrest\n"
     with pytest.raises(SystemExit, match="R.md: no"):
@@ -154,6 +163,12 @@ def test_calls_recording_other_seeds_into_one_file_keep_each_others_rows(tmp_pat
     assert record_row(out, "m", TRAIN, _row([87], [0.1]), whole=True)["seeds"] == [87]  # replaced, not merged
     with pytest.raises(SystemExit, match="pass another --out"):
         record_row(out, "other", TRAIN, _row([13], [0.5]))
+    # Seeds run with other method options never join a row (e.g. 8 demonstration sets at inference instead of 2).
+    record_row(out, "m", TRAIN, {**_row([13], [0.5]), "variant": "demos", "method_args": {"demo_eval_samples": 2}})
+    with pytest.raises(SystemExit, match="demos holds seeds run with method_args"):
+        record_row(out, "m", TRAIN, {**_row([21], [0.6]), "variant": "demos", "method_args": {"demo_eval_samples": 8}})
+    assert record_row(out, "m", TRAIN, {**_row([21], [0.6]), "variant": "demos",
+                                        "method_args": {"demo_eval_samples": 2}})["seeds"] == [13, 21]
 
 
 def _record_seed(out: str, seed: int) -> None:
