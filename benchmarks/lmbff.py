@@ -61,10 +61,13 @@ def train_settings(precision: str = "fp32") -> dict:
     return TRAIN if precision == "fp32" else {**TRAIN, "mixed_precision": precision}
 
 
-def variant_run(task: str, model: str, data_dir: str, name: str, train: dict | None = None) -> RunConfig:
+def variant_run(task: str, model: str, data_dir: str, name: str, train: dict | None = None,
+                demo_sets: int | None = None) -> RunConfig:
     v = VARIANTS[name]
     # The suite's budget arguments for short runs (2 demonstration sets at inference instead of 16).
     margs = {**v.method_args, **v.quick_method_args}
+    if demo_sets is not None and margs.get("demonstrations"):
+        margs["demo_eval_samples"] = demo_sets
     return RunConfig.from_dict({"task": task, "model": model, "method": v.method, "quiet": True,
                                 "method_args": margs, "data": {"data_dir": data_dir, "shots": 16},
                                 "train": {**(train or TRAIN), **v.train}})
@@ -82,7 +85,12 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: train and evaluate under bfloat16 autocast (train.mixed_precision=bf16); about 3x "
                          "faster on CPUs with AMX. Its rows go to their own --out: the file's train settings differ")
+    ap.add_argument("--demo-sets", type=int,
+                    help="demonstration sets averaged at inference by the rows with demonstrations (default 2; "
+                         "LM-BFF: 16). Rows with another number go to their own --out")
     args = ap.parse_args()
+    if args.demo_sets is not None and args.demo_sets < 1:
+        raise SystemExit(f"--demo-sets: must be at least 1, got {args.demo_sets}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     train = train_settings(args.precision)
@@ -93,7 +101,7 @@ def main() -> None:
         for name in args.variants.split(","):
             if name not in VARIANTS:
                 raise SystemExit(f"--variants: unknown '{name}'; choose from {', '.join(VARIANTS)}")
-            run = variant_run(task, args.model, args.data_dir, name, train)
+            run = variant_run(task, args.model, args.data_dir, name, train, args.demo_sets)
             slug = name.replace("+", "-")
             summary = compare(CompareConfig(run=run, methods=[run.method], seeds=seeds,
                                             output=str(Path(args.work) / args.model / task / slug)))

@@ -3,8 +3,9 @@
 Reads the rows ``benchmarks/lmbff.py`` recorded (and the zero-shot rows of ``zero-shot-smollm2.json``) and
 writes ``transferlm report``'s three files: report.html (tables and plots), report.md and results.csv. A cell
 over fewer seeds than five says how many (``[n=3]``). Rows of a file trained under mixed precision
-(``benchmarks/lmbff.py --precision bf16``) are rows of their own, labelled ``[bf16]``, never merged into the
-float32 rows. With ``--readme``, the Markdown tables replace the part of
+(``benchmarks/lmbff.py --precision bf16``) or with another number of demonstration sets (``--demo-sets 16``)
+are rows of their own, labelled ``[bf16]``, ``[16 sets]`` or ``[bf16, 16 sets]``, never merged into the default
+rows. With ``--readme``, the Markdown tables replace the part of
 that file between ``<!-- lmbff-table:begin -->`` and ``<!-- lmbff-table:end -->``.
 Usage:
     python benchmarks/lmbff_report.py --output runs/report-lmbff-smollm2 --readme README.md
@@ -34,7 +35,8 @@ LECTURE_VARIANTS = ("prompt-zero-shot", "icl", "finetune", "prompt-finetune", "p
                     "prompt-finetune-auto+demos")
 TASK_ORDER = ("SST-2", "sst-5", "mr", "cr", "trec", "RTE", "MRPC", "QNLI")
 BEGIN, END = "<!-- lmbff-table:begin -->", "<!-- lmbff-table:end -->"
-MIXED = re.compile(r" \[(bf16|fp16)\]$")  # the label suffix precision_tag adds
+MIXED = re.compile(r" \[(bf16|fp16)\b")  # label suffixes row_tag adds
+SETS = re.compile(r" \[.*\b\d+ sets\]$")
 
 
 def cell(task: str, label: str, method: str, model: str, row: dict[str, Any], source: str) -> Cell:
@@ -47,21 +49,28 @@ def cell(task: str, label: str, method: str, model: str, row: dict[str, Any], so
                 eval_seconds=float(row.get("eval_seconds_per_seed") or 0.0), source=source)
 
 
-def precision_tag(train: dict[str, Any] | None) -> str:
-    """`` [bf16]`` for a file trained under mixed precision; nothing for float32 (the files without the key)."""
+def row_tag(train: dict[str, Any] | None, variant: str, method_args: dict[str, Any] | None) -> str:
+    """What sets a row apart from the benchmark's default budget, as a label suffix: `` [bf16]`` for a file trained
+    under mixed precision, `` [16 sets]`` for another number of demonstration sets at inference, or both."""
+    parts = []
     precision = (train or {}).get("mixed_precision", "no")
-    return "" if precision == "no" else f" [{precision}]"
+    if precision != "no":
+        parts.append(precision)
+    default = VARIANTS[variant].quick_method_args.get("demo_eval_samples")
+    sets = (method_args or {}).get("demo_eval_samples", default)
+    if sets != default:
+        parts.append(f"{sets} sets")
+    return f" [{', '.join(parts)}]" if parts else ""
 
 
 def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
     cells: dict[tuple[str, str], Cell] = {}
     for path in files:
         data = json.loads(path.read_text(encoding="utf-8"))
-        tag = precision_tag(data.get("train"))
         for row in data["rows"]:
             if row["variant"] not in LECTURE_VARIANTS:
                 continue  # PEFT variants belong to the PEFT table
-            label = VARIANTS[row["variant"]].label + tag
+            label = VARIANTS[row["variant"]].label + row_tag(data.get("train"), row["variant"], row.get("method_args"))
             cells[(row["task"], label)] = cell(row["task"], label, row["method"], data["model"], row, str(path))
     if zero_shot is not None:
         data = json.loads(zero_shot.read_text(encoding="utf-8"))
@@ -85,7 +94,7 @@ def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
 def collection(cells: list[Cell]) -> Collection:
     base = [VARIANTS["prompt-zero-shot"].label, CALIBRATED, *[VARIANTS[v].label for v in LECTURE_VARIANTS[1:]]]
     labels = {c.method for c in cells}
-    # A mixed-precision row sits right under its float32 row.
+    # A row of another precision or number of demonstration sets sits right under the benchmark's default row.
     order = [x for label in base for x in [label, *sorted(m for m in labels if m.startswith(label + " ["))]]
     notes = ["SmolLM2-135M-Instruct, K=16 per class, 60 steps of batch 8 at lr 2e-5 with dev selection every 15 "
              "steps, 2 demonstration sets at inference (LM-BFF: RoBERTa-large, 1,000 steps, 16 sets). "
@@ -94,6 +103,8 @@ def collection(cells: list[Cell]) -> Collection:
     for precision in sorted({m.group(1) for c in cells if (m := MIXED.search(c.method))}):
         notes.append(f"[{precision}]: trained and evaluated under {precision} autocast (train.mixed_precision="
                      f"{precision}), a row of its own; README, 'LM-BFF on SmolLM2-135M', compares it with float32.")
+    if any(SETS.search(c.method) for c in cells):
+        notes.append("[N sets]: N demonstration sets averaged at inference instead of the other rows' 2.")
     return Collection(cells=cells, title="LM-BFF few-shot table (lecture slide 25) on SmolLM2-135M", notes=notes,
                       reference=Reference(**lecture_reference("lmbff")),
                       method_order=order)

@@ -142,6 +142,16 @@ def test_the_lmbff_table_shows_every_lecture_row_with_its_seed_count_and_fills_t
     assert labels[-2:] == ["Prompt-based FT (man)", "Prompt-based FT (man) [bf16]"]
     assert {r[0].text: r[1].text for r in build_table(mixed).rows}["Prompt-based FT (man)"] == "80.0 (0.0)"
     assert any(n.startswith("[bf16]:") for n in mixed.notes) and not any("[bf16]" in n for n in coll.notes)
+    # So is a row averaging another number of demonstration sets; the default number gets no tag.
+    demos = {**_row([13], [0.9]), "variant": "prompt-finetune+demos", "method": "prompt-finetune"}
+    sets = tmp_path / "sets.json"
+    sets.write_text(json.dumps({"model": "smollm2-135m", "shots": 16, "train": {**TRAIN, "mixed_precision": "bf16"},
+                                "rows": [{**demos, "method_args": {"demonstrations": True, "demo_eval_samples": 16}}]}))
+    plain = _results(tmp_path / "plain.json", [{**demos, "method_args": {"demonstrations": True,
+                                                                          "demo_eval_samples": 2}}])
+    labels = [r[0].text for r in build_table(collection(load_cells([plain, sets], None))).rows]
+    assert labels == ["Prompt-based FT (man) + demonstrations", "Prompt-based FT (man) + demonstrations [bf16, 16 sets]"]
+    assert any(n.startswith("[N sets]") for n in collection(load_cells([sets], None)).notes)
     readme = f"intro\n{BEGIN}\nold table\n{END}\nrest\n"
     assert replace_between(readme, "new", "R.md") == f"intro\n{BEGIN}\nnew\n{END}\nrest\n"
     with pytest.raises(SystemExit, match="R.md: no"):
@@ -187,3 +197,13 @@ def test_parallel_processes_recording_seeds_lose_none(tmp_path: Path) -> None:
         pool.starmap(_record_seed, [(str(out), s) for s in seeds])
     row = json.loads(out.read_text())["rows"][0]
     assert row["seeds"] == seeds and row["per_seed"] == [s / 1000 for s in seeds]
+
+
+def test_demo_sets_change_only_the_rows_with_demonstrations() -> None:
+    from lmbff import variant_run
+
+    assert variant_run("SST-2", "m", "d", "prompt-finetune+demos", demo_sets=16).method_args["demo_eval_samples"] == 16
+    assert variant_run("SST-2", "m", "d", "prompt-finetune+demos").method_args["demo_eval_samples"] == 2
+    assert "demo_eval_samples" not in variant_run("SST-2", "m", "d", "prompt-finetune", demo_sets=16).method_args
+    bf16 = variant_run("SST-2", "m", "d", "prompt-finetune", {"max_steps": 60, "mixed_precision": "bf16"})
+    assert bf16.train.mixed_precision == "bf16"
