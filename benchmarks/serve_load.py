@@ -14,6 +14,7 @@ Usage:
     python benchmarks/serve_load.py                                  # minilm-l6, ~4 minutes on 2 cores
     python benchmarks/serve_load.py --soak-seconds 300               # plus a 5-minute soak
     python benchmarks/serve_load.py --model smollm2-135m --clients 16 --no-faults   # -> serve-load-smollm2.json
+    python benchmarks/serve_load.py --precision bf16 --clients 8,32 --no-faults --out /tmp/bf16.json
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "transferlm", "serve", "--config", str(config), "--batching", mode,
-               "--port", str(self.port), "--threads", str(args.threads), "--log-level", "warning"]
+               "--port", str(self.port), "--threads", str(args.threads), "--log-level", "warning",
+               "--precision", args.precision]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
         self.log = log.open("w")
         t0 = time.perf_counter()
@@ -424,6 +426,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each measurement")
     ap.add_argument("--modes", default="mixed,per-task,none")
     ap.add_argument("--threads", type=int, default=1, help="server torch threads (the client needs a core too)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="the server's forward passes in fp32 or under bf16 autocast (serve --precision)")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--max-queue", type=int, default=64)
@@ -461,7 +465,8 @@ def main() -> None:
         "model": args.model, "adapters": f"8 LoRA (r=8, q/v) adapters, {args.adapters} weights",
         "tasks": list(folders), "clients": client_counts[-1], "seconds_per_mode": args.seconds * args.rounds,
         "rounds": args.rounds,
-        "server": {"threads": args.threads, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+        "server": {"threads": args.threads, "precision": args.precision, "max_batch_size": args.max_batch_size,
+                   "max_wait_ms": args.max_wait_ms,
                    "max_queue": args.max_queue},
         "machine": f"{os.cpu_count()} CPU cores; client and server on the same cores; load average before the "
                    f"servers started {os.getloadavg()[0]:.2f} (above 0.5: other jobs shared the cores)",

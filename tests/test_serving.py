@@ -154,6 +154,45 @@ def test_mixed_batch_rows_equal_single_requests(tiny_bert: Path, saved: dict, pa
     assert mixed[0].json()["results"][0]["label"] in ("c0", "c1")  # label names, not indices
 
 
+def test_bf16_serving_runs_under_autocast_and_keeps_mixed_equal_to_single(tiny_bert: Path, saved: dict) -> None:
+    cfg = ServeConfig(model=str(tiny_bert), tasks={n: str(saved[n]) for n in ("sst", "trec")}, device="cpu",
+                      max_wait_ms=300, precision="bf16")
+    cfg.validate()
+    registry = Registry(cfg.model, device="cpu", pad_ratio=0.0, precision=cfg.precision)
+    for n, folder in cfg.tasks.items():
+        registry.load(n, folder)
+    app = create_app(cfg, registry)
+    dtypes: list[torch.dtype | None] = []
+    host = registry.get("sst").host
+    inner = host.model.forward
+
+    def spy(*a, **kw):
+        dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return inner(*a, **kw)
+
+    host.model.forward = spy
+    requests = [classify("sst", TEXTS[0], TEXTS[1]), classify("trec", TEXTS[2]), classify("sst", TEXTS[3])]
+
+    async def go():
+        async with serving(app) as c:
+            mixed = await asyncio.gather(*(c.post("/v1/classify", json=r) for r in requests))
+            single = [await c.post("/v1/classify", json=r) for r in requests]
+            return mixed, single, (await c.get("/health")).json()
+
+    mixed, single, health = asyncio.run(go())
+    assert dtypes and set(dtypes) == {torch.bfloat16} and health["precision"] == "bf16"
+    for req, m, s in zip(requests, mixed, single, strict=True):
+        for x, rm, rs in zip(req["inputs"], m.json()["results"], s.json()["results"], strict=True):
+            pm, ps = torch.tensor(list(rm["probabilities"].values())), torch.tensor(list(rs["probabilities"].values()))
+            torch.testing.assert_close(pm, ps, atol=2e-2, rtol=0)  # bfloat16 rounding, whatever the batch
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # the saved model itself, under the same autocast
+                truth = reference(saved, req["task"], x).float()
+            torch.testing.assert_close(pm, truth, atol=2e-2, rtol=0)
+            assert pm.dtype == torch.float32 and abs(float(pm.sum()) - 1) < 1e-5
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        ServeConfig(model="m", precision="fp16").validate()
+
+
 def test_length_chunks_bound_padding_and_keep_every_row() -> None:
     lengths = [10, 52, 11, 25, 24, 50, 12]
     chunks = length_chunks(lengths, 1.3)
@@ -434,7 +473,7 @@ def test_metrics_and_structured_logs(tiny_bert: Path, saved: dict, caplog: pytes
                  'transferlm_request_latency_seconds_count{task="sst"} 1.0', "transferlm_tasks_loaded 2.0"):
         assert line in text, line
     assert health.json() == {"status": "ok", "tasks": 2, "queued": 0, "running": 0, "batching": "mixed",
-                             "retiring": 0}
+                             "retiring": 0, "precision": "fp32"}
     assert "/v1/classify" in openapi.json()["paths"]
     requests = [r for r in caplog.records if getattr(r, "event", None) == "request" and r.path == "/v1/classify"]
     assert sorted((r.status, getattr(r, "task", None)) for r in requests) == [(200, "sst"), (200, "trec"),

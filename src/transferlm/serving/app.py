@@ -321,6 +321,7 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
         """200 while serving, 503 while draining (so a load balancer stops sending work)."""
         body = {"status": "draining" if batcher.closing else "ok", "tasks": len(registry),
                 "queued": batcher.queued, "running": len(batcher.running), "batching": cfg.batching,
+                "precision": registry.precision,
                 "retiring": len(registry.retiring)}
         return JSONResponse(body, status_code=503 if batcher.closing else 200)
 

@@ -112,9 +112,12 @@ def resolve_device(device: str) -> torch.device:
 
 class Registry:
     def __init__(self, model: str | None = None, *, device: str = "auto", max_length: int | None = None,
-                 pad_ratio: float | None = None) -> None:
+                 pad_ratio: float | None = None, precision: str = "fp32") -> None:
         self.model = model
         self.device = resolve_device(device)
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got '{precision}'")
+        self.precision = precision
         self.max_length = max_length
         # Length-bucketed forward passes (None: auto): on a CPU a pass costs ~ its padded tokens, so similar
         # lengths go together; a GPU prefers one big pass. 0 turns bucketing off.
@@ -308,7 +311,8 @@ class Registry:
         by_host: dict[int, list[int]] = {}
         for i, h in enumerate(hosts):
             by_host.setdefault(id(h), []).append(i)
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), autocast:
             for idx in by_host.values():
                 host = hosts[idx[0]]
                 for i, p in zip(idx, host.predict([rows[i] for i in idx]), strict=True):

@@ -22,7 +22,8 @@ def build_registry(cfg: ServeConfig) -> Registry:
     if not cfg.tasks and not cfg.model:
         raise ConfigError("nothing to serve: give --task NAME=FOLDER (or tasks: in --config), or --model to start "
                           "empty and load tasks with POST /v1/tasks")
-    registry = Registry(cfg.model, device=cfg.device, max_length=cfg.max_length, pad_ratio=cfg.pad_ratio)
+    registry = Registry(cfg.model, device=cfg.device, max_length=cfg.max_length, pad_ratio=cfg.pad_ratio,
+                        precision=cfg.precision)
     for name, folder in cfg.tasks.items():
         registry.load(name, folder)
     if registry.model is not None and not cfg.tasks:
