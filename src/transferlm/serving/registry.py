@@ -27,7 +27,7 @@ import torch
 from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
-from .config import check_task_name
+from .config import PRECISIONS, check_task_name
 from .hosts import ClassifierHost, FinetuneHost, Prediction, PromptHost, Row, label_names_of
 from .memory import MemoryTrimmer
 
@@ -115,8 +115,8 @@ class Registry:
                  pad_ratio: float | None = None, precision: str = "fp32") -> None:
         self.model = model
         self.device = resolve_device(device)
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got '{precision}'")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         self.precision = precision
         self.max_length = max_length
         # Length-bucketed forward passes (None: auto): on a CPU a pass costs ~ its padded tokens, so similar
