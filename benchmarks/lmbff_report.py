@@ -96,7 +96,9 @@ def collection(cells: list[Cell]) -> Collection:
     base = [VARIANTS["prompt-zero-shot"].label, CALIBRATED, *[VARIANTS[v].label for v in LECTURE_VARIANTS[1:]]]
     labels = {c.method for c in cells}
     # A row of another precision or number of demonstration sets sits right under the benchmark's default row.
-    order = [x for label in base for x in [label, *sorted(m for m in labels if m.startswith(label + " ["))]]
+    tagged = {label: sorted((m for m in labels if m.startswith(label + " [")), key=lambda m: (len(m), m))
+              for label in base}
+    order = [x for label in base for x in [label, *tagged[label]]]
     notes = ["SmolLM2-135M-Instruct, K=16 per class, 60 steps of batch 8 at lr 2e-5 with dev selection every 15 "
              "steps, 2 demonstration sets at inference (LM-BFF: RoBERTa-large, 1,000 steps, 16 sets). "
              "Zero-shot rows are seed-independent: one evaluation.",

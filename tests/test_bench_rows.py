@@ -149,8 +149,13 @@ def test_the_lmbff_table_shows_every_lecture_row_with_its_seed_count_and_fills_t
                                 "rows": [{**demos, "method_args": {"demonstrations": True, "demo_eval_samples": 16}}]}))
     plain = _results(tmp_path / "plain.json", [{**demos, "method_args": {"demonstrations": True,
                                                                           "demo_eval_samples": 2}}])
-    labels = [r[0].text for r in build_table(collection(load_cells([plain, sets], None))).rows]
-    assert labels == ["Prompt-based FT (man) + demonstrations", "Prompt-based FT (man) + demonstrations [bf16, 16 sets]"]
+    bf16_demos = tmp_path / "bf16-demos.json"
+    bf16_demos.write_text(json.dumps({"model": "smollm2-135m", "shots": 16, "train": {**TRAIN, "mixed_precision": "bf16"},
+                                      "rows": [{**demos, "method_args": {"demonstrations": True,
+                                                                         "demo_eval_samples": 2}}]}))
+    labels = [r[0].text for r in build_table(collection(load_cells([sets, plain, bf16_demos], None))).rows]
+    assert labels == ["Prompt-based FT (man) + demonstrations", "Prompt-based FT (man) + demonstrations [bf16]",
+                      "Prompt-based FT (man) + demonstrations [bf16, 16 sets]"]  # the fewer tags, the higher
     assert any(n.startswith("[N sets]") for n in collection(load_cells([sets], None)).notes)
     readme = f"intro\n{BEGIN}\nold table\n{END}\nrest\n"
     assert replace_between(readme, "new", "R.md") == f"intro\n{BEGIN}\nnew\n{END}\nrest\n"
