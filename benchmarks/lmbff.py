@@ -73,6 +73,14 @@ def variant_run(task: str, model: str, data_dir: str, name: str, train: dict | N
                                 "train": {**(train or TRAIN), **v.train}})
 
 
+def work_slug(name: str, precision: str = "fp32", demo_sets: int | None = None) -> str:
+    """The variant's folder under --work. Other precisions and demonstration-set counts get their own folders, so
+    runs of one setting never overwrite the cached runs of another (the cache would only recompute them)."""
+    default = VARIANTS[name].quick_method_args.get("demo_eval_samples")
+    return "".join([name.replace("+", "-"), "" if precision == "fp32" else f"-{precision}",
+                    "" if demo_sets in (None, default) else f"-{demo_sets}sets"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="SST-2")
@@ -102,7 +110,7 @@ def main() -> None:
             if name not in VARIANTS:
                 raise SystemExit(f"--variants: unknown '{name}'; choose from {', '.join(VARIANTS)}")
             run = variant_run(task, args.model, args.data_dir, name, train, args.demo_sets)
-            slug = name.replace("+", "-")
+            slug = work_slug(name, args.precision, run.method_args.get("demo_eval_samples"))
             summary = compare(CompareConfig(run=run, methods=[run.method], seeds=seeds,
                                             output=str(Path(args.work) / args.model / task / slug)))
             r = summary["rows"][0]

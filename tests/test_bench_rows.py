@@ -212,3 +212,14 @@ def test_demo_sets_change_only_the_rows_with_demonstrations() -> None:
     assert "demo_eval_samples" not in variant_run("SST-2", "m", "d", "prompt-finetune", demo_sets=16).method_args
     bf16 = variant_run("SST-2", "m", "d", "prompt-finetune", {"max_steps": 60, "mixed_precision": "bf16"})
     assert bf16.train.mixed_precision == "bf16"
+
+
+
+def test_each_precision_and_demonstration_count_caches_its_runs_in_its_own_folder() -> None:
+    from lmbff import work_slug
+
+    slugs = [work_slug("prompt-finetune+demos"), work_slug("prompt-finetune+demos", "fp32", 2),
+             work_slug("prompt-finetune+demos", "bf16", 2), work_slug("prompt-finetune+demos", "bf16", 8),
+             work_slug("prompt-finetune", "bf16")]
+    assert slugs == ["prompt-finetune-demos", "prompt-finetune-demos", "prompt-finetune-demos-bf16",
+                     "prompt-finetune-demos-bf16-8sets", "prompt-finetune-bf16"]
