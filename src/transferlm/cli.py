@@ -586,6 +586,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("transferlm: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down a torchrun/accelerate process group before exit: left to interpreter shutdown, gloo's threads can
+    abort a rank ("terminate called without an active exception") after its run has finished."""
+    dist = sys.modules.get("torch.distributed")  # never import torch just to check (cheap commands stay cheap)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover
