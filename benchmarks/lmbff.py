@@ -73,12 +73,18 @@ def variant_run(task: str, model: str, data_dir: str, name: str, train: dict | N
                                 "train": {**(train or TRAIN), **v.train}})
 
 
+def setting_tags(name: str, precision: str = "fp32", demo_sets: int | None = None) -> list[str]:
+    """What sets a run of variant ``name`` apart from the benchmark's default budget: a precision other than float32
+    (``fp32``, or ``no`` as train.mixed_precision spells it) and a demonstration-set count other than the variant's."""
+    default = VARIANTS[name].quick_method_args.get("demo_eval_samples")
+    return ([] if precision in ("fp32", "no") else [precision]) + \
+        ([] if demo_sets in (None, default) else [f"{demo_sets} sets"])
+
+
 def work_slug(name: str, precision: str = "fp32", demo_sets: int | None = None) -> str:
     """The variant's folder under --work. Other precisions and demonstration-set counts get their own folders, so
     runs of one setting never overwrite the cached runs of another (the cache would only recompute them)."""
-    default = VARIANTS[name].quick_method_args.get("demo_eval_samples")
-    return "".join([name.replace("+", "-"), "" if precision == "fp32" else f"-{precision}",
-                    "" if demo_sets in (None, default) else f"-{demo_sets}sets"])
+    return "-".join([name.replace("+", "-"), *(t.replace(" ", "") for t in setting_tags(name, precision, demo_sets))])
 
 
 def main() -> None:

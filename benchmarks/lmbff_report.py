@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lmbff import VARIANTS  # benchmarks/ is on the path when run as a script
+from lmbff import VARIANTS, setting_tags  # benchmarks/ is on the path when run as a script
 
 from transferlm.io import write_text
 from transferlm.reports.collect import Cell, Collection, Reference
@@ -53,15 +53,9 @@ def cell(task: str, label: str, method: str, model: str, row: dict[str, Any], so
 def row_tag(train: dict[str, Any] | None, variant: str, method_args: dict[str, Any] | None) -> str:
     """What sets a row apart from the benchmark's default budget, as a label suffix: `` [bf16]`` for a file trained
     under mixed precision, `` [16 sets]`` for another number of demonstration sets at inference, or both."""
-    parts = []
-    precision = (train or {}).get("mixed_precision", "no")
-    if precision != "no":
-        parts.append(precision)
-    default = VARIANTS[variant].quick_method_args.get("demo_eval_samples")
-    sets = (method_args or {}).get("demo_eval_samples", default)
-    if sets != default:
-        parts.append(f"{sets} sets")
-    return f" [{', '.join(parts)}]" if parts else ""
+    tags = setting_tags(variant, (train or {}).get("mixed_precision", "no"),
+                        (method_args or {}).get("demo_eval_samples"))
+    return f" [{', '.join(tags)}]" if tags else ""
 
 
 def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
