@@ -1,107 +1,34 @@
-"""`transferlm serve` on tiny random models: mixed batches equal single requests, limits, admin, drain, metrics."""
+"""`transferlm serve` on tiny random models: mixed batches equal single requests, admin, metrics, config, the command.
+
+Limits and faults (404/422/429/504, disconnects, drain) are in test_serving_limits.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
-import helpers
+from serving_helpers import TEXTS, classify, make_app, reference, save_serving_tasks, serving
 from transferlm.cli import main
 from transferlm.config import RunConfig
 from transferlm.data.example import Example
-from transferlm.data.tasks import TaskSpec
 from transferlm.errors import ConfigError
 from transferlm.protocol.run import run
 from transferlm.serving import Registry, ServeConfig, create_app, load_serve_config
-from transferlm.serving.app import validation_message
 from transferlm.serving.hosts import length_chunks
 from transferlm.serving.logs import JsonFormatter
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
-TEXTS = ["good movie", "bad film and very boring plot", "fun", "the acting was not great but the story is",
-         "awful", "love it"]
-
-
-def save_task(folder: Path, model: Path, method: str, args: dict, labels: int, seed: int, pair: bool = False):
-    spec = TaskSpec(name=f"t{seed}", labels=tuple(str(i) for i in range(labels)),
-                    label_names=tuple(f"c{i}" for i in range(labels)),
-                    text_columns=("sentence1", "sentence2") if pair else ("sentence",))
-    return helpers.save_task(folder, model, method, args, spec, seed=seed, scale=0.3)
-
 
 @pytest.fixture(scope="module")
 def saved(tiny_bert: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Task folders on tiny_bert: two LoRA tasks (2 and 3 labels), a LoRA pair task, an adapter task (another
-    base copy), two IA3 tasks (no mixed batches), and a LoRA task trained on the tiny Llama (wrong base)."""
-    root = tmp_path_factory.mktemp("serving")
-    spec = {"sst": ("lora", {"r": 4}, 2, 1, False), "trec": ("lora", {"r": 2, "target": "attention"}, 3, 2, False),
-            "nli": ("lora", {"r": 4}, 3, 3, True), "sub": ("adapter", {"bottleneck": 4}, 2, 4, False),
-            "ia_a": ("ia3", {}, 2, 5, False), "ia_b": ("ia3", {}, 3, 6, False)}
-    out = {"models": {}}
-    for name, (method, args, labels, seed, pair) in spec.items():
-        out[name] = root / name
-        out["models"][name] = save_task(root / name, tiny_bert, method, args, labels, seed, pair)
-    out["llama"] = root / "llama"
-    save_task(root / "llama", tiny_llama, "lora", {"r": 2}, 2, 7)
-    return out
-
-
-def make_app(tiny_bert: Path, saved: dict, names: tuple[str, ...] = ("sst", "trec"), **kw):
-    cfg = ServeConfig(model=str(tiny_bert), tasks={n: str(saved[n]) for n in names}, device="cpu", **kw)
-    registry = Registry(cfg.model, device="cpu", pad_ratio=cfg.pad_ratio)
-    for n, folder in cfg.tasks.items():
-        registry.load(n, folder)
-    return create_app(cfg, registry)
-
-
-@asynccontextmanager
-async def serving(app) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            yield client
-
-
-def gate(app) -> threading.Event:
-    """Hold every forward pass until the returned event is set (the batcher's thread waits on it)."""
-    batcher, opened = app.state.batcher, threading.Event()
-    inner = batcher.predict
-
-    def held(rows, hosts):
-        opened.wait(20)
-        return inner(rows, hosts)
-
-    batcher.predict = held
-    return opened
-
-
-async def until(cond, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.005)):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
-
-
-def classify(task: str, *inputs) -> dict:
-    return {"task": task, "inputs": list(inputs)}
-
-
-def reference(saved: dict, task: str, text: str, text_b: str | None = None) -> torch.Tensor:
-    """The probabilities of the model the task was saved from, on one input: the ground truth."""
-    model, tok = saved["models"][task]
-    batch = tok(text, text_b, truncation=True, max_length=128, return_tensors="pt")
-    with torch.no_grad():
-        return model(**batch)[0].softmax(-1)
+    return save_serving_tasks(tiny_bert, tiny_llama, tmp_path_factory.mktemp("serving"))
 
 
 # -- the key property -----------------------------------------------------------------------------------
@@ -226,170 +153,6 @@ def test_batching_modes_and_ia3_in_a_mixed_batch(tiny_bert: Path, saved: dict) -
     ia = results["mixed"][0][2]["results"][0]["probabilities"]
     truth = reference(saved, "ia_a", texts[2])
     assert list(ia.values()) == pytest.approx(truth.tolist(), abs=1e-5)
-
-
-# -- errors and limits -----------------------------------------------------------------------------------
-
-
-def test_unknown_task_is_404_and_malformed_bodies_are_422_naming_the_field(tiny_bert: Path, saved: dict) -> None:
-    app = make_app(tiny_bert, saved, max_inputs=3, max_chars=20, max_body_bytes=600)
-
-    async def go():
-        async with serving(app) as c:
-            post = c.post
-            out = {
-                "unknown": await post("/v1/classify", json=classify("nope", "x")),
-                "no_task": await post("/v1/classify", json={"inputs": ["x"]}),
-                "bad_item": await post("/v1/classify", json=classify("sst", "ok", 3)),
-                "half_pair": await post("/v1/classify", json=classify("sst", {"sentence1": "a"})),
-                "extra": await post("/v1/classify", json={"task": "sst", "inputs": ["a"], "top_k": 2}),
-                "empty": await post("/v1/classify", json=classify("sst")),
-                "not_json": await post("/v1/classify", content=b'{"task": "sst", "inputs": [',
-                                       headers={"content-type": "application/json"}),
-                "pair_for_single": await post("/v1/classify", json=classify("sst", {"sentence1": "a",
-                                                                                     "sentence2": "b"})),
-                "too_many": await post("/v1/classify", json=classify("sst", "a", "b", "c", "d")),
-                "too_long": await post("/v1/classify", json=classify("sst", "a" * 21)),
-                "too_big": await post("/v1/classify", json=classify("sst", *(["a" * 20] * 40))),
-                "ok": await post("/v1/classify", json=classify("sst", "a" * 20)),
-            }
-            return {k: (r.status_code, r.json()) for k, r in out.items()}
-
-    r = asyncio.run(go())
-    assert r["unknown"] == (404, {"error": "unknown task 'nope'; loaded tasks: sst, trec"})
-    expected = {"no_task": "task: Field required", "bad_item": "inputs[1]: should be a text or an object",
-                "half_pair": "inputs[0].sentence2: Field required", "extra": "top_k: Extra inputs are not permitted",
-                "empty": "inputs: List should have at least 1 item", "not_json": "body: not valid JSON",
-                "pair_for_single": "inputs[0]: task sst takes one text per input"}
-    for key, message in expected.items():
-        assert r[key][0] == 422, (key, r[key])
-        assert r[key][1]["error"].startswith(message), (key, r[key][1]["error"])
-    assert r["half_pair"][1]["error"] == "inputs[0].sentence2: Field required"  # the string alternative is not noise
-    assert r["too_many"] == (413, {"error": "inputs: 4 items, at most 3 per request"})
-    assert r["too_long"] == (413, {"error": "inputs[0]: 21 characters, at most 20"})
-    assert r["too_big"][0] == 413 and "max_body_bytes" in r["too_big"][1]["error"]
-    assert r["ok"][0] == 200
-    assert validation_message([{"type": "missing", "loc": ("body", "inputs", 2, "PairInput", "sentence1"),
-                                "msg": "Field required", "input": {}}]) == "inputs[2].sentence1: Field required"
-
-
-def test_bounded_queue_answers_429_and_never_grows(tiny_bert: Path, saved: dict) -> None:
-    app = make_app(tiny_bert, saved, max_queue=2, max_wait_ms=0)
-    opened = gate(app)
-    batcher = app.state.batcher
-
-    async def go():
-        async with serving(app) as c:
-            first = asyncio.create_task(c.post("/v1/classify", json=classify("sst", "a")))
-            await until(lambda: batcher.running)  # in the forward pass, held
-            queued = [asyncio.create_task(c.post("/v1/classify", json=classify("trec", x))) for x in ("b", "c")]
-            await until(lambda: batcher.queued == 2)
-            burst = await asyncio.gather(*(c.post("/v1/classify", json=classify("sst", "d")) for _ in range(20)))
-            depth = batcher.queued
-            opened.set()
-            done = await asyncio.gather(first, *queued)
-            metrics = (await c.get("/metrics")).text
-            return burst, depth, done, metrics
-
-    burst, depth, done, metrics = asyncio.run(go())
-    assert {r.status_code for r in burst} == {429} and depth == 2
-    assert burst[0].headers["retry-after"] == "1" and "max_queue 2" in burst[0].json()["error"]
-    assert [r.status_code for r in done] == [200, 200, 200]  # admitted work is never lost
-    assert 'transferlm_rejected_total{reason="queue_full"} 20.0' in metrics
-    assert "transferlm_queue_depth_max 2.0" in metrics and app.state.batcher.max_queued == 2
-
-
-def test_timeout_is_504_and_an_abandoned_request_is_not_computed(tiny_bert: Path, saved: dict) -> None:
-    app = make_app(tiny_bert, saved, request_timeout_s=0.3, max_wait_ms=0)
-    opened = gate(app)
-    batcher, rows_seen = app.state.batcher, []
-    held = batcher.predict
-
-    def counting(rows, hosts):
-        rows_seen.append(len(rows))
-        return held(rows, hosts)
-
-    batcher.predict = counting
-
-    async def go():
-        async with serving(app) as c:
-            slow = asyncio.create_task(c.post("/v1/classify", json=classify("sst", "a")))
-            await until(lambda: batcher.running)
-            waiting = await c.post("/v1/classify", json=classify("trec", "b", "c"))  # times out in the queue
-            queued_after = batcher.queued
-            opened.set()
-            return await slow, waiting, queued_after
-
-    slow, waiting, queued_after = asyncio.run(go())
-    assert slow.status_code == 504  # held past its deadline while running
-    assert waiting.status_code == 504 and "request_timeout_s" in waiting.json()["error"]
-    assert queued_after == 0 and rows_seen == [1]  # the queued request was dropped, never computed
-
-
-def test_client_disconnect_drops_the_queued_request(tiny_bert: Path, saved: dict) -> None:
-    app = make_app(tiny_bert, saved, max_wait_ms=0)
-    opened = gate(app)
-    batcher = app.state.batcher
-
-    async def go():
-        async with serving(app) as c:
-            first = asyncio.create_task(c.post("/v1/classify", json=classify("sst", "a")))
-            await until(lambda: batcher.running)
-            gone, sent = asyncio.Event(), []
-            body = json.dumps(classify("trec", "b")).encode()
-            messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-            async def receive():
-                if messages:
-                    return messages.pop()
-                await gone.wait()
-                return {"type": "http.disconnect"}
-
-            async def send(message):
-                sent.append(message)
-
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                     "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"",
-                     "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-                     "client": ("127.0.0.1", 1), "server": ("test", 80), "root_path": ""}
-            raw = asyncio.create_task(app(scope, receive, send))
-            await until(lambda: batcher.queued == 1)
-            gone.set()  # the client hangs up while its request waits
-            await raw
-            queued = batcher.queued
-            opened.set()
-            return await first, sent, queued, (await c.get("/metrics")).text
-
-    first, sent, queued, metrics = asyncio.run(go())
-    assert first.status_code == 200 and queued == 0
-    assert sent[0]["status"] == 499
-    assert 'transferlm_rejected_total{reason="disconnected"} 1.0' in metrics
-    assert app.state.batcher.batches == 1  # only the first request's forward pass ran
-
-
-def test_graceful_drain_finishes_in_flight_requests_and_refuses_new_ones(tiny_bert: Path, saved: dict) -> None:
-    app = make_app(tiny_bert, saved, max_wait_ms=0, max_batch_size=1)
-    opened = gate(app)
-    batcher = app.state.batcher
-
-    async def go():
-        async with serving(app) as c:
-            inflight = [asyncio.create_task(c.post("/v1/classify", json=classify(t, "x"))) for t in ("sst", "trec")]
-            await until(lambda: batcher.running and batcher.queued == 1)
-            closing = asyncio.create_task(batcher.close(timeout=20))  # what the app's shutdown does
-            await until(lambda: batcher.closing)
-            refused = await c.post("/v1/classify", json=classify("sst", "y"))
-            health = await c.get("/health")
-            opened.set()
-            finished = await asyncio.gather(*inflight)
-            await closing
-            return refused, health, finished
-
-    refused, health, finished = asyncio.run(go())
-    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
-    assert health.status_code == 503 and health.json()["status"] == "draining"
-    assert [r.status_code for r in finished] == [200, 200]  # both the running and the queued one
-    assert batcher.batches == 2
 
 
 # -- admin, versions, metrics, logs ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import helpers
-from test_serving import TEXTS, classify, serving, until
+from serving_helpers import TEXTS, classify, serving, until
 from transferlm.data.example import Example
 from transferlm.data.tasks import TaskSpec
 from transferlm.errors import ConfigError

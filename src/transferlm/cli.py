@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,31 +46,9 @@ EXAMPLES = {
     "multitask": """examples:
   transferlm multitask --tasks SST-2,cr,mr --data-dir ../shared/data --model minilm-l6 --sampling temperature \
       --temperature 2 --steps 300 --output runs/mt""",
-    "report": """examples:
-  transferlm report runs/sst2 runs/cr --output reports/few-shot      # compare folders -> one report
-  transferlm report runs/reproduce-lmbff --output reports/lmbff      # a reproduce folder (labels, reference)
-  transferlm report runs/bench-stability --output reports/stability  # finds every compare folder below""",
-    "reproduce": """examples:
-  transferlm reproduce --suite lmbff --quick --data-dir ../shared/data   # minutes: a smoke-sized suite
-  transferlm reproduce --suite peft --data-dir ../shared/data --output runs/peft   # hours: the full suite
-  transferlm reproduce --suite dapt --tasks acl-arc --seeds 13,21 --dry-run      # print the plan only
-  transferlm reproduce --suite lmbff --tasks SST-2,cr --set train.max_steps=200  # any run key, every run
-  transferlm reproduce --suite dapt --pretrain-set steps=80 --pretrain-set max_length=64  # a smaller DAPT budget""",
     "kshot": """examples:
   transferlm kshot --task SST-2 --data-dir ../shared/data --output /tmp/kshot
   transferlm kshot --task mr --data-dir ../shared/data --k 16 --seeds 13,21 --output /tmp/kshot --verify""",
-    "serve": """examples:
-  # two LoRA tasks on one minilm-l6 (runs saved with --set save_model=true), mixed-task batching:
-  transferlm serve --model minilm-l6 --task sst2=runs/sst2-lora/model --task trec=runs/trec-lora/model
-  curl -s localhost:8000/v1/classify -H 'content-type: application/json' \\
-      -d '{"task": "sst2", "inputs": ["a gripping film", "flat and tedious"]}'
-  transferlm serve --config serve.yaml --port 8080 --max-batch-size 64 --max-wait-ms 10
-  TRANSFERLM_ADMIN_TOKEN=secret transferlm serve --config serve.yaml --host 0.0.0.0
-
-serve.yaml:  model: minilm-l6
-             tasks: {sst2: runs/sst2-lora/model, trec: runs/trec-lora/model}   # relative to the YAML
-             max_batch_size: 32
-API: POST /v1/classify, GET /v1/tasks, POST /v1/tasks (admin), GET /health, GET /metrics, /docs""",
 }
 
 
@@ -381,89 +358,6 @@ def cmd_multitask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .serving import load_serve_config, serve
-
-    tasks: dict[str, str] = {}
-    for item in args.task or []:
-        if "=" not in item:
-            raise ConfigError(f"--task expects NAME=FOLDER (a run's <output>/model), got '{item}'")
-        name, folder = item.split("=", 1)
-        tasks[name.strip()] = folder.strip()
-    flags = {"model": args.model, "tasks": tasks, "host": args.host, "port": args.port, "batching": args.batching,
-             "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
-             "request_timeout_s": args.timeout, "max_inputs": args.max_inputs, "max_chars": args.max_chars,
-             "max_length": args.max_length, "admin_token": args.admin_token, "device": args.device,
-             "threads": args.threads, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
-             "precision": args.precision}
-    serve(load_serve_config(args.config, flags))
-    return 0
-
-
-def _add_serve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with serve settings; tasks: {name: folder} (flags override it)")
-    p.add_argument("--model", help="base model all adapters share (default: the model the first task's run used)")
-    p.add_argument("--task", action="append", metavar="NAME=FOLDER",
-                   help="serve a run's saved model folder (<output>/model) as task NAME; repeat for more tasks")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--batching", choices=["mixed", "per-task", "none"],
-                   help="mixed (default): tasks share a forward pass; per-task: same-task batches; none: one at a time")
-    p.add_argument("--max-batch-size", type=int, help="inputs per forward pass (default 32)")
-    p.add_argument("--max-wait-ms", type=float, help="how long a request may wait for company (default 5)")
-    p.add_argument("--max-queue", type=int, help="requests waiting before 429 (default 256)")
-    p.add_argument("--timeout", type=float, help="per-request timeout in seconds before 504 (default 30)")
-    p.add_argument("--max-inputs", type=int, help="inputs per request (default 64)")
-    p.add_argument("--max-chars", type=int, help="characters per input (default 4000)")
-    p.add_argument("--max-length", type=int, help="tokens per input (default: each task's training max_length)")
-    p.add_argument("--admin-token", help="bearer token for POST /v1/tasks (better: $TRANSFERLM_ADMIN_TOKEN)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="torch threads for the forward pass")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="fp32 (default) or bf16 autocast (several times faster on CPUs with AMX and on GPUs)")
-    p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests get on shutdown (default 30)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="JSON log level (default info)")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import build_report
-
-    files = build_report(args.folders, args.output, title=args.title)
-    print(files.table)
-    print(f"report: {files.html}\nmarkdown: {files.markdown}\ncsv: {files.csv}")
-    return 0
-
-
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reports.reproduce import build_plan, execute
-
-    overrides = dict(_key_values(args.set, "--set"))
-    pretrain_overrides = dict(_key_values(args.pretrain_set, "--pretrain-set"))
-    plan = build_plan(args.suite, quick=args.quick, output=args.output, model=args.model, data_dir=args.data_dir,
-                      tasks=_list_arg(args.tasks, str) if args.tasks else None,
-                      seeds=_list_arg(args.seeds, int) if args.seeds else None,
-                      shots=parse_shots(args.shots) if args.shots is not None else "default",
-                      max_test=(None if args.max_test == 0 else args.max_test) if args.max_test is not None
-                      else "default", overrides=overrides, pretrain_overrides=pretrain_overrides)
-    runs = plan.runs()
-    print(f"{plan.title}: {len(plan.pretrains)} pretraining step(s), {len(plan.entries)} compare(s), "
-          f"{len(runs)} run(s) -> {plan.output}")
-    if args.dry_run:
-        for step in plan.pretrains:
-            print(f"  pretrain {step.name}: {step.config['model']} on {', '.join(step.config['texts'])} "
-                  f"({step.config['steps']} steps) -> {step.dir}")
-        for r in runs:
-            print(f"  {r['task']:8s} {r['label']:42s} {r['method']:17s} seed {r['seed']:<3d} -> {r['dir']}")
-        return 0
-    t0 = time.perf_counter()
-    files = execute(plan)
-    if files is not None:
-        print(files.table)
-        print(f"report: {files.html}\nmarkdown: {files.markdown}\ncsv: {files.csv}")
-    print(f"wall time {time.perf_counter() - t0:.0f}s (finished runs are reused when rerun)")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -526,37 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--k", type=int, default=16)
     k.add_argument("--seeds", default="13,21,42,87,100")
     k.add_argument("--verify", action="store_true", help="compare md5s with CHECKSUMS-lm-bff-k-shot.txt")
-    _add_serve_options(add("serve", "serve saved task adapters on one base model over HTTP (mixed-task batching)",
-                           cmd_serve))
-    rp = add("report", "write one HTML report (tables, plots) plus Markdown and CSV from compare folders", cmd_report)
-    rp.add_argument("folders", nargs="+", metavar="FOLDER",
-                    help="compare --output folders, reproduce folders, or folders holding them")
-    rp.add_argument("--output", required=True, help="folder for report.html, report.md and results.csv")
-    rp.add_argument("--title", help="page title (default: the suite's, or 'transferlm report')")
-    rs = add("reproduce", "run the experiments behind the lecture's tables (lmbff, peft, dapt) and report them",
-             cmd_reproduce)
-    rs.add_argument("--suite", required=True, choices=["lmbff", "peft", "dapt"],
-                    help="lmbff: slide 25 (prompting, K=16); peft: slide 33; dapt: slide 8")
-    rs.add_argument("--quick", action="store_true",
-                    help="a smoke-sized suite: 1 seed, 1 task, few steps, a test subset (minutes on 2 cores)")
-    rs.add_argument("--output", help="folder for the runs, suite.json and the report (default runs/reproduce-SUITE)")
-    rs.add_argument("--model", help="model for every run (default: smollm2-135m for lmbff, minilm-l6 otherwise; "
-                                    "splade-tiny for lmbff --quick)")
-    rs.add_argument("--data-dir", help="data root (default: $TRANSFERLM_DATA)")
-    rs.add_argument("--tasks", help="comma-separated tasks instead of the suite's")
-    rs.add_argument("--seeds", help="comma-separated seeds (default 13,21,42,87,100; --quick: 13)")
-    rs.add_argument("--shots", help="K per class, or 'full' (default 16)")
-    rs.add_argument("--max-test", type=int, help="score on a fixed random subset of at most N test examples "
-                                                 "(default: all; --quick: 200); 0 = all")
-    rs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="any run config key for every run, e.g. --set train.max_steps=200")
-    rs.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a pretraining setting for every DAPT/TAPT step of the dapt suite, "
-                         "e.g. --pretrain-set steps=80 --pretrain-set max_length=64")
-    rs.add_argument("--dry-run", action="store_true", help="print the plan (every run) and exit")
-    rs.add_argument("--quiet", action="store_true", help="only the per-step progress lines and the result")
     from .prompts.cli import add_search_commands
+    from .reports.cli import add_report_commands
+    from .serving.cli import add_serve_command
 
+    add_serve_command(sub)
+    add_report_commands(sub)
     add_search_commands(sub)
     return parser
 

@@ -6,14 +6,17 @@ uvicorn. FastAPI, uvicorn and prometheus_client are imported only here, never by
 """
 
 from .config import BATCHING_MODES, ServeConfig, load_serve_config
-from .registry import Registry, TaskEntry, UnknownTaskError
 
 __all__ = ["BATCHING_MODES", "Registry", "ServeConfig", "TaskEntry", "UnknownTaskError", "build_registry",
            "create_app", "load_serve_config", "serve"]
 
 
 def __getattr__(name: str):
-    # The web stack loads only when an app is made: `transferlm --help` stays fast.
+    # The web stack and the model code (torch, transformers) load only when used: `transferlm --help` stays fast.
+    if name in ("Registry", "TaskEntry", "UnknownTaskError"):
+        from . import registry
+
+        return getattr(registry, name)
     if name == "create_app":
         from .app import create_app
 
