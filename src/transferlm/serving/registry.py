@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..compat import slow_bf16_warning
 from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
@@ -118,6 +119,9 @@ class Registry:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         self.precision = precision
+        warning = slow_bf16_warning(self.device, "serve --precision bf16") if precision == "bf16" else None
+        if warning:
+            log.warning(warning, extra={"event": "slow_bf16"})
         self.max_length = max_length
         # Length-bucketed forward passes (None: auto): on a CPU a pass costs ~ its padded tokens, so similar
         # lengths go together; a GPU prefers one big pass. 0 turns bucketing off.

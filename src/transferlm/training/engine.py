@@ -10,6 +10,7 @@ its last checkpoint takes exactly the same steps as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from ..compat import new_accelerator, slow_bf16_warning
 from ..config import TrainConfig
 from ..data.example import Example
 from ..data.tasks import TaskSpec
@@ -34,6 +36,8 @@ from .ensemble import ParameterAverage, SelfDistillation, load_into
 from .optim import adamw
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
+
+log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,7 +61,11 @@ class Predictions:
 
 
 def get_accelerator(mixed_precision: str = "no") -> Accelerator:
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+    acc = new_accelerator(mixed_precision, cpu=not torch.cuda.is_available())
+    warning = slow_bf16_warning(acc.device, "train.mixed_precision=bf16") if mixed_precision == "bf16" else None
+    if warning:
+        log.warning(warning)
+    return acc
 
 
 class Engine:
