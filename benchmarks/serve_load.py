@@ -4,8 +4,10 @@ Builds 8 LoRA task adapters on the base model (default: randomly initialised LoR
 our format exactly as `run --set save_model=true` writes them -- throughput does not depend on the weights'
 values; `--adapters trained` trains each for a few K=16 steps instead), starts `transferlm serve` in a
 subprocess on loopback for each batching mode (mixed, per-task, none), and runs N concurrent closed-loop
-httpx clients, each sending one input per request for a uniformly random task. Reports throughput, p50/p99
-latency, failed requests and the mean rows per forward pass, and the ratio mixed / one-at-a-time. Against
+clients, each sending one input per request for a uniformly random task over a keep-alive connection (a
+minimal HTTP/1.1 client on asyncio streams, ~1% of a core at 100 req/s; `--client httpx` spends ~0.9 of a
+core at 128 clients and then limits the load itself). Reports throughput, p50/p99 latency, failed requests,
+the mean rows per forward pass and the client's own CPU use, and the ratio mixed / one-at-a-time. Against
 the mixed server it then runs the faults (clients that disconnect mid-request, a slow client that
 trickles its body while others load the server, a burst beyond the queue bound) and an optional soak that
 samples the server's RSS. Writes JSON to benchmarks/results/.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -202,42 +205,116 @@ def summarise(lat: list[float], statuses: list[int], seconds: float) -> dict[str
             "mean_ms": round(float(arr.mean()), 1)}
 
 
+class RawConnection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams: one request at a time, Content-Length bodies.
+
+    The load generator shares the 2 cores with the server, so its cost per request decides how much load it
+    can offer: httpx's AsyncClient spends several times more CPU per request, and at 64-128 clients it, not
+    the server, was the bottleneck (the server's event loop sat idle in epoll 89% of the time).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> int:
+        for attempt in (0, 1):  # a keep-alive connection the server closed: reconnect once
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            assert self.reader is not None
+            try:
+                self.writer.write(request)
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (ConnectionError, asyncio.IncompleteReadError):
+                await self.close()
+                if attempt:
+                    raise
+                continue
+            status = int(head[9:12])
+            length, close = 0, False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            await self.reader.readexactly(length)
+            if close:
+                await self.close()
+            return status
+        raise ConnectionError("unreachable")
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
 async def closed_loop(url: str, inputs: dict[str, list[Any]], clients: int, seconds: float, warmup: float,
-                      seed: int = 0, rss_pid: int | None = None, rss_every: float = 5.0) -> dict[str, Any]:
-    """``clients`` clients, each sending its next request when the last is answered; stats after warmup."""
+                      seed: int = 0, rss_pid: int | None = None, rss_every: float = 5.0,
+                      client: str = "raw") -> dict[str, Any]:
+    """``clients`` clients, each sending its next request when the last is answered; stats after warmup.
+
+    ``client``: raw (a minimal keep-alive HTTP client, the default) or httpx. ``client_cpu`` in the result is
+    the load generator's CPU seconds per measured second: near 1.0 it, not the server, limits throughput.
+    """
     rng = random.Random(seed)
     tasks = sorted(inputs)
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    # Every request body prepared once: the clients' work per request is a write and a read.
+    bodies = {t: [raw_request(json.dumps({"task": t, "inputs": [x]}).encode(), int(port)) for x in inputs[t]]
+              for t in tasks}
     lat: list[float] = []
     statuses: list[int] = []
     errors: list[str] = []
     rss: list[tuple[float, float]] = []
+    cpu: dict[str, float] = {}
     t_start = time.perf_counter()
     measure_from, end = t_start + warmup, t_start + warmup + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as hx:
 
         async def one_client() -> None:
-            while (now := time.perf_counter()) < end:
-                task = rng.choice(tasks)
-                body = {"task": task, "inputs": [rng.choice(inputs[task])]}
-                t0 = time.perf_counter()
-                try:
-                    status = (await client.post("/v1/classify", json=body)).status_code
-                except httpx.HTTPError as e:
-                    status = -1
-                    errors.append(type(e).__name__)
-                if now >= measure_from:
-                    lat.append(time.perf_counter() - t0)
-                    statuses.append(status)
+            conn = RawConnection(host, int(port))
+            try:
+                while (now := time.perf_counter()) < end:
+                    task = rng.choice(tasks)
+                    t0 = time.perf_counter()
+                    try:
+                        if client == "raw":
+                            status = await asyncio.wait_for(conn.post(rng.choice(bodies[task])), 60)
+                        else:
+                            body = {"task": task, "inputs": [rng.choice(inputs[task])]}
+                            status = (await hx.post("/v1/classify", json=body)).status_code
+                    except (httpx.HTTPError, OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+                        status = -1
+                        errors.append(type(e).__name__)
+                        await conn.close()
+                    if now >= measure_from:
+                        lat.append(time.perf_counter() - t0)
+                        statuses.append(status)
+            finally:
+                await conn.close()
 
         async def sample_rss() -> None:
             while time.perf_counter() < end:
                 rss.append((round(time.perf_counter() - t_start, 1), round(rss_mb(rss_pid), 1)))
                 await asyncio.sleep(rss_every)
 
-        jobs = [one_client() for _ in range(clients)] + ([sample_rss()] if rss_pid else [])
+        async def client_cpu() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            c0, w0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(max(0.0, end - time.perf_counter()))
+            cpu["client_cpu"] = round((time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9), 2)
+
+        jobs = [one_client() for _ in range(clients)] + [client_cpu()] + ([sample_rss()] if rss_pid else [])
         await asyncio.gather(*jobs)
     out = summarise(lat, statuses, seconds)
+    out.update(cpu)
     out["_raw"] = (lat, statuses)
     if errors:
         out["client_errors"] = sorted(set(errors))
@@ -392,21 +469,26 @@ def measure_modes(servers: dict[str, Server], inputs: dict[str, list[Any]], clie
     before = {m: scrape(servers[m].url) for m in modes}
     raw: dict[str, tuple[list[float], list[int]]] = {m: ([], []) for m in modes}
     per_round: dict[str, list[float]] = {m: [] for m in modes}
+    client_cpu: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(args.rounds):
         order = modes[r % len(modes):] + modes[:r % len(modes)]
         for mode in order:
-            stats = asyncio.run(closed_loop(servers[mode].url, inputs, clients, args.seconds, args.warmup, seed=r))
+            stats = asyncio.run(closed_loop(servers[mode].url, inputs, clients, args.seconds, args.warmup, seed=r,
+                                            client=args.client))
+            client_cpu[mode].append(stats["client_cpu"])
             raw[mode][0].extend(stats["_raw"][0])
             raw[mode][1].extend(stats["_raw"][1])
             per_round[mode].append(stats["throughput_rps"])
             print(f"  {clients} clients, round {r + 1} {mode:8s} {stats['throughput_rps']:6.1f} req/s  "
-                  f"p50 {stats['p50_ms']} ms  p99 {stats['p99_ms']} ms  failed {stats['failed']}", flush=True)
+                  f"p50 {stats['p50_ms']} ms  p99 {stats['p99_ms']} ms  failed {stats['failed']}  "
+                  f"client cpu {stats['client_cpu']}", flush=True)
     out = {}
     for mode in modes:
         stats = summarise(*raw[mode], args.seconds * args.rounds)
         # Between the scrapes this server was loaded for its rounds' warm-up and measured seconds only.
         stats.update(batch_stats(scrape(servers[mode].url), before[mode], args.rounds * (args.seconds + args.warmup)))
         stats["throughput_rps_per_round"] = per_round[mode]
+        stats["client_cpu"] = round(float(np.mean(client_cpu[mode])), 2)  # ~1.0: the load generator was the limit
         stats["startup_seconds"] = servers[mode].startup_s
         stats["rss_mb_after_load"] = round(rss_mb(servers[mode].proc.pid), 1)
         out[mode] = stats
@@ -425,9 +507,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every mode once, interleaved")
     ap.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each measurement")
     ap.add_argument("--modes", default="mixed,per-task,none")
-    ap.add_argument("--threads", type=int, default=1, help="server torch threads (the client needs a core too)")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                    help="server torch threads (default 2: the raw load generator needs ~1%% of a core)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="the server's forward passes in fp32 or under bf16 autocast (serve --precision)")
+    ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                    help="load generator: raw (a minimal keep-alive HTTP/1.1 client, default) or httpx (several times "
+                         "more CPU per request: at 64+ clients it limits the load it offers)")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--max-queue", type=int, default=64)
@@ -464,7 +550,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "model": args.model, "adapters": f"8 LoRA (r=8, q/v) adapters, {args.adapters} weights",
         "tasks": list(folders), "clients": client_counts[-1], "seconds_per_mode": args.seconds * args.rounds,
-        "rounds": args.rounds,
+        "rounds": args.rounds, "client": args.client,
         "server": {"threads": args.threads, "precision": args.precision, "max_batch_size": args.max_batch_size,
                    "max_wait_ms": args.max_wait_ms,
                    "max_queue": args.max_queue},
@@ -505,7 +591,8 @@ def main() -> None:
     if mixed is not None and args.soak_seconds > 0:
         print(f"[soak] {args.soak_seconds:.0f}s mixed load, sampling RSS", flush=True)
         soak = public(asyncio.run(closed_loop(mixed.url, inputs, client_counts[-1], args.soak_seconds, 0.0, seed=7,
-                                              rss_pid=mixed.proc.pid, rss_every=max(2.0, args.soak_seconds / 60))))
+                                              rss_pid=mixed.proc.pid, rss_every=max(2.0, args.soak_seconds / 60),
+                                              client=args.client)))
         rss = [m for _, m in soak["rss_mb"]]
         half = len(rss) // 2
         soak["rss_summary"] = {"first_mb": rss[0], "last_mb": rss[-1], "min_mb": min(rss), "max_mb": max(rss),
@@ -523,10 +610,10 @@ def main() -> None:
     for n, row in report.get("by_clients", {}).items():
         print(f"{n:>4s} clients: " + "  ".join(f"{m} {row[m]['throughput_rps']} req/s" for m in report["modes"])
               + (f"  mixed/none {row['ratio_mixed_over_none']}x" if "ratio_mixed_over_none" in row else ""))
-    print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass  fwd ms  fwd busy")
+    print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass  fwd ms  fwd busy  client cpu")
     for mode, s in modes.items():
         print(f"{mode:8s} {s['throughput_rps']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['failed']:7d} "
-              f"{s['mean_rows_per_pass']:10.2f} {s['mean_forward_ms']:7.1f} {s['forward_busy']:9.2f}")
+              f"{s['mean_rows_per_pass']:10.2f} {s['mean_forward_ms']:7.1f} {s['forward_busy']:9.2f} {s['client_cpu']:11.2f}")
     if "ratio_mixed_over_none" in report:
         print(f"mixed / one-at-a-time: {report['ratio_mixed_over_none']}x"
               + (f"; mixed / per-task: {report['ratio_mixed_over_per_task']}x" if "ratio_mixed_over_per_task" in report
