@@ -41,11 +41,16 @@ def load_rows(out: Path, model: str, train: dict[str, Any]) -> tuple[dict[str, A
     return previous, rows
 
 
+SECONDS_PER_SEED = ("train_seconds_per_seed", "eval_seconds_per_seed")
+
+
 def merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """``new`` plus the seeds of ``old`` (the same variant under the same settings) it did not run.
 
-    Mean and std are recomputed over the union (population std, as compare reports); timings and
-    parameter counts stay those of ``new``; ``seeds_from_previous_runs`` lists the seeds taken from ``old``.
+    Mean and std are recomputed over the union (population std, as compare reports). Per-seed train and eval
+    seconds become the mean over the union's seeds (each call's mean weighted by the seeds it contributes), so
+    a row's time is not just its last call's; wall times and parameter counts stay those of ``new``;
+    ``seeds_from_previous_runs`` lists the seeds taken from ``old``.
     """
     if old is None:
         return new
@@ -57,6 +62,10 @@ def merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, An
     merged = {**new, "seeds": seeds, "per_seed": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
     if kept:
         merged["seeds_from_previous_runs"] = kept
+        n_new = len(set(new["seeds"]))
+        for key in SECONDS_PER_SEED:
+            if isinstance(old.get(key), int | float) and isinstance(new.get(key), int | float):
+                merged[key] = (new[key] * n_new + old[key] * len(kept)) / (n_new + len(kept))
     return merged
 
 

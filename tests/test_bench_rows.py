@@ -29,6 +29,16 @@ def test_more_seeds_extend_a_row_and_recompute_mean_and_std() -> None:
     assert merged["seeds_from_previous_runs"] == [13, 21, 42]
 
 
+def test_seconds_per_seed_average_over_every_seed_of_the_row() -> None:
+    old, new = _row([13, 21, 42], [0.5, 0.6, 0.7]), _row([87, 100], [0.8, 0.9])
+    old["eval_seconds_per_seed"], new["train_seconds_per_seed"], new["eval_seconds_per_seed"] = 10.0, 4.0, 20.0
+    merged = merge_seeds(old, new)
+    assert merged["train_seconds_per_seed"] == pytest.approx((1.0 * 3 + 4.0 * 2) / 5)
+    assert merged["eval_seconds_per_seed"] == pytest.approx((10.0 * 3 + 20.0 * 2) / 5)
+    rerun = merge_seeds(old, {**_row([42], [0.7]), "train_seconds_per_seed": 7.0})  # 42 counts once, as new
+    assert rerun["train_seconds_per_seed"] == pytest.approx((1.0 * 2 + 7.0) / 3)
+
+
 def test_a_rerun_seed_takes_the_new_score() -> None:
     merged = merge_seeds(_row([13, 21], [0.5, 0.6]), _row([21], [0.9]))
     assert merged["per_seed"] == [0.5, 0.9]
