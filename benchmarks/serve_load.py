@@ -362,9 +362,10 @@ async def fault_disconnect(server: Server, inputs: dict[str, list[Any]], n: int)
             "other_clients": others, "health_after": httpx.get(f"{server.url}/health", timeout=10).json()}
 
 
-async def fault_slow_client(server: Server, inputs: dict[str, list[Any]], trickle_s: float) -> dict[str, Any]:
+async def fault_slow_client(server: Server, inputs: dict[str, list[Any]], trickle_s: float,
+                            header_timeout: float) -> dict[str, Any]:
     """One client trickles its body a byte at a time over ``trickle_s`` s, and 20 open connections send half
-    a header and stall, while 16 normal clients load the server."""
+    a header and stall (past the server's ``header_timeout``), while 16 normal clients load the server."""
     port = server.port
     task = sorted(inputs)[0]
     body = json.dumps({"task": task, "inputs": [inputs[task][0]]}).encode()
@@ -383,12 +384,16 @@ async def fault_slow_client(server: Server, inputs: dict[str, list[Any]], trickl
         writer.close()
         return {"status_line": status_line, "seconds": round(time.perf_counter() - t0, 2)}
 
+    stalled_seconds: list[float] = []
+
     async def stall() -> str:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
         await writer.drain()
+        t0 = time.perf_counter()
         try:
-            line = await asyncio.wait_for(reader.readline(), trickle_s + 3)
+            line = await asyncio.wait_for(reader.readline(), max(trickle_s, header_timeout) + 3)
+            stalled_seconds.append(time.perf_counter() - t0)
             return line.decode().strip() or "closed by server"
         except TimeoutError:
             return "still open (no answer)"
@@ -401,7 +406,9 @@ async def fault_slow_client(server: Server, inputs: dict[str, list[Any]], trickl
     outcomes: dict[str, int] = {}
     for s in stalled:
         outcomes[s] = outcomes.get(s, 0) + 1
-    return {"slow_body_client": slow, "stalled_half_headers": outcomes, "other_clients": others}
+    return {"slow_body_client": slow, "stalled_half_headers": outcomes, "header_timeout_s": header_timeout,
+            "stalled_answered_after_s": round(max(stalled_seconds), 2) if stalled_seconds else None,
+            "other_clients": others}
 
 
 async def fault_burst(server: Server, inputs: dict[str, list[Any]], n: int, max_queue: int) -> dict[str, Any]:
@@ -527,6 +534,8 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--burst", type=int, default=400, help="requests fired at once in the burst fault")
+    ap.add_argument("--header-timeout", type=float, default=10.0,
+                    help="the server's header_timeout_s; the stalled half-header clients wait past it")
     ap.add_argument("--no-faults", action="store_true")
     ap.add_argument("--soak-seconds", type=float, default=0.0, help="mixed-mode soak, sampling the server's RSS")
     ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", str(REPO.parent / "shared" / "data")))
@@ -555,7 +564,7 @@ def main() -> None:
     config = work / "serve.yaml"
     config.write_text(yaml.safe_dump({"model": args.model, "tasks": folders, "max_batch_size": args.max_batch_size,
                                       "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
-                                      "request_timeout_s": 60.0}))
+                                      "request_timeout_s": 60.0, "header_timeout_s": args.header_timeout}))
     report: dict[str, Any] = {
         "model": args.model, "adapters": f"8 LoRA (r=8, q/v) adapters, {args.adapters} weights",
         "tasks": list(folders), "clients": client_counts[-1], "seconds_per_mode": args.seconds * args.rounds,
@@ -590,7 +599,7 @@ def main() -> None:
         print(f"[fault] disconnect: server statuses {fd['server_status_counts']}, dropped before compute "
               f"{fd['dropped_before_compute']:.0f}, other clients failed {fd['other_clients']['failed']}, "
               f"health {fd['health_after']['status']}", flush=True)
-        faults["slow_client"] = asyncio.run(fault_slow_client(mixed, inputs, 4.0))
+        faults["slow_client"] = asyncio.run(fault_slow_client(mixed, inputs, 4.0, args.header_timeout))
         fs = faults["slow_client"]
         print(f"[fault] slow client: {fs['slow_body_client']}, stalled: {fs['stalled_half_headers']}; others "
               f"p99 {fs['other_clients']['p99_ms']} ms failed {fs['other_clients']['failed']}", flush=True)

@@ -182,3 +182,71 @@ def test_graceful_drain_finishes_in_flight_requests_and_refuses_new_ones(tiny_be
     assert health.status_code == 503 and health.json()["status"] == "draining"
     assert [r.status_code for r in finished] == [200, 200]  # both the running and the queued one
     assert batcher.batches == 2
+
+
+def test_header_timeout_closes_stalled_connections_and_spares_real_requests() -> None:
+    """Slowloris: half-sent headers get 408 and a closed socket; a complete request, or a slow body, does not."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from transferlm.serving.protocol import protocol_with_header_timeout
+
+    async def app(scope, receive, send):  # echoes the body's length after reading all of it
+        if scope["type"] != "http":
+            return
+        n, more = 0, True
+        while more:
+            msg = await receive()
+            n, more = n + len(msg.get("body", b"")), msg.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(str(n)))]})
+        await send({"type": "http.response.body", "body": str(n).encode()})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error",
+                                           http=protocol_with_header_timeout(0.5)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.02)
+
+    def read_all(sock: socket.socket) -> bytes:
+        out = b""
+        while chunk := sock.recv(4096):
+            out += chunk
+        return out
+
+    try:
+        # 1. half a header, then silence: 408, then EOF, within the timeout plus slack.
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stalled.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\n")
+        t0 = time.monotonic()
+        reply = read_all(stalled)
+        assert reply.startswith(b"HTTP/1.1 408") and 0.4 < time.monotonic() - t0 < 3
+        # 2. a connection that never sends a byte is closed too (no answer is owed).
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert read_all(idle).startswith(b"HTTP/1.1 408")
+        # 3. complete headers, then a body trickled over 1.2 s (> the timeout): answered, not cut;
+        #    then the same kept-alive connection stalls in its next request's headers: 408.
+        ok = socket.create_connection(("127.0.0.1", port), timeout=5)
+        ok.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n")
+        for byte in b"abcd":
+            time.sleep(0.3)
+            ok.sendall(bytes([byte]))
+        first = b""
+        while not first.endswith(b"\r\n\r\n4"):  # head and body may come in separate packets
+            chunk = ok.recv(4096)
+            assert chunk, f"closed before the answer: {first!r}"
+            first += chunk
+        assert first.startswith(b"HTTP/1.1 200")
+        ok.sendall(b"GET /y HTTP/1.1\r\n")
+        assert read_all(ok).startswith(b"HTTP/1.1 408")
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -39,6 +39,8 @@ def add_serve_command(subparsers: Any) -> None:
     p.add_argument("--max-wait-ms", type=float, help="how long a request may wait for company (default 5)")
     p.add_argument("--max-queue", type=int, help="requests waiting before 429 (default 256)")
     p.add_argument("--timeout", type=float, help="per-request timeout in seconds before 504 (default 30)")
+    p.add_argument("--header-timeout", type=float,
+                   help="seconds a request's headers may take to arrive before 408 and close (default 10)")
     p.add_argument("--max-inputs", type=int, help="inputs per request (default 64)")
     p.add_argument("--max-chars", type=int, help="characters per input (default 4000)")
     p.add_argument("--max-length", type=int, help="tokens per input (default: each task's training max_length)")
@@ -62,8 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tasks[name.strip()] = folder.strip()
     flags = {"model": args.model, "tasks": tasks, "host": args.host, "port": args.port, "batching": args.batching,
              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
-             "request_timeout_s": args.timeout, "max_inputs": args.max_inputs, "max_chars": args.max_chars,
-             "max_length": args.max_length, "admin_token": args.admin_token, "device": args.device,
+             "request_timeout_s": args.timeout, "header_timeout_s": args.header_timeout,
+             "max_inputs": args.max_inputs, "max_chars": args.max_chars, "max_length": args.max_length, "admin_token": args.admin_token, "device": args.device,
              "threads": args.threads, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
              "precision": args.precision}
     serve(load_serve_config(args.config, flags))

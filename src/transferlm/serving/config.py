@@ -37,6 +37,9 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     # Open connections uvicorn accepts before answering 503 (bounds what idle or slow clients can hold).
     max_connections: int = 1024
+    # A request's headers must arrive within this many seconds of its first byte (or of connecting), else
+    # 408 and the connection is closed: stalled half-sent headers cannot hold connections (slowloris).
+    header_timeout_s: float = 10.0
     # Tokens per input; default: each task's training max_length (its run's results.json), else 128.
     max_length: int | None = None
     # A forward pass's padded tokens may be at most this many times its real tokens; longer rows go to
@@ -65,8 +68,9 @@ class ServeConfig:
         for name in ("max_wait_ms", "drain_timeout_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.request_timeout_s <= 0:
-            raise ConfigError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "header_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.max_length is not None and self.max_length < 2:

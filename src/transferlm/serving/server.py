@@ -40,6 +40,7 @@ def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
     from .app import create_app
+    from .protocol import protocol_with_header_timeout
 
     logging.config.dictConfig(log_config(cfg.log_level))
     if cfg.threads:
@@ -50,6 +51,7 @@ def serve(cfg: ServeConfig) -> None:
     registry = build_registry(cfg)
     app = create_app(cfg, registry)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=log_config(cfg.log_level),
+                            http=protocol_with_header_timeout(cfg.header_timeout_s),
                             access_log=False, lifespan="on", limit_concurrency=cfg.max_connections,
                             timeout_graceful_shutdown=max(1, int(round(cfg.drain_timeout_s))))
     uvicorn.Server(config).run()
