@@ -1,4 +1,5 @@
-"""serve_load's raw HTTP/1.1 client: status and Content-Length bodies over keep-alive, reconnects on close."""
+"""The serving load generator's raw HTTP/1.1 client (benchmarks/load_client.py): status and Content-Length
+bodies over keep-alive, and a reconnect after the server closes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from serve_load import RawConnection, raw_request  # noqa: E402
+from load_client import RawConnection, raw_request  # noqa: E402
 
 
 def test_raw_client_keeps_alive_reads_bodies_and_reconnects_after_close() -> None:
