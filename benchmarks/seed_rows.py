@@ -62,6 +62,8 @@ def merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, An
     merged = {**new, "seeds": seeds, "per_seed": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
     if kept:
         merged["seeds_from_previous_runs"] = kept
+        if old.get("timing_note") and not new.get("timing_note"):
+            merged["timing_note"] = old["timing_note"]  # it explains the kept seeds' share of the seconds
         n_new = len(set(new["seeds"]))
         for key in SECONDS_PER_SEED:
             if isinstance(old.get(key), int | float) and isinstance(new.get(key), int | float):

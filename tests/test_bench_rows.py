@@ -35,6 +35,8 @@ def test_seconds_per_seed_average_over_every_seed_of_the_row() -> None:
     merged = merge_seeds(old, new)
     assert merged["train_seconds_per_seed"] == pytest.approx((1.0 * 3 + 4.0 * 2) / 5)
     assert merged["eval_seconds_per_seed"] == pytest.approx((10.0 * 3 + 20.0 * 2) / 5)
+    old["timing_note"] = "seed 13 was paused"
+    assert merge_seeds(old, new)["timing_note"] == "seed 13 was paused"  # kept with the seeds it explains
     rerun = merge_seeds(old, {**_row([42], [0.7]), "train_seconds_per_seed": 7.0})  # 42 counts once, as new
     assert rerun["train_seconds_per_seed"] == pytest.approx((1.0 * 2 + 7.0) / 3)
 
