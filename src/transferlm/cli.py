@@ -358,6 +358,14 @@ def cmd_multitask(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_command(subparsers: Any, name: str, help_: str, fn: Any, epilog: str) -> argparse.ArgumentParser:
+    """One ``transferlm NAME`` subcommand running ``fn(args)``, with its examples as the epilog."""
+    p = subparsers.add_parser(name, help=help_, description=help_, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(fn=fn)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -370,10 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str, fn: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.set_defaults(fn=fn)
-        return p
+        return add_command(sub, name, help_, fn, EXAMPLES[name])
 
     _add_run_options(add("run", "train and evaluate one method on one task and seed", cmd_run), compare=False)
     _add_run_options(add("compare", "run methods over seeds and print a mean (std) table", cmd_compare), compare=True)

@@ -21,21 +21,18 @@ EPILOG_REPRODUCE = """examples:
 
 def add_report_commands(subparsers: Any) -> None:
     """Add ``report`` and ``reproduce`` to the ``transferlm`` subparsers."""
-    epilogs = {"report": EPILOG_REPORT, "reproduce": EPILOG_REPRODUCE}
+    from ..cli import add_command
 
-    def add(name: str, help_: str, fn: Any) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(name, help=help_, description=help_, epilog=epilogs[name],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.set_defaults(fn=fn)
-        return p
-
-    rp = add("report", "write one HTML report (tables, plots) plus Markdown and CSV from compare folders", cmd_report)
+    rp = add_command(subparsers, "report",
+                     "write one HTML report (tables, plots) plus Markdown and CSV from compare folders", cmd_report,
+                     EPILOG_REPORT)
     rp.add_argument("folders", nargs="+", metavar="FOLDER",
                     help="compare --output folders, reproduce folders, or folders holding them")
     rp.add_argument("--output", required=True, help="folder for report.html, report.md and results.csv")
     rp.add_argument("--title", help="page title (default: the suite's, or 'transferlm report')")
-    rs = add("reproduce", "run the experiments behind the lecture's tables (lmbff, peft, dapt) and report them",
-             cmd_reproduce)
+    rs = add_command(subparsers, "reproduce",
+                     "run the experiments behind the lecture's tables (lmbff, peft, dapt) and report them",
+                     cmd_reproduce, EPILOG_REPRODUCE)
     rs.add_argument("--suite", required=True, choices=["lmbff", "peft", "dapt"],
                     help="lmbff: slide 25 (prompting, K=16); peft: slide 33; dapt: slide 8")
     rs.add_argument("--quick", action="store_true",

@@ -23,10 +23,10 @@ API: POST /v1/classify, GET /v1/tasks, POST /v1/tasks (admin), GET /health, GET 
 
 def add_serve_command(subparsers: Any) -> None:
     """Add ``serve`` to the ``transferlm`` subparsers."""
-    help_ = "serve saved task adapters on one base model over HTTP (mixed-task batching)"
-    p = subparsers.add_parser("serve", help=help_, description=help_, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(fn=cmd_serve)
+    from ..cli import add_command
+
+    p = add_command(subparsers, "serve", "serve saved task adapters on one base model over HTTP (mixed-task batching)",
+                    cmd_serve, EPILOG)
     p.add_argument("--config", help="YAML with serve settings; tasks: {name: folder} (flags override it)")
     p.add_argument("--model", help="base model all adapters share (default: the model the first task's run used)")
     p.add_argument("--task", action="append", metavar="NAME=FOLDER",
@@ -65,7 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     flags = {"model": args.model, "tasks": tasks, "host": args.host, "port": args.port, "batching": args.batching,
              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
              "request_timeout_s": args.timeout, "header_timeout_s": args.header_timeout,
-             "max_inputs": args.max_inputs, "max_chars": args.max_chars, "max_length": args.max_length, "admin_token": args.admin_token, "device": args.device,
+             "max_inputs": args.max_inputs, "max_chars": args.max_chars, "max_length": args.max_length,
+             "admin_token": args.admin_token, "device": args.device,
              "threads": args.threads, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
              "precision": args.precision}
     serve(load_serve_config(args.config, flags))
