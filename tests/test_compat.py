@@ -22,13 +22,14 @@ def test_capability_check_agrees_with_onednn() -> None:
 @pytest.mark.parametrize("fast", [True, False])
 def test_bf16_warning_only_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
     monkeypatch.setattr(compat, "cpu_has_fast_bf16", lambda: fast)
-    msg = compat.slow_bf16_warning("cpu", "serve --precision bf16")
+    msg = compat.slow_bf16_warning("bf16", "cpu", "serve --precision bf16")
+    assert compat.slow_bf16_warning("fp32", "cpu", "x") is None  # only bf16 is emulated
     if fast:
         assert msg is None
     else:
         assert msg is not None and msg.startswith("serve --precision bf16: ") and "use fp32" in msg
         assert torch.backends.cpu.get_cpu_capability() in msg
-    assert compat.slow_bf16_warning("cuda", "x") is None  # a GPU decides for itself
+    assert compat.slow_bf16_warning("bf16", "cuda", "x") is None  # a GPU decides for itself
 
 
 def test_training_and_serving_warn_when_bf16_would_be_emulated(monkeypatch: pytest.MonkeyPatch,

@@ -32,9 +32,9 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def slow_bf16_warning(device: torch.device | str, where: str) -> str | None:
-    """A one-line warning when bf16 is asked for on a CPU without native bf16, else None."""
-    if torch.device(device).type != "cpu" or cpu_has_fast_bf16():
+def slow_bf16_warning(precision: str, device: torch.device | str, where: str) -> str | None:
+    """A one-line warning when ``precision`` is bf16 on a CPU without native bf16, else None."""
+    if precision != "bf16" or torch.device(device).type != "cpu" or cpu_has_fast_bf16():
         return None
     return (f"{where}: bf16 on a CPU without native bfloat16 (no AVX512-BF16/AMX; torch reports "
             f"{torch.backends.cpu.get_cpu_capability()}) runs matmuls emulated, tens of times slower than fp32; "

@@ -63,9 +63,9 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._header_timer = None
         if self.transport.is_closing() or not self._between_requests():
             return
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else None
         log.warning("request headers not received in time: connection closed",
-                    extra={"event": "header_timeout", "client": f"{self.client[0]}:{self.client[1]}" if self.client else None,
-                           "timeout_s": self.header_timeout})
+                    extra={"event": "header_timeout", "client": client, "timeout_s": self.header_timeout})
         self.transport.write(TIMEOUT_RESPONSE)
         self.transport.close()
 

@@ -119,8 +119,7 @@ class Registry:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         self.precision = precision
-        warning = slow_bf16_warning(self.device, "serve --precision bf16") if precision == "bf16" else None
-        if warning:
+        if warning := slow_bf16_warning(precision, self.device, "serve --precision bf16"):
             log.warning(warning, extra={"event": "slow_bf16"})
         self.max_length = max_length
         # Length-bucketed forward passes (None: auto): on a CPU a pass costs ~ its padded tokens, so similar

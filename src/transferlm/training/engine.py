@@ -62,8 +62,7 @@ class Predictions:
 
 def get_accelerator(mixed_precision: str = "no") -> Accelerator:
     acc = new_accelerator(mixed_precision, cpu=not torch.cuda.is_available())
-    warning = slow_bf16_warning(acc.device, "train.mixed_precision=bf16") if mixed_precision == "bf16" else None
-    if warning:
+    if warning := slow_bf16_warning(mixed_precision, acc.device, "train.mixed_precision=bf16"):
         log.warning(warning)
     return acc
 
