@@ -311,6 +311,7 @@ def test_yaml_config_and_command_line_errors(tiny_bert: Path, saved: dict, tmp_p
              (["serve", "--task", f"x={saved['llama']}", "--model", str(tiny_bert)], "another base model"),
              (["serve", "--task", "nofolder"], "NAME=FOLDER"),
              (["serve", "--model", str(tiny_bert), "--max-queue", "0"], "max_queue must be >= 1"),
+             (["serve", "--model", str(tiny_bert), "--header-timeout", "0"], "header_timeout_s must be > 0, got 0"),
              (["serve"], "nothing to serve")]
     for argv, message in cases:
         assert main(argv) == 2, argv
