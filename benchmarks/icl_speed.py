@@ -236,7 +236,7 @@ def main() -> None:
     collate = tl["collate"]
     same_ids, lengths, shown_diffs = 0, [], 0
     for ex, ds, prompt in zip(test, demos, hw["prompts"], strict=True):
-        rows, _, _ = collate.unit_rows(ex, ds)
+        rows, _, _, _ = collate.unit_rows(ex, ds)
         ids = tok(prompt)["input_ids"]
         lengths.append(len(ids))
         if rows[0][0] == ids:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from transferlm.config import RunConfig
+from prompt_helpers import PROMPT, SPEC, demo_pool, prompt_cfg
 from transferlm.data.example import Example
 from transferlm.data.tasks import TaskSpec
 from transferlm.errors import ConfigError
@@ -23,8 +23,6 @@ from transferlm.protocol.run import load_run_data, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPEC = TaskSpec(name="toy", labels=("0", "1"), label_names=("negative", "positive"))
-PROMPT = {"template": "{sentence} it was {answer} .", "label_words": {"0": "bad", "1": "good"}}
 EXAMPLES = [Example("good movie", label=1), Example("bad film very bad plot and boring acting", label=0),
             Example("fun", label=1)]
 
@@ -139,16 +137,8 @@ class FakeEmbedder:
         return np.stack(out)
 
 
-def _pool() -> list[Example]:
-    pos = [Example(f"good {w}", label=1) for w in ("movie", "film", "plot", "story")] + \
-          [Example(f"fun {w}", label=1) for w in ("movie", "film", "plot", "story")]
-    neg = [Example(f"good but bad {w}", label=0) for w in ("movie", "film")] + \
-          [Example(f"bad {w}", label=0) for w in ("movie", "film", "plot", "story", "acting", "cat")]
-    return pos + neg
-
-
 def test_lmbff_demonstrations_one_per_class_from_the_most_similar_half() -> None:
-    pool = _pool()
+    pool = demo_pool()
     sampler = DemoSampler(pool, num_labels=2, strategy="similar", per_class=True, seed=1, embedder=FakeEmbedder())
     query = pool[0]  # "good movie": itself is never a demonstration
     seen = set()
@@ -169,7 +159,7 @@ def test_lmbff_demonstrations_one_per_class_from_the_most_similar_half() -> None
 
 
 def test_icl_demonstrations_random_or_nearest() -> None:
-    pool = _pool()
+    pool = demo_pool()
     near = DemoSampler(pool, num_labels=2, strategy="similar", k=3, embedder=FakeEmbedder())
     assert all("good" in d.text_a for d in near.sample(Example("good acting")))
     rand = DemoSampler(pool, num_labels=2, strategy="random", k=4, seed=3)
@@ -179,7 +169,7 @@ def test_icl_demonstrations_random_or_nearest() -> None:
 
 
 def test_demonstrations_that_do_not_fit_are_dropped_and_logged(llama, caplog: pytest.LogCaptureFixture) -> None:
-    pool = _pool()
+    pool = demo_pool()
     sampler = DemoSampler(pool, num_labels=2, k=4, seed=0)
     setup = build_prompt(llama, SPEC, max_length=20, sampler=sampler, **PROMPT)
     with caplog.at_level(logging.WARNING):
@@ -199,7 +189,7 @@ def test_demonstrations_that_do_not_fit_are_dropped_and_logged(llama, caplog: py
 @pytest.mark.parametrize("which", ["llama", "mlm"])
 def test_eval_lengths_are_the_collated_prompt_lengths(which: str, request: pytest.FixtureRequest) -> None:
     backbone = request.getfixturevalue(which)
-    sampler = DemoSampler(_pool(), num_labels=2, k=3, seed=0)
+    sampler = DemoSampler(demo_pool(), num_labels=2, k=3, seed=0)
     setup = build_prompt(backbone, SPEC, max_length=64, sampler=sampler, **PROMPT)
     setup.model.eval()
     lengths = setup.collate.eval_lengths(EXAMPLES)
@@ -210,8 +200,8 @@ def test_eval_lengths_are_the_collated_prompt_lengths(which: str, request: pytes
 
 
 def test_icl_evaluation_is_sorted_by_prompt_length_with_the_same_predictions(tiny_llama: Path, toy_data: Path) -> None:
-    out = run(_cfg(tiny_llama, toy_data, "icl", k=3), keep_engine=True)
-    engine, test = out.engine, load_run_data(_cfg(tiny_llama, toy_data, "icl", k=3))[1].test
+    out = run(prompt_cfg(tiny_llama, toy_data, "icl", k=3), keep_engine=True)
+    engine, test = out.engine, load_run_data(prompt_cfg(tiny_llama, toy_data, "icl", k=3))[1].test
     seen: list[int] = []
     collate = engine.prepared.collate
     engine.prepared.collate = lambda exs: (seen.extend(int(n) for n in collate(exs)["attention_mask"].sum(1)),
@@ -227,7 +217,7 @@ def test_icl_evaluation_is_sorted_by_prompt_length_with_the_same_predictions(tin
 
 
 def test_demonstration_ensemble_averages_probabilities(mlm) -> None:
-    sampler = DemoSampler(_pool(), num_labels=2, per_class=True, seed=0)
+    sampler = DemoSampler(demo_pool(), num_labels=2, per_class=True, seed=0)
     setup = build_prompt(mlm, SPEC, max_length=64, sampler=sampler, eval_samples=3, **PROMPT)
     setup.model.eval()
     batch = setup.collate(EXAMPLES[:2])
@@ -241,19 +231,12 @@ def test_demonstration_ensemble_averages_probabilities(mlm) -> None:
     assert int(setup.collate(EXAMPLES[:2])["n_samples"]) == 1
 
 
-def _cfg(model: Path, data: Path, method: str, **args) -> RunConfig:
-    return RunConfig.from_dict({
-        "task": "toy", "model": str(model), "method": method, "quiet": True,
-        "data": {"data_dir": str(data), "shots": 8}, "method_args": {**PROMPT, **args},
-        "train": {"max_steps": 24, "learning_rate": 3e-3, "eval_every": 8, "checkpoint_every": 0, "max_length": 48}})
-
-
 def test_the_three_methods_run_through_the_protocol(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
-    zs = run(_cfg(tiny_llama, toy_data, "prompt-zero-shot")).results
+    zs = run(prompt_cfg(tiny_llama, toy_data, "prompt-zero-shot")).results
     assert zs["trainable_params"] == 0 and zs["steps"] == 0 and "accuracy" in zs["metrics"]
-    icl = run(_cfg(tiny_llama, toy_data, "icl", k=2, calibrate=True)).results
+    icl = run(prompt_cfg(tiny_llama, toy_data, "icl", k=2, calibrate=True)).results
     assert icl["trainable_params"] == 0 and icl["method_config"]["k"] == 2
-    cfg = _cfg(tiny_llama, toy_data, "prompt-finetune")
+    cfg = prompt_cfg(tiny_llama, toy_data, "prompt-finetune")
     cfg.save_model, cfg.output, cfg.train.select_on_dev = True, str(tmp_path / "pf"), False
     out = run(cfg, keep_engine=True)
     ft = out.results
@@ -269,29 +252,29 @@ def test_the_three_methods_run_through_the_protocol(tiny_llama: Path, toy_data: 
 
 
 def test_prompt_finetune_with_demonstrations_trains(tiny_mlm: Path, toy_data: Path) -> None:
-    res = run(_cfg(tiny_mlm, toy_data, "prompt-finetune", demonstrations=True, demo_selection="random",
+    res = run(prompt_cfg(tiny_mlm, toy_data, "prompt-finetune", demonstrations=True, demo_selection="random",
                    demo_eval_samples=2)).results
     assert res["steps"] == 24 and 0 <= res["metrics"]["accuracy"] <= 1
 
 
 def test_bad_prompt_setups_are_one_line_errors(tiny_bert: Path, tiny_mlm: Path, toy_data: Path) -> None:
     with pytest.raises(ConfigError, match="encoder without one"):
-        run(_cfg(tiny_bert, toy_data, "prompt-zero-shot"))
-    no_prompt = _cfg(tiny_mlm, toy_data, "prompt-zero-shot")
+        run(prompt_cfg(tiny_bert, toy_data, "prompt-zero-shot"))
+    no_prompt = prompt_cfg(tiny_mlm, toy_data, "prompt-zero-shot")
     no_prompt.method_args = {}
     with pytest.raises(ConfigError, match="no default prompt.*template and label_words"):
         run(no_prompt)
     with pytest.raises(ConfigError, match="no answer slot"):
-        run(_cfg(tiny_mlm, toy_data, "prompt-zero-shot", template="{sentence} it was good"))
+        run(prompt_cfg(tiny_mlm, toy_data, "prompt-zero-shot", template="{sentence} it was good"))
     with pytest.raises(ConfigError, match="both map to the word"):
-        run(_cfg(tiny_mlm, toy_data, "icl", label_words={"0": "good", "1": "good"}))
+        run(prompt_cfg(tiny_mlm, toy_data, "icl", label_words={"0": "good", "1": "good"}))
     with pytest.raises(ConfigError, match="multi_token"):
         get_method("prompt-finetune").parse_config({"multi_token": "max"})
     assert get_method("icl").head_for(str(tiny_mlm)) == "mlm"
 
 
 def test_prompt_finetune_with_lora(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
-    cfg = _cfg(tiny_llama, toy_data, "prompt-finetune", peft={"name": "lora", "r": 4})
+    cfg = prompt_cfg(tiny_llama, toy_data, "prompt-finetune", peft={"name": "lora", "r": 4})
     cfg.save_model, cfg.output = True, str(tmp_path / "lora")
     res = run(cfg).results
     assert 0 < res["trainable_params"] < 0.5 * res["total_params"]
@@ -307,7 +290,7 @@ def test_prompt_finetune_trains_through_every_peft_method(name: str, kind: str, 
                                                           toy_data: Path) -> None:
     model = tiny_mlm if kind == "mlm" else tiny_llama
     small = {"prefix": {"mlp_hidden": 8}, "adapter": {"bottleneck": 4}}.get(name, {})  # sized for a tiny model
-    cfg = _cfg(model, toy_data, "prompt-finetune", peft={"name": name, **small})
+    cfg = prompt_cfg(model, toy_data, "prompt-finetune", peft={"name": name, **small})
     cfg.train.select_on_dev = False
     if name == "bitfit" and kind == "causal":
         with pytest.raises(ConfigError, match="bias"):  # Llama has no bias terms to train
@@ -324,7 +307,7 @@ def test_auto_picks_the_best_label_words_on_dev_and_records_them(tiny_mlm: Path,
     from transferlm.prompts.search import search_label_words
     from transferlm.prompts.template import Template
 
-    cfg = _cfg(tiny_mlm, toy_data, "prompt-zero-shot", auto="labels", auto_k=3)
+    cfg = prompt_cfg(tiny_mlm, toy_data, "prompt-zero-shot", auto="labels", auto_k=3)
     cfg.method_args.pop("label_words")
     res = run(cfg).results
     spec, data = load_run_data(cfg)
@@ -349,7 +332,7 @@ def test_compare_evaluates_a_seed_free_method_once_and_reuses_it_faithfully(tiny
     from transferlm.config import CompareConfig
     from transferlm.protocol.compare import EVAL_MEMO, compare
 
-    cfg = _cfg(tiny_llama, toy_data, "prompt-zero-shot")
+    cfg = prompt_cfg(tiny_llama, toy_data, "prompt-zero-shot")
     out = tmp_path / "cmp"
     summary = compare(CompareConfig(run=cfg, methods=["prompt-zero-shot"], seeds=[13, 21], output=str(out)))
     first, second = (json.loads((out / "prompt-zero-shot" / f"seed-{s}" / "results.json").read_text())
@@ -358,7 +341,7 @@ def test_compare_evaluates_a_seed_free_method_once_and_reuses_it_faithfully(tiny
     assert second["eval_seconds"] < first["eval_seconds"]
     assert len(list((out / "prompt-zero-shot" / EVAL_MEMO).glob("*.json"))) == 1
     # What seed 21 would have measured on its own.
-    alone = _cfg(tiny_llama, toy_data, "prompt-zero-shot")
+    alone = prompt_cfg(tiny_llama, toy_data, "prompt-zero-shot")
     alone.seed = 21
     assert run(alone).results["metrics"] == second["metrics"]
     assert summary["rows"][0]["per_seed"][1] == second["metrics"]["accuracy"]

@@ -55,3 +55,44 @@ def new_accelerator(mixed_precision: str, cpu: bool) -> Any:
     if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+# -- key/value caches of decoders (transformers renamed past_key_values to cache, and changed the object) --
+def hf_model(module: Any) -> Any:
+    """The outermost transformers ``PreTrainedModel`` in ``module``, looking through PEFT wrappers; or None."""
+    from transformers import PreTrainedModel
+
+    for _ in range(5):
+        if isinstance(module, PreTrainedModel):
+            return module
+        module = getattr(module, "model", None) or getattr(module, "base_model", None)
+        if module is None:
+            return None
+    return None
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword ``model``'s forward takes a KV cache by: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def kv_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) ``[batch, kv_heads, length, head_dim]`` of a cache object or legacy tuple."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return [(k, v) for k, v, *_ in cache]
+
+
+def kv_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A ``DynamicCache`` holding ``layers`` (the model appends the new tokens' keys and values to it)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=layers, config=config)

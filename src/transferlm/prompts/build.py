@@ -61,7 +61,7 @@ def build_prompt(backbone: Any, spec: TaskSpec, *, template: str | None, label_w
                  multi_token: str = "mean", aggregate: str = "mean", search: str = "argmax",
                  poles: Sequence[float] | None = None, sampler: DemoSampler | None = None, eval_samples: int = 1,
                  demo_separator: str | None = None, demo_max_tokens: int | None = None,
-                 demo_overflow: str = "drop", seed: int = 0) -> PromptSetup:
+                 demo_overflow: str = "drop", seed: int = 0, prefix_cache_mb: int = 1024) -> PromptSetup:
     kind = lm_kind(backbone)
     tpl, raw_words = resolve_prompt(spec, template, label_words, causal=kind == "causal")
     tok = backbone.tokenizer
@@ -74,7 +74,8 @@ def build_prompt(backbone: Any, spec: TaskSpec, *, template: str | None, label_w
     if spec.regression and verb.num_labels != 2:
         raise ConfigError("regression prompts need exactly two label words (low and high pole)")
     pole_values = regression_poles(spec, train, poles) if spec.regression else None
-    model = PromptModel(backbone.model, verb, search=search, seed=seed, poles=pole_values)
+    model = PromptModel(backbone.model, verb, search=search, seed=seed, poles=pole_values,
+                        prefix_cache_mb=prefix_cache_mb, pad_id=tok.pad_token_id or 0)
     demo_label = (lambda e: int(e.label))  # type: ignore[arg-type]  # noqa: E731
     if pole_values is not None:
         middle = sum(pole_values) / 2
@@ -96,9 +97,10 @@ def predict_scores(setup: PromptSetup, examples: Sequence[Example], batch_size: 
     device = next(model.parameters()).device
     out = []
     try:
-        for i in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in setup.collate(examples[i:i + batch_size]).items()}
-            out.append(model(**batch).float().cpu())
+        with model.inference_scope():
+            for i in range(0, len(examples), batch_size):
+                batch = {k: v.to(device) for k, v in setup.collate(examples[i:i + batch_size]).items()}
+                out.append(model(**batch).float().cpu())
     finally:
         model.train(was)
     return torch.cat(out).numpy() if out else np.zeros((0,))

@@ -69,8 +69,13 @@ class PromptCollator:
                 kept += 1
         return out, kept
 
-    def unit_rows(self, ex: Example, demos: Sequence[Example]) -> tuple[list[tuple[list[int], int]], list[int], int]:
-        """(rows as (ids, first answer position), row offset of each word, demonstrations dropped)."""
+    def unit_rows(self, ex: Example, demos: Sequence[Example]
+                  ) -> tuple[list[tuple[list[int], int]], list[int], int, int]:
+        """(rows as (ids, first answer position), row offset of each word, demonstrations dropped, shared).
+
+        ``shared``: the rows' first tokens that depend on the demonstrations only (causal LMs read them first),
+        which rows of other inputs with the same demonstrations repeat; 0 for masked LMs.
+        """
         sb, sa = self.enc.specials_before, self.enc.specials_after
         if self.kind == "mlm":
             room = self.max_length - len(sb) - len(sa) - self.width
@@ -78,21 +83,22 @@ class PromptCollator:
             demo_ids, kept = self._fit(demos, room - len(q.before) - len(q.after), first_at_start=False)
             rows = [(sb + q.before + [self.mask_id] * n + q.after + demo_ids + sa, len(sb) + len(q.before))
                     for n in self.groups]
-            return rows, [self.groups.index(n) for n in self.verb.lengths], len(demos) - kept  # type: ignore[list-item]
+            return rows, [self.groups.index(n) for n in self.verb.lengths], len(demos) - kept, 0  # type: ignore[list-item]
         room = self.max_length - len(sb) - (self.width - 1)
         q = self.enc.encode(ex, max_tokens=room, at_start=not demos or self.after_sep_at_start, causal=True)
         demo_ids, kept = self._fit(demos, room - len(q.before) - len(self.sep_ids), first_at_start=True)
         if demos and not kept and not self.after_sep_at_start:
             q = self.enc.encode(ex, max_tokens=room, at_start=True, causal=True)
         prefix = sb + demo_ids + (self.sep_ids if kept and self.sep_ids else []) + q.before
+        shared = len(prefix) - len(q.before) if kept else 0
         if self.single:
-            return [(prefix, len(prefix) - 1)], [0] * self.verb.num_words, len(demos) - kept
+            return [(prefix, len(prefix) - 1)], [0] * self.verb.num_words, len(demos) - kept, shared
         # Teacher forcing: the word's own tokens (but its last) follow the prefix; words that need the
         # same input (all one-token words, say) share one row.
         inputs: dict[tuple[int, ...], int] = {}
         offsets = [inputs.setdefault(tuple(ids[:-1]), len(inputs)) for ids in self.verb.word_ids]
         rows = [(prefix + list(extra), len(prefix) - 1) for extra in inputs]
-        return rows, offsets, len(demos) - kept
+        return rows, offsets, len(demos) - kept, shared
 
     def eval_lengths(self, examples: Sequence[Example]) -> list[int]:
         """Each example's longest evaluation row in tokens: the engine's sort key for length-grouped batches.
@@ -108,7 +114,7 @@ class PromptCollator:
             longest = 0
             for s in range(samples):
                 demos = self.sampler.sample(ex, s) if self.sampler is not None else []
-                rows, _, _ = self.unit_rows(ex, demos)
+                rows, _, _, _ = self.unit_rows(ex, demos)
                 longest = max(longest, *(len(ids) for ids, _ in rows))
             out.append(longest)
         return out
@@ -120,10 +126,11 @@ class PromptCollator:
         if self.sampler is not None:
             self.sampler.prepare(examples)
         rows: list[tuple[list[int], int]] = []
+        shared: list[int] = []  # per row: leading tokens that only the demonstrations decide
         word_rows: list[list[int]] = []
         # Calibration: one content-free unit per distinct demonstration set, rows placed after the real ones.
         prior_units: dict[tuple, int] = {}
-        prior_parts: list[tuple[list[tuple[list[int], int]], list[int]]] = []
+        prior_parts: list[tuple[list[tuple[list[int], int]], list[int], int]] = []
         prior_index: list[int] = []
         for ex in examples:
             for s in range(samples):
@@ -132,23 +139,27 @@ class PromptCollator:
                     # Training draws fresh demonstrations each step (seeded by the engine's step seed).
                     draw = f"t{int(torch.randint(0, 2**31 - 1, ()).item())}" if training else s
                     demos = self.sampler.sample(ex, draw)
-                unit, offsets, dropped = self.unit_rows(ex, demos)
+                unit, offsets, dropped, common = self.unit_rows(ex, demos)
                 self.drops.add(ex, dropped, len(demos))
                 word_rows.append([len(rows) + o for o in offsets])
                 rows += unit
+                shared += [common] * len(unit)
                 if self.calibrate:
                     key = tuple((d.text_a, d.text_b, d.label) for d in demos)
                     if key not in prior_units:
                         prior_units[key] = len(prior_parts)
-                        cf_unit, cf_offsets, _ = self.unit_rows(self.content_free, demos)
-                        prior_parts.append((cf_unit, cf_offsets))
+                        cf_unit, cf_offsets, _, cf_common = self.unit_rows(self.content_free, demos)
+                        prior_parts.append((cf_unit, cf_offsets, cf_common))
                     prior_index.append(prior_units[key])
         self.drops.flush(len(examples))
         prior_rows: list[list[int]] = []
-        for cf_unit, cf_offsets in prior_parts:
+        for cf_unit, cf_offsets, cf_common in prior_parts:
             prior_rows.append([len(rows) + o for o in cf_offsets])
             rows += cf_unit
+            shared += [cf_common] * len(cf_unit)
         batch = self._pad(rows)
+        if not training and any(shared):  # evaluation may reuse those tokens' states (PromptModel.inference_scope)
+            batch["prefix_lengths"] = torch.tensor(shared, dtype=torch.long)
         batch["word_rows"] = torch.tensor(word_rows, dtype=torch.long)
         batch["n_samples"] = torch.tensor(samples, dtype=torch.long)
         if self.calibrate:

@@ -5,22 +5,37 @@ regression), so the engine's cross-entropy over them is exactly the prompt-based
 of PET / LM-BFF: -log p(label word of y | prompt), normalised over the label words.
 
 Speed: the LM's output layer runs only at the answer positions (a pre-hook on the output embedding
-gathers them), never over the whole sequence and vocabulary.
+gathers them), never over the whole sequence and vocabulary. During one evaluation pass
+(:meth:`PromptModel.inference_scope`), rows that start with the same demonstrations reuse their keys and
+values (``prefix_cache``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
+from .. import compat
+from .prefix_cache import (
+    PrefixCache,
+    assemble,
+    compute_prefixes,
+    query_inputs,
+    split_prefixes,
+    supports_prefix_reuse,
+)
 from .verbalizer import Verbalizer, answer_search
 
 
 class PromptModel(nn.Module):
     def __init__(self, lm: nn.Module, verbalizer: Verbalizer | None, *, poles: tuple[float, float] | None = None,
-                 search: str = "argmax", seed: int = 0, eval_chunk: int = 64) -> None:
+                 search: str = "argmax", seed: int = 0, eval_chunk: int = 64, prefix_cache_mb: int = 1024,
+                 pad_id: int = 0) -> None:
         super().__init__()
         # Named "backbone" so optimiser helpers (layer-wise learning rates) find the transformer.
         self.backbone = lm
@@ -29,6 +44,8 @@ class PromptModel(nn.Module):
         self._positions: torch.Tensor | None = None
         self._seq_len = 0
         self._gathered = False
+        self.prefix_cache_mb, self.pad_id = prefix_cache_mb, pad_id
+        self._prefixes: PrefixCache | None = None
         head = output_head(lm)
         self._hook = head.register_forward_pre_hook(self._gather_hook) if head is not None else None
 
@@ -50,29 +67,87 @@ class PromptModel(nn.Module):
         self._gathered = True
         return (torch.cat([hidden[:, :offset], hidden[rows, self._positions + offset]], dim=1), *args[1:])
 
-    def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      positions: torch.Tensor) -> torch.Tensor:
-        """LM logits ``[R, L, V]`` at ``positions`` (``[R, L]``) of each row."""
+    @contextmanager
+    def inference_scope(self) -> Iterator[None]:
+        """One evaluation pass of fixed weights: rows may reuse the keys and values of shared prefixes.
+
+        The engine opens it around each evaluation; outside it (training, or weights that may change
+        between calls) every row runs whole.
+        """
+        if self.prefix_cache_mb <= 0 or not supports_prefix_reuse(self.backbone):
+            yield
+            return
+        self._prefixes = PrefixCache(self.prefix_cache_mb * 2**20)
+        try:
+            yield
+        finally:
+            self._prefixes = None
+
+    def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                      prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """LM logits ``[R, L, V]`` at ``positions`` (``[R, L]``) of each row.
+
+        ``prefix_lengths``: how many first tokens of each row other rows may share (its demonstrations).
+        """
         if not torch.is_grad_enabled() and input_ids.shape[0] > self.eval_chunk:
             # Evaluation with many rows (demonstration ensembles): bounded memory, same numbers.
-            parts = [self.answer_logits(input_ids[i:i + self.eval_chunk], attention_mask[i:i + self.eval_chunk],
-                                        positions[i:i + self.eval_chunk])
-                     for i in range(0, input_ids.shape[0], self.eval_chunk)]
-            return torch.cat(parts)
-        self._positions, self._seq_len, self._gathered = positions, input_ids.shape[1], False
+            c = self.eval_chunk
+            return torch.cat([self.answer_logits(input_ids[i:i + c], attention_mask[i:i + c], positions[i:i + c],
+                                                 None if prefix_lengths is None else prefix_lengths[i:i + c])
+                              for i in range(0, input_ids.shape[0], c)])
+        cache = self._prefixes
+        if (cache is not None and cache.active and prefix_lengths is not None and not torch.is_grad_enabled()
+                and int(prefix_lengths.max()) > 0):
+            return self._reusing_prefixes(cache, input_ids, attention_mask, positions, prefix_lengths)
+        return self._read({"input_ids": input_ids, "attention_mask": attention_mask}, positions, input_ids.shape[1])
+
+    def _read(self, inputs: dict[str, Any], positions: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """Run the LM on ``inputs`` and return its logits at ``positions`` (of the ``seq_len`` tokens given)."""
+        self._positions, self._seq_len, self._gathered = positions, seq_len, False
         try:
-            logits = self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = self.backbone(**inputs).logits
         finally:
             self._positions = None
         if not self._gathered:  # the head bypassed the hook (e.g. a functional tied head): gather here
             rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-            return logits[rows, positions + (logits.shape[1] - input_ids.shape[1])]
+            return logits[rows, positions + (logits.shape[1] - seq_len)]
         return logits[:, logits.shape[1] - positions.shape[1]:]  # any virtual positions left in front
+
+    def _reusing_prefixes(self, cache: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          positions: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:
+        keys, shared, lengths = split_prefixes(input_ids, attention_mask, positions, prefix_lengths)
+        states: dict[tuple[int, ...], Any] = {}
+        for k in dict.fromkeys(keys):
+            if k:
+                found = cache.get(k)
+                if found is not None:
+                    states[k] = found
+        missing = [k for k in dict.fromkeys(keys) if k and k not in states]
+        cache.record(len(keys), sum(1 for k in keys if k) - len(missing))  # rows that computed no prefix
+        hf = compat.hf_model(self.backbone)
+        if missing:
+            def run(ids: torch.Tensor, mask: torch.Tensor) -> Any:
+                # One gathered position per row: the LM head is not run over the prefixes.
+                self._positions, self._seq_len = torch.zeros((ids.shape[0], 1), dtype=torch.long,
+                                                             device=ids.device), ids.shape[1]
+                try:
+                    return self.backbone(input_ids=ids, attention_mask=mask, use_cache=True)
+                finally:
+                    self._positions = None
+
+            for k, layers in compute_prefixes(run, missing, self.pad_id, input_ids.device, self.eval_chunk).items():
+                states[k] = layers
+                cache.put(k, layers)
+        past, slots = assemble([states.get(k) for k in keys], shared)
+        eager = hf.config._attn_implementation == "eager"
+        inputs = query_inputs(input_ids, shared, lengths, self.pad_id, slots, past[0][0].dtype if eager else None)
+        inputs[compat.cache_kwarg(hf)] = compat.kv_cache(hf.config, past)
+        return self._read(inputs, positions - shared[:, None], inputs["input_ids"].shape[1])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                 word_rows: torch.Tensor, n_samples: torch.Tensor, prior_rows: torch.Tensor | None = None,
-                prior_index: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.answer_logits(input_ids, attention_mask, positions)
+                prior_index: torch.Tensor | None = None, prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.answer_logits(input_ids, attention_mask, positions, prefix_lengths)
         scores = self.verbalizer(logits, word_rows, prior_rows, prior_index)  # [units, C] log-probs
         s = int(n_samples)
         if s > 1:  # LM-BFF's ensemble over demonstration sets: the mean of the probabilities

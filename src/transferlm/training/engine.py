@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ class Predictions:
     scores: np.ndarray  # probabilities (classification) or values (regression)
     metrics: dict[str, float]
     seconds: float
+
+
+def inference_scope(model: torch.nn.Module) -> AbstractContextManager[Any]:
+    """The model's own context for one evaluation pass of fixed weights (PromptModel reuses shared prefixes)."""
+    scope = getattr(model, "inference_scope", None)
+    return scope() if callable(scope) else nullcontext()
 
 
 def get_accelerator(mixed_precision: str = "no") -> Accelerator:
@@ -243,14 +250,15 @@ class Engine:
             mine.sort(key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
         out: list[tuple[int, list[float]]] = []
         bs = self.cfg.eval_batch_size
-        for start in tqdm(range(0, len(mine), bs), desc=desc, leave=False,
-                          disable=self.quiet or not acc.is_main_process or len(mine) <= bs):
-            chunk = mine[start:start + bs]
-            batch = {k: v.to(acc.device) for k, v in self.prepared.collate([examples[i] for i in chunk]).items()}
-            with acc.autocast():
-                logits = model(**batch).float()
-            scores = logits if self.spec.regression else logits.softmax(-1)
-            out.extend(zip(chunk, scores.cpu().tolist(), strict=True))
+        with inference_scope(acc.unwrap_model(model)):
+            for start in tqdm(range(0, len(mine), bs), desc=desc, leave=False,
+                              disable=self.quiet or not acc.is_main_process or len(mine) <= bs):
+                chunk = mine[start:start + bs]
+                batch = {k: v.to(acc.device) for k, v in self.prepared.collate([examples[i] for i in chunk]).items()}
+                with acc.autocast():
+                    logits = model(**batch).float()
+                scores = logits if self.spec.regression else logits.softmax(-1)
+                out.extend(zip(chunk, scores.cpu().tolist(), strict=True))
         if world > 1:
             out = gather_object(out)
         out.sort(key=lambda t: t[0])

@@ -32,6 +32,9 @@ class PeftBackbone(nn.Module):
     method: ClassVar[str] = ""
     # Whether rows of one batch may use different adapters.
     mixed_batches: ClassVar[bool] = True
+    # Whether the method puts its own positions in front of the input (prefix- and prompt-tuning): a prompt's
+    # cached demonstration states (prompts/prefix_cache.py) would then miss them.
+    extends_context: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, train_lm_head: bool = False) -> None:
         super().__init__()

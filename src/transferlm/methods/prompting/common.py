@@ -77,6 +77,9 @@ class DemoConfig(PromptConfig):
     demo_separator: str | None = None  # between demonstrations: default "\n" (causal) or " " (MLM)
     demo_max_tokens: int | None = None  # cut each demonstration's inputs to fit this many tokens
     demo_overflow: str = "drop"  # demonstrations that do not fit: "drop" (logged) or "error"
+    # Causal LMs at evaluation: reuse the keys/values of demonstrations shared by several rows, in up to this many
+    # MB (0: every row runs whole). Same scores up to float rounding (prompts/prefix_cache.py).
+    prefix_cache_mb: int = 1024
 
     def validate(self) -> None:
         super().validate()
@@ -84,6 +87,9 @@ class DemoConfig(PromptConfig):
             raise ConfigError(f"method_args.demo_overflow must be drop or error, got '{self.demo_overflow}'")
         if self.demo_max_tokens is not None and self.demo_max_tokens < 1:
             raise ConfigError(f"method_args.demo_max_tokens must be >= 1, got {self.demo_max_tokens}")
+        if self.prefix_cache_mb < 0:
+            raise ConfigError(f"method_args.prefix_cache_mb must be >= 0 (0 turns prefix reuse off), "
+                              f"got {self.prefix_cache_mb}")
 
 
 def prompt_head(model: str) -> str:
@@ -162,7 +168,8 @@ class PromptMethod(Method):
                             content_free=cfg.content_free, multi_token=cfg.multi_token, aggregate=cfg.aggregate,
                             search=cfg.answer_search, poles=cfg.poles, sampler=sampler, eval_samples=eval_samples,
                             demo_separator=demo.demo_separator, demo_max_tokens=demo.demo_max_tokens,
-                            demo_overflow=demo.demo_overflow, seed=seed_of_run())
+                            demo_overflow=demo.demo_overflow, seed=seed_of_run(),
+                            prefix_cache_mb=demo.prefix_cache_mb)
 
     def describe(self, setup: PromptSetup, cfg: MethodConfig) -> dict[str, Any]:
         """What was used, for method.json and the results: the template and every label's words."""

@@ -35,6 +35,7 @@ class PrefixBackbone(PeftBackbone):
     """
 
     method = "prefix"
+    extends_context = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -26,6 +26,7 @@ class PromptTuningBackbone(PeftBackbone):
     """
 
     method = "prompt-tuning"
+    extends_context = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
