@@ -69,6 +69,10 @@ def test_rows_with_cached_prefixes_read_the_same_logits_as_whole_rows(attn: str)
     with torch.no_grad(), model.inference_scope():
         capped = model.answer_logits(ids, mask, positions, full)
     assert torch.allclose(whole, capped, atol=1e-5)
+    with torch.no_grad(), model.inference_scope():  # prefixes that would end at or before the first read position
+        none = model.answer_logits(ids, mask, torch.zeros_like(positions), shared)
+        assert model._prefixes.rows == 0
+    assert torch.allclose(none, model.answer_logits(ids, mask, torch.zeros_like(positions)), atol=1e-5)
 
 
 def test_outside_the_scope_or_when_off_every_row_runs_whole(monkeypatch: pytest.MonkeyPatch) -> None:

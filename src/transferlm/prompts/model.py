@@ -116,6 +116,9 @@ class PromptModel(nn.Module):
     def _reusing_prefixes(self, cache: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           positions: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:
         keys, shared, lengths = split_prefixes(input_ids, attention_mask, positions, prefix_lengths)
+        if not any(keys):  # nothing before the read positions to share
+            return self._read({"input_ids": input_ids, "attention_mask": attention_mask}, positions,
+                              input_ids.shape[1])
         states: dict[tuple[int, ...], Any] = {}
         for k in dict.fromkeys(keys):
             if k:
