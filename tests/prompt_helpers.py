@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from transferlm.config import RunConfig
 from transferlm.data.example import Example
 from transferlm.data.tasks import TaskSpec
 
 SPEC = TaskSpec(name="toy", labels=("0", "1"), label_names=("negative", "positive"))
 PROMPT = {"template": "{sentence} it was {answer} .", "label_words": {"0": "bad", "1": "good"}}
+
+
+class FakeEmbedder:
+    """Embeds "good"-ish texts near (1, 0) and the rest near (0, 1), the index spreading them."""
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            v = np.array([1.0, 0.0]) if "good" in t else np.array([0.0, 1.0])
+            v = v + 0.01 * (sum(map(ord, t)) % 7)
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
 
 
 def demo_pool() -> list[Example]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from prompt_helpers import PROMPT, SPEC, demo_pool, prompt_cfg
+from prompt_helpers import PROMPT, SPEC, FakeEmbedder, demo_pool, prompt_cfg
 from transferlm.data.example import Example
 from transferlm.data.tasks import TaskSpec
 from transferlm.errors import ConfigError
@@ -123,18 +123,6 @@ def test_regression_is_the_expected_value_between_two_poles(mlm) -> None:
     row = mlm.tokenizer.convert_ids_to_tokens(with_demos.collate(pairs[:1])["input_ids"][0].tolist())
     assert sum(t in ("no", "yes") for t in row) == 2  # "No" for a low score, "Yes" for a high one
     assert 0.0 <= float(predict_scores(with_demos, pairs[:1])[0]) <= 5.0
-
-
-class FakeEmbedder:
-    """Embeds "good"-ish texts near (1, 0) and the rest near (0, 1), the index spreading them."""
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        out = []
-        for t in texts:
-            v = np.array([1.0, 0.0]) if "good" in t else np.array([0.0, 1.0])
-            v = v + 0.01 * (sum(map(ord, t)) % 7)
-            out.append(v / np.linalg.norm(v))
-        return np.stack(out)
 
 
 def test_lmbff_demonstrations_one_per_class_from_the_most_similar_half() -> None:

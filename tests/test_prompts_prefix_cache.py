@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from prompt_helpers import PROMPT, SPEC, demo_pool, prompt_cfg
+from prompt_helpers import PROMPT, SPEC, FakeEmbedder, demo_pool, prompt_cfg
 from transferlm.data.example import Example
 from transferlm.errors import ConfigError
 from transferlm.methods import get_method
@@ -149,6 +149,13 @@ def test_collator_marks_the_demonstrations_only_at_evaluation(tiny_llama: Path, 
     mlm = build_prompt(load_backbone(str(tiny_mlm), head="mlm"), SPEC, max_length=96, sampler=sampler, **PROMPT)
     mlm.model.eval()
     assert "prefix_lengths" not in mlm.collate(examples)  # a masked LM reads demonstrations after the input
+    # In-context learning: the k nearest demonstrations may repeat across inputs; k random draws do not.
+    for strategy, marked in (("similar", True), ("random", False)):
+        icl = build_prompt(llama, SPEC, max_length=96, sampler=DemoSampler(demo_pool(), num_labels=2, k=2, seed=0,
+                                                                           strategy=strategy,
+                                                                           embedder=FakeEmbedder()), **PROMPT)
+        icl.model.eval()
+        assert ("prefix_lengths" in icl.collate(examples)) is marked, strategy
 
 
 def test_prompt_finetune_with_demonstrations_scores_the_same_with_and_without_reuse(

@@ -46,6 +46,10 @@ class PromptCollator:
         self.groups = sorted(set(lengths))  # MLM: one row per distinct word length
         self.single = self.width == 1
         self._demo_cache: dict[tuple, list[int]] = {}
+        # Whether rows of different inputs may start with the same demonstrations (then evaluation may reuse
+        # their states): LM-BFF's one per class from a small pool, or the nearest k; k random draws rarely repeat.
+        self.marks_prefixes = kind == "causal" and sampler is not None and (
+            sampler.per_class or sampler.strategy == "similar")
 
     # -- one unit -----------------------------------------------------------------------------------
     def _demo_ids(self, demo: Example, at_start: bool) -> list[int]:
@@ -158,7 +162,7 @@ class PromptCollator:
             rows += cf_unit
             shared += [cf_common] * len(cf_unit)
         batch = self._pad(rows)
-        if not training and any(shared):  # evaluation may reuse those tokens' states (PromptModel.inference_scope)
+        if self.marks_prefixes and not training and any(shared):  # PromptModel.inference_scope may reuse them
             batch["prefix_lengths"] = torch.tensor(shared, dtype=torch.long)
         batch["word_rows"] = torch.tensor(word_rows, dtype=torch.long)
         batch["n_samples"] = torch.tensor(samples, dtype=torch.long)
