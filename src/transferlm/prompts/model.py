@@ -12,6 +12,7 @@ values (``prefix_cache``).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from .prefix_cache import (
     supports_prefix_reuse,
 )
 from .verbalizer import Verbalizer, answer_search
+
+log = logging.getLogger(__name__)
 
 
 class PromptModel(nn.Module):
@@ -77,11 +80,13 @@ class PromptModel(nn.Module):
         if self.prefix_cache_mb <= 0 or not supports_prefix_reuse(self.backbone):
             yield
             return
-        self._prefixes = PrefixCache(self.prefix_cache_mb * 2**20)
+        self._prefixes = cache = PrefixCache(self.prefix_cache_mb * 2**20)
         try:
             yield
         finally:
             self._prefixes = None
+            log.debug("prefix reuse: %d of %d rows found their demonstrations cached (%d prefixes, %.0f MB)",
+                      cache.hits, cache.rows, len(cache.entries), cache.bytes / 2**20)
 
     def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                       prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
