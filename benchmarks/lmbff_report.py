@@ -29,7 +29,7 @@ from transferlm.reports.tables import build_reference_table, build_table, to_mar
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_FILES = [RESULTS / "lmbff-smollm2.json", RESULTS / "lmbff-smollm2-more.json", RESULTS / "lmbff-smollm2-bf16.json",
-                 RESULTS / "lmbff-smollm2-bf16-8sets.json"]
+                 RESULTS / "lmbff-smollm2-bf16-8sets.json", RESULTS / "lmbff-smollm2-8sets.json"]
 ZERO_SHOT = RESULTS / "zero-shot-smollm2.json"
 CALIBRATED = "Prompt-based zero-shot + calibration"
 LECTURE_VARIANTS = ("prompt-zero-shot", "icl", "finetune", "prompt-finetune", "prompt-finetune+demos",
