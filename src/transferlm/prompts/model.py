@@ -106,13 +106,19 @@ class PromptModel(nn.Module):
             return self._reusing_prefixes(cache, input_ids, attention_mask, positions, prefix_lengths)
         return self._read({"input_ids": input_ids, "attention_mask": attention_mask}, positions, input_ids.shape[1])
 
-    def _read(self, inputs: dict[str, Any], positions: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """Run the LM on ``inputs`` and return its logits at ``positions`` (of the ``seq_len`` tokens given)."""
+    @contextmanager
+    def _reading(self, positions: torch.Tensor, seq_len: int) -> Iterator[None]:
+        """LM passes inside read their head only at ``positions`` (of the ``seq_len`` tokens given)."""
         self._positions, self._seq_len, self._gathered = positions, seq_len, False
         try:
-            logits = self.backbone(**inputs).logits
+            yield
         finally:
             self._positions = None
+
+    def _read(self, inputs: dict[str, Any], positions: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """Run the LM on ``inputs`` and return its logits at ``positions`` (of the ``seq_len`` tokens given)."""
+        with self._reading(positions, seq_len):
+            logits = self.backbone(**inputs).logits
         if not self._gathered:  # the head bypassed the hook (e.g. a functional tied head): gather here
             rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
             return logits[rows, positions + (logits.shape[1] - seq_len)]
@@ -124,24 +130,17 @@ class PromptModel(nn.Module):
         if not any(keys):  # nothing before the read positions to share
             return self._read({"input_ids": input_ids, "attention_mask": attention_mask}, positions,
                               input_ids.shape[1])
-        states: dict[tuple[int, ...], Any] = {}
-        for k in dict.fromkeys(keys):
-            if k:
-                found = cache.get(k)
-                if found is not None:
-                    states[k] = found
-        missing = [k for k in dict.fromkeys(keys) if k and k not in states]
+        distinct = [k for k in dict.fromkeys(keys) if k]
+        states = {k: found for k in distinct if (found := cache.get(k)) is not None}
+        missing = [k for k in distinct if k not in states]
         cache.record(len(keys), sum(1 for k in keys if k) - len(missing))  # rows that computed no prefix
         hf = compat.hf_model(self.backbone)
         if missing:
-            def run(ids: torch.Tensor, mask: torch.Tensor) -> Any:
-                # One gathered position per row: the LM head is not run over the prefixes.
-                self._positions, self._seq_len = torch.zeros((ids.shape[0], 1), dtype=torch.long,
-                                                             device=ids.device), ids.shape[1]
-                try:
-                    return self.backbone(input_ids=ids, attention_mask=mask, use_cache=True)
-                finally:
-                    self._positions = None
+            def run(batch: dict[str, torch.Tensor]) -> Any:
+                # One read position per row: the LM head is not run over the prefixes.
+                with self._reading(batch["positions"], batch["input_ids"].shape[1]):
+                    return self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                         use_cache=True)
 
             for k, layers in compute_prefixes(run, missing, self.pad_id, input_ids.device, self.eval_chunk).items():
                 states[k] = layers

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import compat
 from ..models.loading import DECODER_TYPES
+from .inputs import pad_rows
 
 log = logging.getLogger(__name__)
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, kv_heads, length, head_dim]
@@ -71,14 +72,13 @@ class PrefixCache:
         return layers
 
     def put(self, key: tuple[int, ...], layers: Layers) -> None:
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        size = _nbytes(layers)
         if size > self.max_bytes:
             return
         self.entries[key] = layers
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+            self.bytes -= _nbytes(self.entries.popitem(last=False)[1])
 
     def record(self, rows: int, hits: int) -> None:
         """Count rows served and how many found their prefix cached; give up where reuse does not pay."""
@@ -90,6 +90,10 @@ class PrefixCache:
             self.bytes = 0
             log.info("prefix reuse off for this evaluation: %d of %d rows found their demonstrations cached",
                      self.hits, self.rows)
+
+
+def _nbytes(layers: Layers) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
 
 
 def split_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
@@ -109,18 +113,14 @@ def compute_prefixes(run: Any, keys: list[tuple[int, ...]], pad_id: int, device:
                      chunk: int) -> dict[tuple[int, ...], Layers]:
     """Keys and values of each prefix: right-padded batches (causal attention keeps pads out of real tokens).
 
-    ``run(input_ids, attention_mask)`` returns the model output with its cache (``use_cache=True``).
+    ``run(batch)`` takes ``pad_rows``' batch (one read position per row, the first token) and returns the model
+    output with its cache (``use_cache=True``).
     """
     out: dict[tuple[int, ...], Layers] = {}
     for i in range(0, len(keys), chunk):
         part = keys[i:i + chunk]
-        longest = max(len(k) for k in part)
-        ids = torch.full((len(part), longest), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(part), longest), dtype=torch.long, device=device)
-        for r, k in enumerate(part):
-            ids[r, :len(k)] = torch.tensor(k, device=device)
-            mask[r, :len(k)] = 1
-        layers = compat.kv_tensors(compat.output_cache(run(ids, mask)))
+        batch = {k: v.to(device) for k, v in pad_rows([(list(k), 0) for k in part], pad_id).items()}
+        layers = compat.kv_tensors(compat.output_cache(run(batch)))
         for r, k in enumerate(part):
             out[k] = [(key[r:r + 1, :, :len(k)].clone(), val[r:r + 1, :, :len(k)].clone()) for key, val in layers]
     return out
