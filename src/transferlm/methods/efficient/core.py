@@ -177,24 +177,31 @@ class PeftBackbone(nn.Module):
         """Only the adapter's weights (safetensors) and its config (JSON)."""
         self.check_name(name)
         folder.mkdir(parents=True, exist_ok=True)
-        cfg = self.saved_config(name)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter_state(name).items()},
                   str(folder / OWN_WEIGHTS))
+        self.write_meta(folder, self.saved_config(name))
+
+    def write_meta(self, folder: Path, cfg: Any) -> None:
+        """``adapter.json``: the method, its config and the base model's signature (checked on load)."""
         (folder / OWN_CONFIG).write_text(json.dumps({"method": self.method, "config": cfg.to_dict(),
                                                      "base": self.signature}, indent=1), encoding="utf-8")
+
+    def read_meta(self, folder: Path) -> Any:
+        """The config saved in ``folder``, after checking it holds this method trained on this base model."""
+        from . import config_from_dict
+
+        meta = json.loads((folder / OWN_CONFIG).read_text(encoding="utf-8"))
+        if meta.get("method") != self.method:
+            raise ConfigError(f"{folder} holds a {meta.get('method')} adapter, not {self.method}")
+        self.check_signature(meta.get("base", {}), str(folder))
+        return config_from_dict(self.method, meta["config"])
 
     def saved_config(self, name: str) -> Any:
         """The config written beside the weights (a method may save a different form, e.g. folded)."""
         return self.configs[name]
 
     def load_adapter(self, folder: Path, name: str) -> None:
-        meta = json.loads((folder / OWN_CONFIG).read_text(encoding="utf-8"))
-        if meta.get("method") != self.method:
-            raise ConfigError(f"{folder} holds a {meta.get('method')} adapter, not {self.method}")
-        self.check_signature(meta.get("base", {}), str(folder))
-        from . import config_from_dict
-
-        self.add_adapter(name, config_from_dict(self.method, meta["config"]))
+        self.add_adapter(name, self.read_meta(folder))
         self.load_adapter_state(name, load_file(str(folder / OWN_WEIGHTS)))
 
     def check_signature(self, saved: dict[str, Any], source: str) -> None:
@@ -215,6 +222,15 @@ class PeftBackbone(nn.Module):
             if model is None or name.startswith("_"):
                 raise
             return getattr(model, name)
+
+
+def keyword_inputs(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's inputs by keyword: methods that edit ``input_ids``/``inputs_embeds`` need them named."""
+    if not args:
+        return kwargs
+    if len(args) > 1:
+        raise TypeError("pass model inputs by keyword (input_ids=..., attention_mask=...)")
+    return {"input_ids": args[0], **kwargs}
 
 
 def copy_into(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:

@@ -8,7 +8,6 @@ peft is imported on first use: it costs seconds at start-up, and most commands n
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from .core import HOST_ATTR, OWN_CONFIG, PeftBackbone
+from .core import HOST_ATTR, PeftBackbone
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -101,21 +100,14 @@ class PeftLibBackbone(PeftBackbone):
         pcfg.save_pretrained(str(folder))
         save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter_state(name).items()},
                   str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
-        (folder / OWN_CONFIG).write_text(json.dumps({"method": self.method, "config": self.configs[name].to_dict(),
-                                                     "base": self.signature}, indent=1), encoding="utf-8")
+        self.write_meta(folder, self.configs[name])
 
     def load_adapter(self, folder: Path, name: str) -> None:
         from peft import PeftConfig
 
-        from . import config_from_dict
-
-        meta = json.loads((folder / OWN_CONFIG).read_text(encoding="utf-8"))
-        if meta.get("method") != self.method:
-            raise ConfigError(f"{folder} holds a {meta.get('method')} adapter, not {self.method}")
-        self.check_signature(meta.get("base", {}), str(folder))
+        cfg = self.read_meta(folder)
         pcfg = PeftConfig.from_pretrained(str(folder))
         pcfg.inference_mode = False
-        cfg = config_from_dict(self.method, meta["config"])
         self.check_new_name(name)
         self._add_peft(name, pcfg)
         self.configs[name] = cfg

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ....errors import ConfigError
-from ..core import PeftBackbone, copy_into
+from ..core import PeftBackbone, copy_into, keyword_inputs
 from .config import PrefixOptions
 from .layer import PrefixEncoder
 
@@ -122,10 +122,7 @@ class PrefixBackbone(PeftBackbone):
     def _forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         if self.active is None:
             return self.model(*args, **kwargs)
-        if args:
-            if len(args) > 1:
-                raise TypeError("pass model inputs by keyword (input_ids=..., attention_mask=...)")
-            kwargs = {"input_ids": args[0], **kwargs}
+        kwargs = keyword_inputs(args, kwargs)
         ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
         batch, length = ref.shape[:2]

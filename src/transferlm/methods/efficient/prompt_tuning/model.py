@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from torch import nn
 
 from ....errors import ConfigError
 from ....models.loading import DECODER_TYPES
-from ..core import OWN_CONFIG, PeftBackbone, copy_into
+from ..core import PeftBackbone, copy_into, keyword_inputs
 from ..peftlib import PEFT_WEIGHTS
 from .config import PromptTuningOptions
 
@@ -71,10 +70,7 @@ class PromptTuningBackbone(PeftBackbone):
     def _forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         if self.active is None:
             return self.model(*args, **kwargs)
-        if args:
-            if len(args) > 1:
-                raise TypeError("pass model inputs by keyword (input_ids=..., attention_mask=...)")
-            kwargs = {"input_ids": args[0], **kwargs}
+        kwargs = keyword_inputs(args, kwargs)
         ids = kwargs.pop("input_ids", None)
         embeds = kwargs.pop("inputs_embeds", None)
         if embeds is None:
@@ -125,17 +121,10 @@ class PromptTuningBackbone(PeftBackbone):
                            or None).save_pretrained(str(folder))
         save_file({"prompt_embeddings": self.prompts[name].detach().cpu().contiguous()}, str(folder / PEFT_WEIGHTS),
                   metadata={"format": "pt"})
-        (folder / OWN_CONFIG).write_text(json.dumps({"method": self.method, "config": self.configs[name].to_dict(),
-                                                     "base": self.signature}, indent=1), encoding="utf-8")
+        self.write_meta(folder, self.configs[name])
 
     def load_adapter(self, folder: Path, name: str) -> None:
-        from .. import config_from_dict
-
-        meta = json.loads((folder / OWN_CONFIG).read_text(encoding="utf-8"))
-        if meta.get("method") != self.method:
-            raise ConfigError(f"{folder} holds a {meta.get('method')} adapter, not {self.method}")
-        self.check_signature(meta.get("base", {}), str(folder))
-        cfg = config_from_dict(self.method, meta["config"])
+        cfg = self.read_meta(folder)
         self.check_new_name(name)
         self._add(name, dataclasses.replace(cfg, init="random"))  # the weights are loaded next
         self.configs[name] = cfg
