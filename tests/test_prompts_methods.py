@@ -315,18 +315,24 @@ def test_auto_without_a_dev_split_is_an_error(mlm) -> None:
         method.parse_config({"auto": "everything"})
 
 
-def test_compare_evaluates_a_seed_free_method_once_and_reuses_it_faithfully(tiny_llama: Path, toy_data: Path,
-                                                                           tmp_path: Path) -> None:
+def test_compare_evaluates_a_seed_free_method_once_and_reuses_it_faithfully(
+        tiny_llama: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from transferlm.config import CompareConfig
     from transferlm.protocol.compare import EVAL_MEMO, compare
+    from transferlm.training.engine import Engine
 
+    passes: list[str] = []
+    evaluate = Engine.evaluate
+    monkeypatch.setattr(Engine, "evaluate", lambda self, examples, desc="eval", **kw: (
+        passes.append(desc), evaluate(self, examples, desc=desc, **kw))[1])
     cfg = prompt_cfg(tiny_llama, toy_data, "prompt-zero-shot")
     out = tmp_path / "cmp"
     summary = compare(CompareConfig(run=cfg, methods=["prompt-zero-shot"], seeds=[13, 21], output=str(out)))
     first, second = (json.loads((out / "prompt-zero-shot" / f"seed-{s}" / "results.json").read_text())
                      for s in (13, 21))
     assert "test_reused_from_seed" not in first and second["test_reused_from_seed"] == 13
-    assert second["eval_seconds"] < first["eval_seconds"]
+    assert passes.count("test") == 1  # seed 21 spent no test pass (a count, not a timing: timings vary with load)
+    monkeypatch.undo()
     assert len(list((out / "prompt-zero-shot" / EVAL_MEMO).glob("*.json"))) == 1
     # What seed 21 would have measured on its own.
     alone = prompt_cfg(tiny_llama, toy_data, "prompt-zero-shot")

@@ -101,19 +101,79 @@ def test_the_cache_is_bounded_and_gives_up_where_prefixes_do_not_repeat() -> Non
 
     cache = PrefixCache(max_bytes=64 * 10)
     for i in range(4):
-        cache.put((i,), layers(3))  # 192 bytes each: the third fits, the fourth evicts the oldest
+        cache.put((i,), 0, layers(3))  # 192 bytes each: the third fits, the fourth evicts the oldest
     assert list(cache.entries) == [(1,), (2,), (3,)] and cache.bytes == 576
-    assert cache.get((1,)) is not None  # used: now the newest
-    cache.put((9,), layers(3))
+    assert len(cache.path((1,), [1])) == 1  # used: now the newest
+    cache.put((9,), 0, layers(3))
     assert list(cache.entries) == [(3,), (1,), (9,)]
-    cache.put((10,), layers(20))  # larger than the whole budget: not kept
+    cache.put((10,), 0, layers(20))  # larger than the whole budget: not kept
     assert (10,) not in cache.entries and cache.bytes <= 640
     probe = PrefixCache(max_bytes=2**20, probe_rows=100, min_hit_rate=0.3)
-    probe.put((1,), layers(2))
-    probe.record(60, 10)
+    probe.put((1,), 0, layers(2))
+    probe.record(60, 0, 600, 100)
     assert probe.active  # too few rows to judge
-    probe.record(60, 20)  # 30 of 120 rows: 25% < 30%
+    probe.record(60, 0, 600, 200)  # 300 of 1200 prefix tokens found: 25% < 30%
     assert not probe.active and not probe.entries and probe.bytes == 0
+
+
+def test_the_trie_finds_the_longest_stored_run_of_segments_from_the_start() -> None:
+    def seg(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.full((1, 1, n, 2), float(n)), torch.zeros(1, 1, n, 2))]
+
+    cache = PrefixCache(max_bytes=2**20)
+    key = (5, 6, 7, 8, 9, 10)
+    cache.put(key[:2], 0, seg(2))
+    cache.put(key[:6], 4, seg(2))  # a third level without the second: unreachable
+    assert [s[0][0].shape[2] for s in cache.path(key, [2, 4, 6])] == [2]
+    cache.put(key[:4], 2, seg(2))
+    found = cache.path(key, [2, 4, 6])
+    assert [s[0][0].shape[2] for s in found] == [2, 2, 2]
+    assert list(cache.entries)[-1] == key[:2]  # touched deepest first: the root segment is the newest
+    assert cache.path(key, [3, 6]) == []  # the same tokens cut elsewhere: the stored segments are not these
+    cache.put(key[:3], 1, seg(2))
+    assert cache.path(key, [3, 6]) == []  # a segment must start where the previous level ends
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_rows_sharing_only_their_first_demonstrations_reuse_those(attn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Demonstration sets that differ after the first one: each row finds the shared levels and computes the
+    rest; scores equal whole rows."""
+    model = PromptModel(_llama(attn), None)
+    rng = random.Random(3)
+    demos = [[rng.randrange(1, 60) for _ in range(n)] for n in (4, 5, 3, 6)]
+    sets = [(0, 1), (0, 2), (0, 1), (3, 2), (0, 2), (3, 1), (0, 1), (3, 0)]
+    rows, bounds = [], []
+    for a, b in sets:
+        own = [rng.randrange(1, 60) for _ in range(rng.randrange(2, 6))]
+        rows.append(demos[a] + demos[b] + own)
+        bounds.append([len(demos[a]), len(demos[a]) + len(demos[b])])
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, seq in enumerate(rows):
+        ids[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = 1
+    positions = mask.sum(1, keepdim=True) - 1
+    marks = torch.tensor(bounds)
+    computed: list[int] = []  # prefix tokens run per call (token 0 is padding here)
+    inner = PromptModel._run_with_cache
+    monkeypatch.setattr(PromptModel, "_run_with_cache",
+                        lambda self, inputs, past: (computed.append(int(inputs["input_ids"].ne(0).sum())),
+                                                    inner(self, inputs, past))[1])
+    out = []
+    with torch.no_grad():
+        whole = model.answer_logits(ids, mask, positions)
+        with model.inference_scope():
+            cache = model._prefixes
+            for (lo, hi), expect, hits in (((0, 2), [9 + 7], 0), ((2, 7), [9 + 11], 3), ((7, 8), [4], 0)):
+                computed.clear()
+                before = cache.hits
+                out.append(model.answer_logits(ids[lo:hi], mask[lo:hi], positions[lo:hi], marks[lo:hi]))
+                assert computed == expect and cache.hits - before == hits  # rows that found their whole prefix
+            # (3, 0) found demo 3, stored by the call before, and ran only demo 0's 4 tokens after it.
+            assert cache.tokens == sum(len(demos[a]) + len(demos[b]) for a, b in sets)
+            assert cache.found == cache.tokens - (16 + 20 + 4)
+    assert torch.allclose(whole, torch.cat(out), atol=1e-5)
 
 
 def test_which_models_reuse_prefixes(tiny_llama: Path, tiny_mlm: Path) -> None:
@@ -138,24 +198,28 @@ def test_collator_marks_the_demonstrations_only_at_evaluation(tiny_llama: Path, 
     examples = [Example("good movie", label=1), Example("bad film", label=0)]
     setup.model.eval()
     batch = setup.collate(examples)
-    shared = batch["prefix_lengths"]
+    bounds = batch["prefix_bounds"]
+    assert bounds.shape[1] == 2  # one level per class's demonstration
     tok = llama.tokenizer
-    for r in range(len(shared)):
+    for r, (first, shared) in enumerate(bounds.tolist()):
         ids = batch["input_ids"][r][batch["attention_mask"][r].bool()].tolist()
-        own = " ".join(tok.convert_ids_to_tokens(ids[int(shared[r]):]))
+        own = " ".join(tok.convert_ids_to_tokens(ids[shared:]))
         assert own.startswith(examples[r // 2].text_a) and own.endswith("it was")  # the input and template only
+        demos = [" ".join(tok.convert_ids_to_tokens(ids[lo:hi])) for lo, hi in ((0, first), (first, shared))]
+        # Each level is one whole demonstration, the negative class's first, ending in its label word.
+        assert demos[0].endswith("it was bad .") and demos[1].strip().endswith("it was good .")
     setup.model.train()
-    assert "prefix_lengths" not in setup.collate(examples)  # training: every row runs whole, with gradients
+    assert "prefix_bounds" not in setup.collate(examples)  # training: every row runs whole, with gradients
     mlm = build_prompt(load_backbone(str(tiny_mlm), head="mlm"), SPEC, max_length=96, sampler=sampler, **PROMPT)
     mlm.model.eval()
-    assert "prefix_lengths" not in mlm.collate(examples)  # a masked LM reads demonstrations after the input
+    assert "prefix_bounds" not in mlm.collate(examples)  # a masked LM reads demonstrations after the input
     # In-context learning: the k nearest demonstrations may repeat across inputs; k random draws do not.
     for strategy, marked in (("similar", True), ("random", False)):
         icl = build_prompt(llama, SPEC, max_length=96, sampler=DemoSampler(demo_pool(), num_labels=2, k=2, seed=0,
                                                                            strategy=strategy,
                                                                            embedder=FakeEmbedder()), **PROMPT)
         icl.model.eval()
-        assert ("prefix_lengths" in icl.collate(examples)) is marked, strategy
+        assert ("prefix_bounds" in icl.collate(examples)) is marked, strategy
 
 
 def test_prompt_finetune_with_demonstrations_scores_the_same_with_and_without_reuse(

@@ -60,49 +60,52 @@ class PromptCollator:
             self._demo_cache[key] = self.enc.filled(demo, words, max_tokens=cap, at_start=at_start)
         return self._demo_cache[key]
 
-    def _fit(self, demos: Sequence[Example], room: int, first_at_start: bool) -> tuple[list[int], int]:
-        """Greedily keep whole demonstrations, in order, while they fit in ``room`` tokens."""
+    def _fit(self, demos: Sequence[Example], room: int, first_at_start: bool) -> tuple[list[int], list[int]]:
+        """Greedily keep whole demonstrations, in order, while they fit in ``room`` tokens; their end offsets."""
         out: list[int] = []
-        kept = 0
+        ends: list[int] = []
         for d in demos:
             follows = bool(out) or not first_at_start  # something precedes it: separate, then start fresh
             ids = (self.sep_ids if follows else []) + self._demo_ids(
                 d, at_start=self.after_sep_at_start if follows else True)
             if len(out) + len(ids) <= room:
                 out += ids
-                kept += 1
-        return out, kept
+                ends.append(len(out))
+        return out, ends
 
     def unit_rows(self, ex: Example, demos: Sequence[Example]
-                  ) -> tuple[list[tuple[list[int], int]], list[int], int, int]:
-        """(rows as (ids, first answer position), row offset of each word, demonstrations dropped, shared).
+                  ) -> tuple[list[tuple[list[int], int]], list[int], int, list[int]]:
+        """(rows as (ids, first answer position), row offset of each word, demonstrations dropped, bounds).
 
-        ``shared``: the rows' first tokens that depend on the demonstrations only (causal LMs read them first),
-        which rows of other inputs with the same demonstrations repeat; 0 for masked LMs.
+        ``bounds``: where each demonstration ends in the rows (causal LMs read them first); the last one ends
+        the rows' first tokens that depend on the demonstrations only, which rows of other inputs with the
+        same demonstrations repeat (and with the same first demonstrations, up to those). Empty for masked LMs.
         """
         sb, sa = self.enc.specials_before, self.enc.specials_after
         if self.kind == "mlm":
             room = self.max_length - len(sb) - len(sa) - self.width
             q = self.enc.encode(ex, max_tokens=room, at_start=True)
-            demo_ids, kept = self._fit(demos, room - len(q.before) - len(q.after), first_at_start=False)
+            demo_ids, ends = self._fit(demos, room - len(q.before) - len(q.after), first_at_start=False)
             rows = [(sb + q.before + [self.mask_id] * n + q.after + demo_ids + sa, len(sb) + len(q.before))
                     for n in self.groups]
-            return rows, [self.groups.index(n) for n in self.verb.lengths], len(demos) - kept, 0  # type: ignore[list-item]
+            return rows, [self.groups.index(n) for n in self.verb.lengths], len(demos) - len(ends), []  # type: ignore[list-item]
         room = self.max_length - len(sb) - (self.width - 1)
         q = self.enc.encode(ex, max_tokens=room, at_start=not demos or self.after_sep_at_start, causal=True)
-        demo_ids, kept = self._fit(demos, room - len(q.before) - len(self.sep_ids), first_at_start=True)
-        if demos and not kept and not self.after_sep_at_start:
+        demo_ids, ends = self._fit(demos, room - len(q.before) - len(self.sep_ids), first_at_start=True)
+        if demos and not ends and not self.after_sep_at_start:
             q = self.enc.encode(ex, max_tokens=room, at_start=True, causal=True)
-        prefix = sb + demo_ids + (self.sep_ids if kept and self.sep_ids else []) + q.before
-        shared = len(prefix) - len(q.before) if kept else 0
+        prefix = sb + demo_ids + (self.sep_ids if ends and self.sep_ids else []) + q.before
+        # The last level takes the separator before the input along: it is the same for every input.
+        bounds = [len(sb) + e for e in ends[:-1]] + [len(prefix) - len(q.before)] if ends else []
+        dropped = len(demos) - len(ends)
         if self.single:
-            return [(prefix, len(prefix) - 1)], [0] * self.verb.num_words, len(demos) - kept, shared
+            return [(prefix, len(prefix) - 1)], [0] * self.verb.num_words, dropped, bounds
         # Teacher forcing: the word's own tokens (but its last) follow the prefix; words that need the
         # same input (all one-token words, say) share one row.
         inputs: dict[tuple[int, ...], int] = {}
         offsets = [inputs.setdefault(tuple(ids[:-1]), len(inputs)) for ids in self.verb.word_ids]
         rows = [(prefix + list(extra), len(prefix) - 1) for extra in inputs]
-        return rows, offsets, len(demos) - kept, shared
+        return rows, offsets, dropped, bounds
 
     def eval_lengths(self, examples: Sequence[Example]) -> list[int]:
         """Each example's longest evaluation row in tokens: the engine's sort key for length-grouped batches.
@@ -130,11 +133,11 @@ class PromptCollator:
         if self.sampler is not None:
             self.sampler.prepare(examples)
         rows: list[tuple[list[int], int]] = []
-        shared: list[int] = []  # per row: leading tokens that only the demonstrations decide
+        shared: list[list[int]] = []  # per row: where its demonstrations end (only they decide those tokens)
         word_rows: list[list[int]] = []
         # Calibration: one content-free unit per distinct demonstration set, rows placed after the real ones.
         prior_units: dict[tuple, int] = {}
-        prior_parts: list[tuple[list[tuple[list[int], int]], list[int], int]] = []
+        prior_parts: list[tuple[list[tuple[list[int], int]], list[int], list[int]]] = []
         prior_index: list[int] = []
         for ex in examples:
             for s in range(samples):
@@ -163,7 +166,8 @@ class PromptCollator:
             shared += [cf_common] * len(cf_unit)
         batch = self._pad(rows)
         if self.marks_prefixes and not training and any(shared):  # PromptModel.inference_scope may reuse them
-            batch["prefix_lengths"] = torch.tensor(shared, dtype=torch.long)
+            levels = max(map(len, shared))
+            batch["prefix_bounds"] = torch.tensor([b + [0] * (levels - len(b)) for b in shared], dtype=torch.long)
         batch["word_rows"] = torch.tensor(word_rows, dtype=torch.long)
         batch["n_samples"] = torch.tensor(samples, dtype=torch.long)
         if self.calibrate:

@@ -23,9 +23,14 @@ from torch import nn
 
 from .. import compat
 from .prefix_cache import (
+    Layers,
     PrefixCache,
+    Segments,
     assemble,
-    compute_prefixes,
+    cut_levels,
+    extend_prefixes,
+    length_groups,
+    path_length,
     query_inputs,
     split_prefixes,
     supports_prefix_reuse,
@@ -85,25 +90,27 @@ class PromptModel(nn.Module):
             yield
         finally:
             self._prefixes = None
-            log.debug("prefix reuse: %d of %d rows found their demonstrations cached (%d prefixes, %.0f MB)",
-                      cache.hits, cache.rows, len(cache.entries), cache.bytes / 2**20)
+            log.debug("prefix reuse: %d of %d rows found their whole prefix, %d of %d prefix tokens found "
+                      "(%d segments, %.0f MB)", cache.hits, cache.rows, cache.found, cache.tokens, len(cache.entries),
+                      cache.bytes / 2**20)
 
     def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                      prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                      prefix_bounds: torch.Tensor | None = None) -> torch.Tensor:
         """LM logits ``[R, L, V]`` at ``positions`` (``[R, L]``) of each row.
 
-        ``prefix_lengths``: how many first tokens of each row other rows may share (its demonstrations).
+        ``prefix_bounds``: where each row's demonstrations end (``[R, D]``, 0 = none), or only the last of
+        them (``[R]``): its first tokens that rows of other inputs may share.
         """
         if not torch.is_grad_enabled() and input_ids.shape[0] > self.eval_chunk:
             # Evaluation with many rows (demonstration ensembles): bounded memory, same numbers.
             c = self.eval_chunk
             return torch.cat([self.answer_logits(input_ids[i:i + c], attention_mask[i:i + c], positions[i:i + c],
-                                                 None if prefix_lengths is None else prefix_lengths[i:i + c])
+                                                 None if prefix_bounds is None else prefix_bounds[i:i + c])
                               for i in range(0, input_ids.shape[0], c)])
         cache = self._prefixes
-        if (cache is not None and cache.active and prefix_lengths is not None and not torch.is_grad_enabled()
-                and int(prefix_lengths.max()) > 0):
-            return self._reusing_prefixes(cache, input_ids, attention_mask, positions, prefix_lengths)
+        if (cache is not None and cache.active and prefix_bounds is not None and not torch.is_grad_enabled()
+                and int(prefix_bounds.max()) > 0):
+            return self._reusing_prefixes(cache, input_ids, attention_mask, positions, prefix_bounds)
         return self._read({"input_ids": input_ids, "attention_mask": attention_mask}, positions, input_ids.shape[1])
 
     @contextmanager
@@ -125,36 +132,60 @@ class PromptModel(nn.Module):
         return logits[:, logits.shape[1] - positions.shape[1]:]  # any virtual positions left in front
 
     def _reusing_prefixes(self, cache: PrefixCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          positions: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:
-        keys, shared, lengths = split_prefixes(input_ids, attention_mask, positions, prefix_lengths)
+                          positions: torch.Tensor, prefix_bounds: torch.Tensor) -> torch.Tensor:
+        keys, bounds, shared, lengths = split_prefixes(input_ids, attention_mask, positions, prefix_bounds)
         if not any(keys):  # nothing before the read positions to share
             return self._read({"input_ids": input_ids, "attention_mask": attention_mask}, positions,
                               input_ids.shape[1])
-        distinct = [k for k in dict.fromkeys(keys) if k]
-        states = {k: found for k in distinct if (found := cache.get(k)) is not None}
-        missing = [k for k in distinct if k not in states]
-        cache.record(len(keys), sum(1 for k in keys if k) - len(missing))  # rows that computed no prefix
+        levels = {k: b for k, b in zip(keys, bounds, strict=True) if k}  # distinct prefixes, first seen first
+        paths: dict[tuple[int, ...], Segments] = {k: cache.path(k, b) for k, b in levels.items()}
+        missing = [k for k, b in levels.items() if len(paths[k]) < len(b)]
+        computed = sum(len(k) - path_length(paths[k]) for k in missing)
         hf = compat.hf_model(self.backbone)
-        if missing:
-            def run(batch: dict[str, torch.Tensor]) -> Any:
-                # One read position per row: the LM head is not run over the prefixes.
-                with self._reading(batch["positions"], batch["input_ids"].shape[1]):
-                    return self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         use_cache=True)
-
-            for k, layers in compute_prefixes(run, missing, self.pad_id, input_ids.device, self.eval_chunk).items():
-                states[k] = layers
-                cache.put(k, layers)
-        past, slots = assemble([states.get(k) for k in keys], shared)
         eager = hf.config._attn_implementation == "eager"
-        inputs = query_inputs(input_ids, shared, lengths, self.pad_id, slots, past[0][0].dtype if eager else None)
-        inputs[compat.cache_kwarg(hf)] = compat.kv_cache(hf.config, past)
-        return self._read(inputs, positions - shared[:, None], inputs["input_ids"].shape[1])
+        for group in length_groups([len(k) - path_length(paths[k]) for k in missing], self.eval_chunk):
+            part = [missing[i] for i in group]
+            new = extend_prefixes(self._run_with_cache, part, [paths[k] for k in part], self.pad_id,
+                                  input_ids.device, eager)
+            for k, layers in zip(part, new, strict=True):
+                segments = cut_levels(layers, path_length(paths[k]), levels[k])
+                for lo, hi, seg in reversed(segments):  # deepest first: ancestors end up the more recent
+                    cache.put(k[:hi], lo, seg)
+                paths[k] = paths[k] + [seg for _, _, seg in segments]
+        used = [k for k in keys if k]
+        cache.record(len(used), len(used) - len(missing), sum(map(len, used)), sum(map(len, used)) - computed)
+        out: torch.Tensor | None = None
+        for group in length_groups((lengths - shared).tolist(), self.eval_chunk):
+            rows = torch.tensor(group, device=input_ids.device)
+            if not any(keys[r] for r in group):  # rows without demonstrations: whole
+                width = int(lengths[rows].max())
+                logits = self._read({"input_ids": input_ids[rows, :width], "attention_mask": attention_mask[rows, :width]},
+                                    positions[rows], width)
+            else:
+                past, slots = assemble([paths.get(keys[r]) for r in group], shared[rows])
+                inputs = query_inputs(input_ids[rows], shared[rows], lengths[rows], self.pad_id, slots,
+                                      past[0][0].dtype if eager else None)
+                inputs[compat.cache_kwarg(hf)] = compat.kv_cache(hf.config, past)
+                logits = self._read(inputs, positions[rows] - shared[rows, None], inputs["input_ids"].shape[1])
+            if out is None:
+                out = logits.new_empty((input_ids.shape[0], *logits.shape[1:]))
+            out[rows] = logits
+        assert out is not None
+        return out
+
+    def _run_with_cache(self, inputs: dict[str, torch.Tensor], past: Layers | None) -> Any:
+        """One LM pass returning its keys and values; the head reads one position per row (not used)."""
+        hf = compat.hf_model(self.backbone)
+        if past is not None:
+            inputs = {**inputs, compat.cache_kwarg(hf): compat.kv_cache(hf.config, past)}
+        one = torch.zeros((inputs["input_ids"].shape[0], 1), dtype=torch.long, device=inputs["input_ids"].device)
+        with self._reading(one, inputs["input_ids"].shape[1]):
+            return self.backbone(**inputs, use_cache=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                 word_rows: torch.Tensor, n_samples: torch.Tensor, prior_rows: torch.Tensor | None = None,
-                prior_index: torch.Tensor | None = None, prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.answer_logits(input_ids, attention_mask, positions, prefix_lengths)
+                prior_index: torch.Tensor | None = None, prefix_bounds: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.answer_logits(input_ids, attention_mask, positions, prefix_bounds)
         scores = self.verbalizer(logits, word_rows, prior_rows, prior_index)  # [units, C] log-probs
         s = int(n_samples)
         if s > 1:  # LM-BFF's ensemble over demonstration sets: the mean of the probabilities
