@@ -19,7 +19,7 @@ from transferlm.models.loading import load_backbone
 from transferlm.prompts.build import build_prompt
 from transferlm.prompts.demonstrations import DemoSampler
 from transferlm.prompts.model import PromptModel
-from transferlm.prompts.prefix_cache import PrefixCache, supports_prefix_reuse
+from transferlm.prompts.prefix_cache import PrefixCache, length_groups, supports_prefix_reuse
 from transferlm.protocol.run import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -174,6 +174,20 @@ def test_rows_sharing_only_their_first_demonstrations_reuse_those(attn: str, mon
             assert cache.tokens == sum(len(demos[a]) + len(demos[b]) for a, b in sets)
             assert cache.found == cache.tokens - (16 + 20 + 4)
     assert torch.allclose(whole, torch.cat(out), atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths, most", [([5] * 10, 4), ([3, 40, 4, 38, 5, 41, 3], 64), (list(range(1, 60)), 64),
+                                           ([7], 8)])
+def test_length_groups_cover_every_row_once_and_pad_little(lengths: list[int], most: int) -> None:
+    groups = length_groups(lengths, most, slack=0.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        longest, real = max(lengths[i] for i in g), sum(lengths[i] for i in g)
+        assert len(g) <= most and longest * len(g) <= 1.25 * real
+    if most == 4:
+        assert len(groups) == 3  # equal lengths: only the size bound splits them
+    if lengths == [3, 40, 4, 38, 5, 41, 3]:  # short rows never pad up to the long ones
+        assert [1, 3, 5] in map(sorted, groups)
 
 
 def test_which_models_reuse_prefixes(tiny_llama: Path, tiny_mlm: Path) -> None:
