@@ -137,30 +137,44 @@ class PromptModel(nn.Module):
         if not any(keys):  # nothing before the read positions to share
             return self._read({"input_ids": input_ids, "attention_mask": attention_mask}, positions,
                               input_ids.shape[1])
+        paths = self._prefix_states(cache, keys, bounds)
+        return self._after_prefixes(input_ids, attention_mask, positions, keys, paths, shared, lengths)
+
+    def _prefix_states(self, cache: PrefixCache, keys: list[tuple[int, ...]], bounds: list[list[int]]
+                       ) -> dict[tuple[int, ...], Segments]:
+        """Each distinct prefix's states: the stored run of its demonstrations, the rest computed and stored."""
         levels = {k: b for k, b in zip(keys, bounds, strict=True) if k}  # distinct prefixes, first seen first
-        paths: dict[tuple[int, ...], Segments] = {k: cache.path(k, b) for k, b in levels.items()}
+        paths = {k: cache.path(k, b) for k, b in levels.items()}
         missing = [k for k, b in levels.items() if len(paths[k]) < len(b)]
         computed = sum(len(k) - path_length(paths[k]) for k in missing)
-        hf = compat.hf_model(self.backbone)
-        eager = hf.config._attn_implementation == "eager"
+        eager = compat.hf_model(self.backbone).config._attn_implementation == "eager"
         for group in length_groups([len(k) - path_length(paths[k]) for k in missing], self.eval_chunk):
             part = [missing[i] for i in group]
             new = extend_prefixes(self._run_with_cache, part, [paths[k] for k in part], self.pad_id,
-                                  input_ids.device, eager)
+                                  next(self.backbone.parameters()).device, eager)
             for k, layers in zip(part, new, strict=True):
                 segments = cut_levels(layers, path_length(paths[k]), levels[k])
                 for lo, hi, seg in reversed(segments):  # deepest first: ancestors end up the more recent
                     cache.put(k[:hi], lo, seg)
                 paths[k] = paths[k] + [seg for _, _, seg in segments]
         used = [k for k in keys if k]
-        cache.record(len(used), len(used) - len(missing), sum(map(len, used)), sum(map(len, used)) - computed)
+        tokens = sum(map(len, used))
+        cache.record(len(used), len(used) - len(missing), tokens, tokens - computed)
+        return paths
+
+    def _after_prefixes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                        keys: list[tuple[int, ...]], paths: dict[tuple[int, ...], Segments], shared: torch.Tensor,
+                        lengths: torch.Tensor) -> torch.Tensor:
+        """Logits of each row's own tokens run against its prefix's states, rows grouped by own length."""
+        hf = compat.hf_model(self.backbone)
+        eager = hf.config._attn_implementation == "eager"
         out: torch.Tensor | None = None
         for group in length_groups((lengths - shared).tolist(), self.eval_chunk):
             rows = torch.tensor(group, device=input_ids.device)
             if not any(keys[r] for r in group):  # rows without demonstrations: whole
                 width = int(lengths[rows].max())
-                logits = self._read({"input_ids": input_ids[rows, :width], "attention_mask": attention_mask[rows, :width]},
-                                    positions[rows], width)
+                logits = self._read({"input_ids": input_ids[rows, :width],
+                                     "attention_mask": attention_mask[rows, :width]}, positions[rows], width)
             else:
                 past, slots = assemble([paths.get(keys[r]) for r in group], shared[rows])
                 inputs = query_inputs(input_ids[rows], shared[rows], lengths[rows], self.pad_id, slots,
