@@ -145,15 +145,16 @@ class PromptModel(nn.Module):
         """Each distinct prefix's states: the stored run of its demonstrations, the rest computed and stored."""
         levels = {k: b for k, b in zip(keys, bounds, strict=True) if k}  # distinct prefixes, first seen first
         paths = {k: cache.path(k, b) for k, b in levels.items()}
-        missing = [k for k, b in levels.items() if len(paths[k]) < len(b)]
-        computed = sum(len(k) - path_length(paths[k]) for k in missing)
+        have = {k: path_length(paths[k]) for k, b in levels.items() if len(paths[k]) < len(b)}  # the missing
+        missing = list(have)
+        computed = sum(len(k) - have[k] for k in missing)
         eager = compat.hf_model(self.backbone).config._attn_implementation == "eager"
-        for group in length_groups([len(k) - path_length(paths[k]) for k in missing], self.eval_chunk):
+        for group in length_groups([len(k) - have[k] for k in missing], self.eval_chunk):
             part = [missing[i] for i in group]
             new = extend_prefixes(self._run_with_cache, part, [paths[k] for k in part], self.pad_id,
                                   next(self.backbone.parameters()).device, eager)
             for k, layers in zip(part, new, strict=True):
-                segments = cut_levels(layers, path_length(paths[k]), levels[k])
+                segments = cut_levels(layers, have[k], levels[k])
                 for lo, hi, seg in reversed(segments):  # deepest first: ancestors end up the more recent
                     cache.put(k[:hi], lo, seg)
                 paths[k] = paths[k] + [seg for _, _, seg in segments]
