@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import httpx
@@ -306,10 +307,14 @@ def test_yaml_config_and_command_line_errors(tiny_bert: Path, saved: dict, tmp_p
     assert cfg.tasks == {"sst": str(tmp_path.resolve() / "../x/sst"), "trec": str(saved["trec"])}  # YAML-relative
     assert (cfg.max_batch_size, cfg.port, cfg.host, cfg.batching) == (8, 9001, "127.0.0.1", "mixed")
     (tmp_path / "bad.yaml").write_text("max_batch: 8\n")
+    shutil.copytree(saved["sst"], tmp_path / "run" / "model")  # a run that recorded another base model
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"config": {"model": str(tmp_path / "other")}}))
     cases = [(["serve", "--config", str(tmp_path / "bad.yaml")], "unknown key(s) max_batch"),
              (["serve", "--model", str(tiny_bert), "--task", f"x={tmp_path}"], "no method.json"),
              (["serve", "--task", f"x={saved['llama']}", "--model", str(tiny_bert)], "another base model"),
              (["serve", "--task", "nofolder"], "NAME=FOLDER"),
+             (["serve", "--model", str(tiny_bert), "--task", f"x={tmp_path / 'run' / 'model'}"],
+              f"was trained on base model '{tmp_path / 'other'}'"),
              (["serve", "--model", str(tiny_bert), "--max-queue", "0"], "max_queue must be >= 1"),
              (["serve", "--model", str(tiny_bert), "--header-timeout", "0"], "header_timeout_s must be > 0, got 0"),
              (["serve"], "nothing to serve")]

@@ -184,17 +184,20 @@ def test_graceful_drain_finishes_in_flight_requests_and_refuses_new_ones(tiny_be
     assert batcher.batches == 2
 
 
-def test_header_timeout_closes_stalled_connections_and_spares_real_requests() -> None:
-    """Slowloris: half-sent headers get 408 and a closed socket; a complete request, or a slow body, does not."""
+def test_header_and_body_timeouts_close_stalled_connections_and_spare_real_requests() -> None:
+    """Slowloris: half-sent headers get 408 and a closed socket, and so does a body still trickling in at the
+    request timeout; a complete request, or a body slower than the header timeout but within the request's, does not."""
     import socket
     import threading
     import time
 
     import uvicorn
 
+    from transferlm.serving.app import BodyLimit
+    from transferlm.serving.metrics import Metrics
     from transferlm.serving.protocol import protocol_with_header_timeout
 
-    async def app(scope, receive, send):  # echoes the body's length after reading all of it
+    async def echo(scope, receive, send):  # echoes the body's length after reading all of it
         if scope["type"] != "http":
             return
         n, more = 0, True
@@ -207,6 +210,7 @@ def test_header_timeout_closes_stalled_connections_and_spares_real_requests() ->
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    app = BodyLimit(echo, max_bytes=1000, timeout_s=2.5, metrics=Metrics())  # what create_app wraps around routes
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error",
                                            http=protocol_with_header_timeout(0.5)))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -232,7 +236,7 @@ def test_header_timeout_closes_stalled_connections_and_spares_real_requests() ->
         # 2. a connection that never sends a byte is closed too (no answer is owed).
         idle = socket.create_connection(("127.0.0.1", port), timeout=5)
         assert read_all(idle).startswith(b"HTTP/1.1 408")
-        # 3. complete headers, then a body trickled over 1.2 s (> the timeout): answered, not cut;
+        # 3. complete headers, then a body trickled over 1.2 s (> the header timeout, < the request's): answered;
         #    then the same kept-alive connection stalls in its next request's headers: 408.
         ok = socket.create_connection(("127.0.0.1", port), timeout=5)
         ok.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n")
@@ -247,6 +251,17 @@ def test_header_timeout_closes_stalled_connections_and_spares_real_requests() ->
         assert first.startswith(b"HTTP/1.1 200")
         ok.sendall(b"GET /y HTTP/1.1\r\n")
         assert read_all(ok).startswith(b"HTTP/1.1 408")
+        # 4. a body trickled for 1.8 s, then stalled: a JSON 408 and EOF when the request timeout (2.5 s) is up,
+        #    counted from the headers, not from the last byte.
+        slow = socket.create_connection(("127.0.0.1", port), timeout=8)
+        slow.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\n\r\n")
+        t0 = time.monotonic()
+        for byte in b"abcdef":
+            time.sleep(0.3)
+            slow.sendall(bytes([byte]))
+        reply = read_all(slow)
+        assert reply.startswith(b"HTTP/1.1 408") and 2.3 < time.monotonic() - t0 < 4.0, reply
+        assert reply.endswith(b'{"error":"request body not received within request_timeout_s (2.5 s)"}')
     finally:
         server.should_exit = True
         thread.join(10)

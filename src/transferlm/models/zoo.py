@@ -226,6 +226,31 @@ def resolve_model(name_or_path: str, *, cache_dir: Path | None = None) -> Resolv
     raise ModelError(f"model {text!r} not found: not a folder, a hub id or a built-in ({', '.join(ZOO)})")
 
 
+def model_identity(name_or_path: str) -> str:
+    """What ``name_or_path`` loads, for comparing two model names without loading or converting anything.
+
+    A built-in name and the folder it resolves to give the same identity (the folder, resolved); a local
+    path gives its resolved path (even when it does not exist here); a hub id gives itself.
+    """
+    text = str(name_or_path).strip()
+    entry = ZOO.get(text)
+    if entry is not None:
+        folder = _zoo_folder(entry)
+        return str(folder.resolve()) if folder is not None else f"zoo:{entry.name}"
+    path = Path(text).expanduser()
+    if path.exists() or not _looks_like_hub_id(text):
+        return str(path.resolve())
+    return text
+
+
+def _zoo_folder(entry: ZooEntry, cache_dir: Path | None = None) -> Path | None:
+    """Where a built-in model's folder is (or, for GGUF, will be once converted); None if not installed."""
+    if entry.is_gguf:
+        return model_cache_dir(entry.name, cache_dir)
+    folder = module_dir(entry.files[0].module)
+    return folder / entry.files[0].path if folder is not None else None
+
+
 def _zoo_path(entry: ZooEntry, cache_dir: Path | None) -> Path:
     if not entry.is_gguf:
         folder = _package_paths(entry)[0]

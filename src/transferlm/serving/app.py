@@ -1,8 +1,10 @@
 """The FastAPI app: classify, tasks (list, load), health, metrics; errors as one-line JSON.
 
-Status codes: 404 unknown task, 413 too many inputs / too long a text / too big a body, 422 malformed
-body (the message names the field), 429 queue full, 503 draining, 504 past the request timeout, 401/403
-admin calls without the token, 409 a task name already taken.
+Status codes: 404 unknown task, 408 a body not in within the request timeout, 413 too many inputs / too
+long a text / too big a body, 422 malformed body (the message names the field, or the missing
+``Content-Type: application/json``), 429 queue full, 503 draining, 504 past the request timeout, 401/403
+admin calls without the token, 400 a task folder that cannot be loaded, 409 a task name already taken or a
+task trained on another base model, 500 anything unexpected (one JSON line, the log has the traceback).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from ..errors import TransferLMError
 from .batcher import Batcher, DrainingError, Job, QueueFullError
 from .config import ServeConfig
 from .hosts import Prediction
-from .metrics import UNKNOWN_TASK, Metrics
-from .registry import Registry, TaskEntry, TaskExistsError, UnknownTaskError
+from .metrics import CLASSIFY_PATH, UNKNOWN_TASK, Metrics
+from .registry import BaseMismatchError, Registry, TaskEntry, TaskExistsError, UnknownTaskError
 from .schemas import (
     UNION_TAGS,
     ClassifyRequest,
@@ -44,6 +46,7 @@ from .schemas import (
 
 log = logging.getLogger("transferlm.serving")
 SCOPE_KEY = "transferlm"  # per-request facts the access log reads back (task, inputs)
+DEADLINE_KEY = "transferlm.deadline"  # loop time by which the whole request must be answered
 
 
 class ApiError(Exception):
@@ -53,8 +56,17 @@ class ApiError(Exception):
         self.status, self.message, self.reason, self.headers = status, message, reason, headers
 
 
+class BodyRejected(StarletteHTTPException):
+    """A body refused while it streams in (413, 408), raised from ``receive``: FastAPI re-raises it as it is."""
+
+    def __init__(self, status: int, message: str) -> None:
+        # The rest of the body is not read: the connection cannot carry another request.
+        super().__init__(status, message, headers={"connection": "close"})
+
+
 class AccessLog:
-    """Pure ASGI middleware: a request id header and one JSON log line per HTTP request."""
+    """Pure ASGI middleware: a request id header, one JSON log line per HTTP request, and a one-line JSON 500
+    (with the request id) for anything the app did not handle, instead of Starlette's text/plain page."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -68,17 +80,23 @@ class AccessLog:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
         info: dict[str, Any] = {"request_id": rid}
         scope[SCOPE_KEY] = info
-        status = 500
+        status, started = 500, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as e:
+            if started:  # too late for an error body: the server closes the connection
+                raise
+            log.error("unhandled error", exc_info=e, extra={"event": "error", "path": scope["path"], **info})
+            message = f"internal server error ({type(e).__name__}); see the server log for request id {rid}"
+            await JSONResponse({"error": message}, status_code=500)(scope, receive, send_with_id)
         finally:
             client = scope.get("client")
             log.info("request", extra={"event": "request", "method": scope["method"], "path": scope["path"],
@@ -87,35 +105,70 @@ class AccessLog:
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a body over ``max_bytes``, by Content-Length or while it streams in."""
+    """Pure ASGI middleware: 413 for a body over ``max_bytes`` (by Content-Length or while it streams in), and
+    408 for a body not all in by the request's deadline, ``timeout_s`` after its headers arrived.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+    The header timeout (protocol.py) ends with the headers, so without this a client trickling its body held a
+    connection forever. The deadline is stored in the scope: the same ``request_timeout_s`` bounds the whole
+    request, body, queue and forward pass together.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, metrics: Metrics) -> None:
+        self.app, self.max_bytes, self.timeout_s, self.metrics = app, max_bytes, timeout_s, metrics
 
     def message(self) -> str:
         return f"request body larger than max_body_bytes ({self.max_bytes} bytes)"
+
+    def reject(self, scope: Scope, status: int, message: str, reason: str) -> BodyRejected:
+        """The error to answer with, counted here: once per request, whoever turns it into the response."""
+        self.metrics.refused_early(scope["path"], status, reason)
+        return BodyRejected(status, message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        deadline = scope[DEADLINE_KEY] = asyncio.get_running_loop().time() + self.timeout_s
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            self.metrics.rejected.labels("too_large").inc()
-            await JSONResponse({"error": self.message()}, status_code=413)(scope, receive, send)
+            await self.answer(self.reject(scope, 413, self.message(), "too_large"), scope, receive, send)
             return
-        received = 0
+        received, complete, started = 0, False, False
 
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:  # chunked, or a lying Content-Length
-                    raise StarletteHTTPException(413, self.message())
+        async def guarded() -> Message:
+            nonlocal received, complete
+            if complete:  # the body is in: what follows (the disconnect) is the app's to wait for
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise self.reject(scope, 408, f"request body not received within request_timeout_s "
+                                              f"({self.timeout_s:g} s)", "body_timeout") from None
+            if message["type"] != "http.request":
+                complete = True
+                return message
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # chunked, or a lying Content-Length
+                raise self.reject(scope, 413, self.message(), "too_large")
+            complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counted, send)
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded, tracked)
+        except BodyRejected as e:  # the app let it through (FastAPI's handler answers it before it gets here)
+            if started:
+                raise
+            await self.answer(e, scope, receive, send)
+
+    @staticmethod
+    async def answer(e: BodyRejected, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)(scope, receive, send)
 
 
 def _where(loc: Sequence[Any]) -> str:
@@ -127,6 +180,17 @@ def _where(loc: Sequence[Any]) -> str:
         elif part not in UNION_TAGS:
             out += f".{part}" if out else str(part)
     return out or "body"
+
+
+def content_type_hint(content_type: str, errors: Sequence[dict[str, Any]]) -> str | None:
+    """The 422 message for a body that was not parsed as JSON because of its Content-Type; None otherwise."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    if not any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return None
+    got = f"got '{content_type}'" if content_type else "no Content-Type header was sent"
+    return f"body: send it as JSON with the header 'Content-Type: application/json' ({got})"
 
 
 def validation_message(errors: Sequence[dict[str, Any]]) -> str:
@@ -177,8 +241,8 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
     app = FastAPI(title="transferlm serve", version=__version__, lifespan=lifespan,
                   description="One base model, many task adapters, mixed-task dynamic batching.")
     app.state.registry, app.state.batcher, app.state.metrics, app.state.config = registry, batcher, metrics, cfg
-    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes, metrics=metrics)
-    app.add_middleware(AccessLog)  # outermost: logs the 413s too
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes, timeout_s=cfg.request_timeout_s, metrics=metrics)
+    app.add_middleware(AccessLog)  # outermost: logs the 408s and 413s too, and turns a crash into JSON
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -191,15 +255,13 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if request.url.path == "/v1/classify":
-            metrics.requests.labels(UNKNOWN_TASK, "422").inc()
+        metrics.refused_early(request.url.path, 422)
         errors = jsonable_encoder(exc.errors())
-        return JSONResponse({"error": validation_message(errors), "detail": errors}, status_code=422)
+        message = content_type_hint(request.headers.get("content-type", ""), errors) or validation_message(errors)
+        return JSONResponse({"error": message, "detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 413:
-            metrics.rejected.labels("too_large").inc()
         return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     def examples_of(req: ClassifyRequest, entry: TaskEntry) -> list[Example]:
@@ -225,8 +287,10 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
 
     async def wait_for(job: Job, request: Request) -> list[Prediction]:
         watcher = asyncio.ensure_future(_disconnected(request))
+        loop = asyncio.get_running_loop()
+        deadline = request.scope.get(DEADLINE_KEY, loop.time() + cfg.request_timeout_s)  # set by BodyLimit
         try:
-            done, _ = await asyncio.wait({job.future, watcher}, timeout=cfg.request_timeout_s,
+            done, _ = await asyncio.wait({job.future, watcher}, timeout=max(0.0, deadline - loop.time()),
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the server cancelled this request (shutdown past its deadline)
             batcher.abandon(job)
@@ -244,9 +308,10 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
             raise ApiError(499, "client disconnected before the answer", reason="disconnected")
         raise ApiError(504, f"no answer within request_timeout_s ({cfg.request_timeout_s:g} s)", reason="timeout")
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True,
-              responses={404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody},
-                         429: {"model": ErrorBody}, 503: {"model": ErrorBody}, 504: {"model": ErrorBody}})
+    @app.post(CLASSIFY_PATH, response_model=ClassifyResponse, response_model_exclude_none=True,
+              responses={404: {"model": ErrorBody}, 408: {"model": ErrorBody}, 413: {"model": ErrorBody},
+                         422: {"model": ErrorBody}, 429: {"model": ErrorBody}, 500: {"model": ErrorBody},
+                         503: {"model": ErrorBody}, 504: {"model": ErrorBody}})
     async def classify(req: ClassifyRequest, request: Request) -> dict[str, Any]:
         """Labels and per-label probabilities for each input, from the task's adapter."""
         t0 = time.perf_counter()
@@ -301,14 +366,18 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
     @app.post("/v1/tasks", response_model=TaskInfo, status_code=201,
               responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     async def load_task(body: LoadTaskRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
-        """Admin: load a saved task adapter (a run's model folder) without a restart."""
+        """Admin: load a saved task adapter (a run's model folder) without a restart.
+
+        It runs on the inference thread between forward passes, so a slow load delays the batches behind it.
+        """
         check_admin(authorization)
         if batcher.closing:
             raise ApiError(503, "the server is shutting down")
         try:
             entry = await batcher.run_exclusive(functools.partial(registry.load, body.name, body.path,
-                                                                  replace=body.replace))
-        except TaskExistsError as e:
+                                                                  replace=body.replace,
+                                                                  allow_base_mismatch=body.allow_base_mismatch))
+        except (TaskExistsError, BaseMismatchError) as e:
             raise ApiError(409, str(e)) from None
         except TransferLMError as e:
             raise ApiError(400, str(e)) from None
@@ -318,7 +387,12 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """200 while serving, 503 while draining (so a load balancer stops sending work)."""
+        """200 while serving; 503 ``draining`` once the batcher is closing.
+
+        Not a pre-stop signal: on SIGTERM uvicorn closes the listener and waits for open requests before the
+        app's shutdown closes the batcher, so a stopping server refuses connections rather than answer 503.
+        Take a server out of a load balancer's pool before stopping it.
+        """
         body = {"status": "draining" if batcher.closing else "ok", "tasks": len(registry),
                 "queued": batcher.queued, "running": len(batcher.running), "batching": cfg.batching,
                 "precision": registry.precision,

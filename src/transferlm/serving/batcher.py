@@ -2,7 +2,10 @@
 
 Requests wait in a bounded queue (full: :class:`QueueFullError`, the app answers 429). The worker
 takes the oldest request and waits at most ``max_wait_ms`` after its arrival for company, until the
-batch holds ``max_batch_size`` rows; under load the wait is already over and batches form at once.
+batch holds ``max_batch_size`` rows; under load the wait is already over and batches form at once. A
+request with more rows than ``max_batch_size`` runs alone, split into passes of at most that many rows.
+If a batch of several requests fails, each runs again alone, so only a request whose own rows fail gets
+the error.
 Modes: ``mixed`` takes requests of any task (one forward, each row with its own adapter);
 ``per-task`` takes only requests for the oldest request's task; ``none`` takes one request at a time.
 The forward pass runs in a single worker thread so the event loop keeps answering; the same thread
@@ -242,40 +245,72 @@ class Batcher:
     async def _execute(self, batch: list[Job]) -> None:
         if not batch:
             return
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
         for job in batch:
             job.started = True
-        rows = [r for j in batch for r in j.rows]
-        hosts = [j.host for j in batch for _ in j.rows]
         if self.metrics is not None:
             m = self.metrics
-            m.batch_rows.observe(len(rows))
             m.batch_requests.observe(len(batch))
             m.batch_tasks.observe(len({j.key for j in batch}))
             for j in batch:
                 m.queue_wait.observe(now - j.enqueued)
         self.running = batch
-        t0 = time.perf_counter()
         try:
-            preds = await loop.run_in_executor(self._executor, self.predict, rows, hosts)
-        except Exception as e:  # a bug or a bad input the checks missed: fail this batch, keep serving
-            log.exception("forward pass failed", extra={"event": "forward_error", "rows": len(rows)})
-            for j in batch:
-                if not j.future.done():
-                    j.future.set_exception(e)
-            return
+            if len(batch) == 1:
+                await self._answer(batch[0])
+                return
+            try:
+                preds = await self._forward(batch)
+            except Exception:  # a bug or a bad input the checks missed: find whose rows fail, keep serving
+                log.warning("forward pass failed: its requests run again one at a time",
+                            extra={"event": "forward_retry", "requests": len(batch),
+                                   "rows": sum(len(j.rows) for j in batch)})
+                for j in batch:
+                    await self._answer(j)
+                return
         finally:
             self.running = []
             self.batches += 1
-            if self.metrics is not None:
-                self.metrics.forward.observe(time.perf_counter() - t0)
         i = 0
         for j in batch:
             n = len(j.rows)
             if not j.future.done():  # an abandoned job's result is dropped
                 j.future.set_result(preds[i:i + n])
             i += n
+
+    async def _answer(self, job: Job) -> None:
+        """One job's rows on their own: its result, or the error its own rows raise."""
+        if job.future.done():
+            return
+        try:
+            preds = await self._forward([job])
+        except Exception as e:
+            log.exception("forward pass failed", extra={"event": "forward_error", "task": job.task,
+                                                        "rows": len(job.rows)})
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        if not job.future.done():
+            job.future.set_result(preds)
+
+    async def _forward(self, jobs: Sequence[Job]) -> list[Prediction]:
+        """The jobs' rows in order, in passes of at most ``max_batch_size`` rows (one big request is split)."""
+        rows = [r for j in jobs for r in j.rows]
+        hosts = [j.host for j in jobs for _ in j.rows]
+        loop = asyncio.get_running_loop()
+        preds: list[Prediction] = []
+        for start in range(0, len(rows), self.max_batch_size):
+            if all(j.abandoned for j in jobs):
+                break  # nobody waits for the rest (timeout, disconnect)
+            chunk = slice(start, start + self.max_batch_size)
+            t0 = time.perf_counter()
+            try:
+                preds += await loop.run_in_executor(self._executor, self.predict, rows[chunk], hosts[chunk])
+            finally:
+                if self.metrics is not None:
+                    self.metrics.batch_rows.observe(len(rows[chunk]))
+                    self.metrics.forward.observe(time.perf_counter() - t0)
+        return preds
 
     def _gauge(self) -> None:
         if self.metrics is not None:

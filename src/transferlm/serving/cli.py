@@ -31,6 +31,8 @@ def add_serve_command(subparsers: Any) -> None:
     p.add_argument("--model", help="base model all adapters share (default: the model the first task's run used)")
     p.add_argument("--task", action="append", metavar="NAME=FOLDER",
                    help="serve a run's saved model folder (<output>/model) as task NAME; repeat for more tasks")
+    p.add_argument("--allow-base-mismatch", action="store_true", default=None,
+                   help="load adapters whose run used another base model than --model (logged; default: refused)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--batching", choices=["mixed", "per-task", "none"],
@@ -68,6 +70,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "max_inputs": args.max_inputs, "max_chars": args.max_chars, "max_length": args.max_length,
              "admin_token": args.admin_token, "device": args.device,
              "threads": args.threads, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
-             "precision": args.precision}
+             "precision": args.precision, "allow_base_mismatch": args.allow_base_mismatch}
     serve(load_serve_config(args.config, flags))
     return 0

@@ -23,6 +23,8 @@ class ServeConfig:
     model: str | None = None
     # Task name -> a run's saved model folder (<output>/model, written with save_model: true).
     tasks: dict[str, str] = field(default_factory=dict)
+    # Load an adapter whose run recorded another base model than `model` (a warning in the log); off: refused.
+    allow_base_mismatch: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     # mixed: rows of different tasks share one forward pass; per-task: only same-task requests are

@@ -3,8 +3,9 @@ headers within ``header_timeout`` seconds of connecting or of its first byte, or
 
 uvicorn has no such timeout: its keep-alive timer stops at a request's first byte, so a client that sends
 half a header holds its connection (and one of ``max_connections``) forever. Measured before this: 20 stalled
-half-header connections stayed open with no answer. The body is not covered: it reaches the app, whose
-``request_timeout_s`` bounds the request.
+half-header connections stayed open with no answer. The body is the app's to bound (``app.BodyLimit``):
+it must be all in within ``request_timeout_s`` of the headers, or the client gets 408 and the connection
+closes.
 """
 
 from __future__ import annotations

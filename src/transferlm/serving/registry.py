@@ -5,7 +5,8 @@ executor), so a task loaded while the server runs never races a forward pass. A 
 it was admitted with: replacing a task loads the new adapter under a new internal name and swaps the
 mapping, so requests already queued finish on the old weights and say so. The old version is *retired*:
 once no queued or running request uses it (the batcher knows), ``free`` deletes it from its host, and a
-host left without tasks (a whole model copy) goes too.
+host left without tasks (a whole model copy) goes too. An adapter loads only onto the base model its run
+recorded in ``results.json`` (equal shapes are not equal weights), unless ``allow_base_mismatch`` says so.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..compat import slow_bf16_warning
 from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
+from ..models.zoo import model_identity
 from .config import PRECISIONS, check_task_name
 from .hosts import ClassifierHost, FinetuneHost, Prediction, PromptHost, Row, label_names_of
 from .memory import MemoryTrimmer
@@ -44,6 +46,10 @@ class UnknownTaskError(ConfigError):
 
 class TaskExistsError(ConfigError):
     """An admin call would load a task under a name already taken (without ``replace``)."""
+
+
+class BaseMismatchError(ConfigError):
+    """A task's run recorded another base model than the one served (and no override was given)."""
 
 
 @dataclass
@@ -84,7 +90,7 @@ def adapter_version(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -96,7 +102,18 @@ def run_config_of(folder: Path) -> dict[str, Any]:
     results = folder.parent / "results.json"
     if not results.is_file():
         return {}
-    return _read_json(results).get("config") or {}
+    data = _read_json(results)
+    config = data.get("config") if isinstance(data, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _on_shared_base(method: str, meta: dict[str, Any]) -> bool:
+    """Whether a task's weights sit on the served base model (not on a whole model copy of its own)."""
+    from ..methods.efficient import PEFT_METHODS
+
+    if method in PROMPT_METHODS:
+        return ((meta.get("config") or {}).get("peft") or {}).get("name") is not None
+    return method in PEFT_METHODS
 
 
 def resolve_device(device: str) -> torch.device:
@@ -113,8 +130,9 @@ def resolve_device(device: str) -> torch.device:
 
 class Registry:
     def __init__(self, model: str | None = None, *, device: str = "auto", max_length: int | None = None,
-                 pad_ratio: float | None = None, precision: str = "fp32") -> None:
+                 pad_ratio: float | None = None, precision: str = "fp32", allow_base_mismatch: bool = False) -> None:
         self.model = model
+        self.allow_base_mismatch = allow_base_mismatch  # load adapters recorded on another base (with a warning)
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
@@ -159,17 +177,33 @@ class Registry:
         return [e.adapter for e in list(self._retired)]
 
     # -- loading (inference thread) -----------------------------------------------------------------------
-    def load(self, name: str, folder: str | Path, *, replace: bool = False) -> TaskEntry:
+    def load(self, name: str, folder: str | Path, *, replace: bool = False,
+             allow_base_mismatch: bool | None = None) -> TaskEntry:
+        """Load the saved task in ``folder`` as ``name``; ``allow_base_mismatch`` None: the registry's setting."""
         check_task_name(name)
         if name in self._tasks and not replace:
             raise TaskExistsError(f"task '{name}' is already loaded (version {self._tasks[name].version}); "
                                   "pass replace: true to load a new version")
         folder = Path(folder).expanduser()
+        allow = self.allow_base_mismatch if allow_base_mismatch is None else allow_base_mismatch
+        try:
+            return self._load(name, folder, allow)
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+            # A malformed folder (a method.json of the wrong shape, a missing or truncated file) is the caller's
+            # input, not a server bug: a one-line error naming the folder.
+            detail = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"{folder}: not a loadable task folder ({type(e).__name__}: {detail}); point at a "
+                              "run's <output>/model folder written with save_model: true") from None
+
+    def _load(self, name: str, folder: Path, allow_base_mismatch: bool) -> TaskEntry:
         meta_path = folder / "method.json"
         if not meta_path.is_file():
             raise ConfigError(f"{folder} is not a saved task model (no method.json); point at a run's "
                               "<output>/model folder written with save_model: true")
         meta = _read_json(meta_path)
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; point at a run's "
+                              "<output>/model folder written with save_model: true")
         method = str(meta.get("method", "?"))
         spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in (meta.get("task") or {}).items()
                            if k in TaskSpec.__dataclass_fields__}) if meta.get("task") else None
@@ -178,6 +212,8 @@ class Registry:
         run_cfg = run_config_of(folder)
         if self.model is None:
             self.model = run_cfg.get("model") or None
+        if _on_shared_base(method, meta):
+            self._check_base(name, folder, run_cfg.get("model"), allow_base_mismatch)
         max_length = self.max_length or (run_cfg.get("train") or {}).get("max_length") or DEFAULT_MAX_LENGTH
         version = adapter_version(folder)
         self._loads += 1
@@ -288,6 +324,19 @@ class Registry:
             return "prompt", PromptHost(load_backbone(self._base(folder), head=lm), peft, self.device), key
         raise ConfigError(f"{folder}: method '{method}' cannot be served (servable: finetune, prompt-finetune, "
                           f"{', '.join(PEFT_METHODS)})")
+
+    def _check_base(self, name: str, folder: Path, recorded: str | None, allow: bool) -> None:
+        """Refuse (or, with ``allow``, warn about) an adapter whose run recorded another base model."""
+        if not recorded or not self.model or model_identity(recorded) == model_identity(self.model):
+            return  # nothing recorded (an older run): the shape check in load_task_adapter still applies
+        if not allow:
+            raise BaseMismatchError(
+                f"task '{name}': {folder} was trained on base model '{recorded}' ({folder.parent / 'results.json'}) "
+                f"but this server serves '{self.model}'; serve it with --model {recorded}, or set "
+                "allow_base_mismatch (--allow-base-mismatch, or in the POST /v1/tasks body) to load it anyway")
+        log.warning("loading a task trained on another base model (allow_base_mismatch)",
+                    extra={"event": "base_mismatch", "task": name, "folder": str(folder), "trained_on": recorded,
+                           "serving": self.model})
 
     def _base(self, folder: Path) -> str:
         if not self.model:

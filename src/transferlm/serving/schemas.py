@@ -57,6 +57,8 @@ class LoadTaskRequest(BaseModel):
     name: StrictStr = Field(min_length=1, max_length=64)
     path: StrictStr = Field(min_length=1, description="a run's saved model folder on the server's disk")
     replace: bool = Field(False, description="load a new version of a task already being served")
+    allow_base_mismatch: bool | None = Field(None, description="load it even if its run used another base model "
+                                             "(default: the server's --allow-base-mismatch)")
 
 
 class ErrorBody(BaseModel):

@@ -23,7 +23,7 @@ def build_registry(cfg: ServeConfig) -> Registry:
         raise ConfigError("nothing to serve: give --task NAME=FOLDER (or tasks: in --config), or --model to start "
                           "empty and load tasks with POST /v1/tasks")
     registry = Registry(cfg.model, device=cfg.device, max_length=cfg.max_length, pad_ratio=cfg.pad_ratio,
-                        precision=cfg.precision)
+                        precision=cfg.precision, allow_base_mismatch=cfg.allow_base_mismatch)
     for name, folder in cfg.tasks.items():
         registry.load(name, folder)
     if registry.model is not None and not cfg.tasks:
