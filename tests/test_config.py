@@ -41,3 +41,53 @@ def test_parse_shots() -> None:
     assert parse_shots("16") == 16 and parse_shots("full") is None and parse_shots(0) is None
     with pytest.raises(ConfigError):
         parse_shots("lots")
+
+
+# --- column indices for files without a header, and bools where numbers belong -------------------------------
+
+
+def test_yaml_column_indices_stay_integers(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {header: false, text_columns: [1, 2], label_column: 0}\n")
+    cfg = RunConfig.from_dict(load_yaml(p), source=str(p))
+    assert cfg.data.text_columns == [1, 2] and cfg.data.label_column == 0
+    # Names stay names, a digit string quoted in YAML included (it may be a header cell).
+    named = RunConfig.from_dict({"data": {"text_columns": ["review"], "label_column": "0"}})
+    assert named.data.text_columns == ["review"] and named.data.label_column == "0"
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_cli_column_indices_read_a_file_without_a_header(tmp_path: Path) -> None:
+    from transferlm.cli import build_parser, build_run_dict
+    from transferlm.protocol.run import load_run_data
+
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text("0,bad movie\n1,good movie\n0,awful film\n1,great film\n")
+    argv = ["run", "--task", "mine", "--train-file", str(tmp_path / "train.csv"), "--test-file",
+            str(tmp_path / "test.csv"), "--shots", "full", "--text-columns", "1", "--label-column", "0",
+            "--set", "data.header=false"]
+    cfg = RunConfig.from_dict(build_run_dict(build_parser().parse_args(argv))["run"])
+    assert cfg.data.text_columns == [1] and cfg.data.label_column == 0
+    spec, data = load_run_data(cfg)
+    assert spec.labels == ("0", "1") and len(data.train) + len(data.dev) == 4 and len(data.test) == 4
+
+
+def test_set_column_indices_as_a_comma_list() -> None:
+    # `--set data.text_columns=1,2` gives the string "1,2": indices, as `--text-columns 1,2` gives; labels stay text.
+    cfg = RunConfig.from_dict({"data": {"text_columns": "1,2", "labels": "0,1"}})
+    assert cfg.data.text_columns == [1, 2] and cfg.data.labels == ["0", "1"]
+
+
+@pytest.mark.parametrize("key,value", [("train.max_steps", True), ("train.batch_size", False),
+                                       ("seed", True), ("data.shots", True), ("train.learning_rate", True)])
+def test_a_bool_is_not_a_number(key: str, value: bool) -> None:
+    section, _, name = key.rpartition(".")
+    d = {section: {name: value}} if section else {name: value}
+    with pytest.raises(ConfigError, match=rf"^config\.{key} must be .*got {value}"):
+        RunConfig.from_dict(d)
+
+
+def test_negative_max_grad_norm_is_rejected() -> None:
+    TrainConfig(max_grad_norm=0).validate()  # 0: no clipping
+    with pytest.raises(ConfigError, match=r"^train\.max_grad_norm must be >= 0 \(0: no clipping\), got -1"):
+        TrainConfig(max_grad_norm=-1).validate()

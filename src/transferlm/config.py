@@ -65,6 +65,8 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"train.max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ConfigError(f"train.layer_decay (ξ) must be in (0, 1], got {self.layer_decay}")
         if self.self_ensemble not in ("none", "window", "ema"):
@@ -89,8 +91,9 @@ class DataConfig:
     train_file: str | None = None
     dev_file: str | None = None
     test_file: str | None = None
-    text_columns: list[str] | None = None
-    label_column: str | None = None
+    # Column names, or 0-based indices for files without a header row (data.header: false).
+    text_columns: list[int | str] | None = None
+    label_column: int | str | None = None
     labels: list[str] | None = None
     format: str | None = None
     header: bool | None = None
@@ -178,37 +181,65 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        last: Exception | None = None
-        for a in args:
-            try:
-                return _coerce(a, value, where)
-            except ConfigError as e:
-                last = e
-        raise last or ConfigError(f"{where}: bad value {value!r}")
+        return _coerce_union(tp, value, where)
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            value = [v.strip() for v in str(value).split(",")] if isinstance(value, str) else [value]
         (inner,) = typing.get_args(tp)[:1] or (Any,)
-        return [_coerce(inner, v, where) for v in value]
+        return [_coerce(inner, v, where) for v in _as_list(value, inner)]
     if origin is dict or tp is Any:
         return value
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "yes", "1"):
-            return True
-        if str(value).lower() in ("false", "no", "0"):
-            return False
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return _coerce_bool(value, where)
     if tp in (int, float, str):
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}") from None
+        return _coerce_scalar(tp, value, where)
     return value
+
+
+def _coerce_union(tp: Any, value: Any, where: str) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    # A value already of one of the types stays as it is: column 0 must not become the column named "0".
+    if type(value) in args:
+        return value
+    last: Exception | None = None
+    for a in args:
+        try:
+            return _coerce(a, value, where)
+        except ConfigError as e:
+            last = e
+    raise last or ConfigError(f"{where}: bad value {value!r}")
+
+
+def _as_list(value: Any, inner: Any) -> list[Any]:
+    """A list as given, or ``"a,b"`` split on commas (integers kept as integers where ``inner`` takes them)."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if not isinstance(value, str):
+        return [value]
+    items: list[Any] = [v.strip() for v in value.split(",")]
+    if int in typing.get_args(inner):  # `--set data.text_columns=1,2`: indices, as --text-columns 1,2 gives
+        items = [int(v) if v.isdigit() else v for v in items]
+    return items
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "yes", "1"):
+        return True
+    if str(value).lower() in ("false", "no", "0"):
+        return False
+    raise ConfigError(f"{where} must be true or false, got {value!r}")
+
+
+def _coerce_scalar(tp: type, value: Any, where: str) -> Any:
+    # bool is an int subclass: `true` must not silently become 1 (or 1.0).
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where} must be a number, got {value!r}; write a number, not true/false")
+    if tp is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    try:
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}") from None
 
 
 def from_dict(cls: type[T], d: dict[str, Any], source: str = "config") -> T:
