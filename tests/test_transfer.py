@@ -69,3 +69,66 @@ def test_probe_reports_every_layer(tiny_bert: Path, toy_data: Path, tmp_path: Pa
     assert report["best_layer"] == best["layer"] and "best on dev" in proc.stdout
     # Probing trains only the head.
     assert all(r["trainable_params"] == 2 * 32 + 2 for r in report["layers"])
+
+
+@pytest.mark.parametrize("max_grad_norm,clips", [(0.0, False), (1.0, True)])
+def test_multitask_max_grad_norm_zero_turns_clipping_off(tiny_bert: Path, two_tasks: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, max_grad_norm: float,
+                                                          clips: bool) -> None:
+    import torch
+
+    calls: list[float] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):  # clipping to 0 would zero every gradient: no step at all
+        calls.append(max_norm)
+        return real(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    cfg = MultitaskConfig(tasks=["toy", "toy2"], model=str(tiny_bert), quiet=True)
+    cfg.data.data_dir, cfg.data.shots = str(two_tasks), 4
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.max_grad_norm = 2, 0, max_grad_norm
+    multitask(cfg)
+    assert bool(calls) is clips and all(c == max_grad_norm for c in calls)
+
+
+def test_multitask_rejects_a_negative_max_grad_norm() -> None:
+    cfg = MultitaskConfig(tasks=["toy", "toy2"])
+    cfg.train.max_grad_norm = -1.0
+    with pytest.raises(ConfigError, match=r"^train\.max_grad_norm must be >= 0"):
+        multitask(cfg)
+
+
+def test_the_intermediate_task_is_read_as_its_own_files_say(tiny_bert: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target's file settings (format, header, empty_text) describe its own files, not the intermediate's."""
+    from transferlm.methods import get_method
+    from transferlm.protocol import run as run_module
+    from transferlm.protocol.transfer import train_intermediate
+
+    root = tmp_path / "data"
+    inter = root / "inter" / "original"
+    inter.mkdir(parents=True)
+    rows = "".join(f"{t}\t{lab}\n" for t, lab in [("good movie", "pos"), ("bad film", "neg")] * 4)
+    for split in ("train", "test"):
+        (inter / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    own = tmp_path / "own.csv"  # the target: header-less csv, label first
+    own.write_text("0,bad movie\n1,good movie\n" * 4)
+    cfg = _cfg(tiny_bert, root, intermediate={"task": "inter", "shots": None})
+    cfg.data.train_file, cfg.data.text_columns, cfg.data.label_column = str(own), [1], 0
+    cfg.data.format, cfg.data.header, cfg.data.empty_text = "csv", False, "drop"
+    seen = []
+
+    def capture(icfg: RunConfig):
+        seen.append(icfg)
+        raise RuntimeError("captured")  # no need to train: what matters is how the data is read
+
+    monkeypatch.setattr(run_module, "load_run_data", capture)
+    method = get_method("finetune")
+    with pytest.raises(RuntimeError, match="captured"):
+        train_intermediate(cfg, method, method.parse_config({}), backbone=None)
+    monkeypatch.undo()
+    icfg = seen[0]
+    assert (icfg.data.format, icfg.data.header, icfg.data.empty_text) == (None, None, None)
+    spec, data = run_module.load_run_data(icfg)
+    assert spec.labels == ("neg", "pos") and len(data.train) + len(data.dev) == 8  # the header row is no example

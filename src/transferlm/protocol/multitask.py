@@ -106,7 +106,8 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
         labels = torch.tensor([e.label for e in examples])
         loss = F.mse_loss(logits, labels.float()) if spec.regression else F.cross_entropy(logits, labels.long())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        if cfg.train.max_grad_norm > 0:  # 0 turns clipping off, as in the engine (clipping to 0 zeroes the step)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": step + 1, "task": task, "loss": float(loss.detach())}

@@ -27,7 +27,9 @@ def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig,
     icfg.task, icfg.intermediate = inter.task, None
     icfg.data.shots = inter.shots
     icfg.data.data_dir = inter.data_dir or cfg.data.data_dir
-    for key in ("train_file", "dev_file", "test_file", "text_columns", "label_column", "labels"):
+    # Everything that describes the target's own files: the intermediate task is read as its registry says.
+    for key in ("train_file", "dev_file", "test_file", "text_columns", "label_column", "labels", "format", "header",
+                "empty_text"):
         setattr(icfg.data, key, None)
     if inter.max_steps is not None:
         icfg.train.max_steps = inter.max_steps
