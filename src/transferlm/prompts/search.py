@@ -67,10 +67,11 @@ def candidate_words(tokenizer: Any, enc: TemplateEncoder) -> dict[int, str]:
     return {i: t for i, t, e in zip(ids, texts, encoded, strict=True) if list(e) == [i]}
 
 
-def _score(metric: str, labels: np.ndarray, preds: np.ndarray) -> float:
+def _score(metric: str, labels: np.ndarray, preds: np.ndarray, num_labels: int) -> float:
     if metric == "accuracy":
         return float((labels == preds).mean())
-    return float(compute_metrics(labels.tolist(), preds, regression=False, primary=metric)[metric])
+    return float(compute_metrics(labels.tolist(), preds, regression=False, primary=metric,
+                                 num_labels=num_labels)[metric])
 
 
 def search_label_words(backbone: Any, spec: TaskSpec, template: Template, train: Sequence[Example],
@@ -133,7 +134,7 @@ def rank_assignments(logprobs: torch.Tensor, labels: np.ndarray, top_ids: list[l
             beams = grown[:beam]
         else:
             beams = grown
-    scored = [(a, _score(metric, labels, lp[:, list(a)].argmax(1))) for a in beams]
+    scored = [(a, _score(metric, labels, lp[:, list(a)].argmax(1), len(top_ids))) for a in beams]
     scored.sort(key=lambda t: t[1], reverse=True)
     return scored[:n]
 
@@ -232,7 +233,7 @@ def search_templates(backbone: Any, spec: TaskSpec, label_words: object, candida
             lp = reader.logprobs(tpl, rank)
             rows = torch.arange(len(rank))[:, None].expand(-1, verb.num_words)
             preds = verb(lp[:, None, :], rows).argmax(-1).numpy()
-            ranked.append({"template": tpl.source, "zero_shot": round(_score(spec.metric, labels, preds), 4)})
+            ranked.append({"template": tpl.source, "zero_shot": round(_score(spec.metric, labels, preds, spec.num_labels), 4)})
     finally:
         reader.close()
     ranked.sort(key=lambda r: r["zero_shot"], reverse=True)

@@ -141,4 +141,5 @@ def _evaluate(model: MultiTaskModel, task: str, spec: Any, examples: list, colla
     for i in range(0, len(examples), 64):
         logits = model(task, **collate(examples[i:i + 64]))
         preds.extend(logits.tolist() if spec.regression else logits.argmax(-1).tolist())
-    return compute_metrics([e.label for e in examples], preds, regression=spec.regression, primary=spec.metric)
+    return compute_metrics([e.label for e in examples], preds, regression=spec.regression, primary=spec.metric,
+                           num_labels=spec.num_labels)

@@ -270,5 +270,5 @@ class Engine:
         t0 = time.perf_counter()
         preds, scores = self.predict(examples, desc=desc)
         metrics = compute_metrics([e.label for e in examples], preds, regression=self.spec.regression,
-                                  primary=self.spec.metric)
+                                  primary=self.spec.metric, num_labels=self.spec.num_labels)
         return Predictions(preds, scores, metrics, time.perf_counter() - t0)
