@@ -198,3 +198,26 @@ def test_hub_task_without_datasets_installed(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(DataError, match="pip install datasets"):
         load_task("hf:imdb", None, DataOptions())
+
+
+@pytest.mark.parametrize("content,record", [("[1, 2]", "record 1 is int"),
+                                            ('[{"text": "hi", "label": "a"}, "oops"]', "record 2 is str"),
+                                            ('{"x": {"text": "hi", "label": "a"}, "y": 3.5}', "record 2 is float")])
+def test_json_records_that_are_not_objects(tmp_path: Path, content: str, record: str) -> None:
+    p = tmp_path / "train.json"
+    p.write_text(content)
+    spec = TaskSpec(name="x", text_columns=("text",), label_column="label", format="json", labels=("a",))
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    assert _one_line(e).startswith(f"{p}: {record}") and "object with named fields" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity"])
+def test_regression_labels_must_be_finite(tmp_path: Path, bad: str) -> None:
+    p = tmp_path / "train.tsv"
+    p.write_text(f"sentence1\tsentence2\tscore\na\tb\t1.5\nc\td\t{bad}\n")
+    spec = TaskSpec(name="sts", text_columns=("sentence1", "sentence2"), label_column="score", regression=True,
+                    metric="pearson")
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    assert f"{p}:3: label '{bad}' is not a finite number" in _one_line(e)

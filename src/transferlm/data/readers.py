@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def iter_rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
             records = data.values() if isinstance(data, dict) else data
             for i, rec in enumerate(records, 1):
-                yield i, rec
+                yield i, _json_record(rec, path, i)
         elif fmt == "tsv":
             # GLUE files are not quoted: split on tabs like the LM-BFF reader does.
             with path.open(encoding="utf-8-sig") as f:
@@ -136,6 +137,14 @@ def _json_obj(line: str, path: Path, lineno: int) -> dict[str, Any]:
     return obj
 
 
+def _json_record(rec: Any, path: Path, number: int) -> dict[str, Any] | list[Any]:
+    # Columns are looked up by name (an object) or index (a list); a bare number or string has neither.
+    if not isinstance(rec, dict | list):
+        raise DataError(f"{path}: record {number} is {type(rec).__name__} {rec!r:.40}, not an object with named "
+                        "fields; make each record an object like {\"text\": ..., \"label\": ...}")
+    return rec
+
+
 def cell(row: Any, col: Column, path: Path, lineno: int) -> str:
     try:
         if isinstance(col, int):
@@ -153,12 +162,21 @@ def cell(row: Any, col: Column, path: Path, lineno: int) -> str:
 def _label(raw: str, spec: TaskSpec, path: Path, lineno: int) -> int | float:
     raw = raw.strip()
     if spec.regression:
-        try:
-            return float(raw)
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: label {raw!r} is not a number (task {spec.name} is regression)") from None
+        return _regression_label(raw, spec, path, lineno)
     try:
         return spec.labels.index(raw)
     except ValueError:
         raise DataError(f"{path}:{lineno}: label {raw!r} is not in the declared label set {list(spec.labels)}; "
                         "fix the file or declare the labels with --labels") from None
+
+
+def _regression_label(raw: str, spec: TaskSpec, path: Path, lineno: int) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: label {raw!r} is not a number (task {spec.name} is regression)") from None
+    # float() accepts nan and inf, which would poison the loss and the correlation metrics.
+    if not math.isfinite(value):
+        raise DataError(f"{path}:{lineno}: label {raw!r} is not a finite number (task {spec.name} is regression); "
+                        "fix or drop the row")
+    return value
