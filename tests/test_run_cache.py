@@ -148,3 +148,27 @@ def test_a_record_from_before_the_digests_compares_the_resolved_folder(
 
     shutil.copytree(toy_data, tmp_path / "copy")
     assert cached_result(out, _cfg(tiny_bert, tmp_path / "copy")) is None  # no digest to tell it is the same data
+
+
+def test_checkpoint_settings_do_not_stop_reuse(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_bert, toy_data)
+    cfg.output = str(tmp_path / "run")
+    run(cfg)
+    other = _cfg(tiny_bert, toy_data)
+    other.train.checkpoint_every, other.train.keep_checkpoint = 7, True  # what is written along the way only
+    assert cached_result(Path(cfg.output), other) is not None
+
+
+def test_save_model_reuses_only_a_run_that_saved_its_model(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
+    plain = _cfg(tiny_bert, toy_data)
+    plain.output = str(tmp_path / "plain")
+    run(plain)
+    wants = _cfg(tiny_bert, toy_data)
+    wants.save_model = True
+    assert cached_result(Path(plain.output), wants) is None  # no model/ to serve from: train again
+    wants.output = str(tmp_path / "saved")
+    run(wants)
+    assert (Path(wants.output) / "model").is_dir()
+    assert cached_result(Path(wants.output), wants) is not None
+    assert cached_result(Path(wants.output), _cfg(tiny_bert, toy_data)) is not None  # saved weights do no harm
+

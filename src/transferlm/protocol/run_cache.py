@@ -1,6 +1,7 @@
 """compare's per-run cache: a finished run is reused only when it did what the requested run would do.
 
-The run config is compared as written, except for two parts:
+The run config is compared as written, except for the options that do not change results (``IGNORED``,
+``IGNORED_TRAIN``: output, logging, checkpoints) and two parts:
 - ``method_args`` are compared as the settings they parse to, defaults included. A user who writes a
   default out still reuses the run that left it implicit, and a run recorded under an older default is
   not reused for the new one (see ``changed_default``).
@@ -8,6 +9,8 @@ The run config is compared as written, except for two parts:
   digest of each split's examples, which runs record. ``../shared/data`` and ``/work/shared/data`` are
   one folder; a folder whose files changed since is not. Records from before the digests compare the
   resolved paths (a relative path resolved against the current folder).
+
+A request with ``save_model`` reuses only a run that left its weights in ``model/``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from ..methods import get_method
 from ..methods.base import WAS, MethodConfig
 from .run import RESULTS, load_run_data
 
-# Run options that do not change what a run computes.
-IGNORED = ("quiet", "resume", "output")
+# Run options that do not change what a run computes. save_model is checked on its own (`_has_model`).
+IGNORED = ("quiet", "resume", "output", "save_model")
+# Train settings that only say what is written to disk along the way, not what the run computes.
+IGNORED_TRAIN = ("checkpoint_every", "keep_checkpoint")
 # Keys of the data section that say where the data sits, not what it is.
 LOCATION = ("data_dir", "train_file", "dev_file", "test_file")
 
@@ -41,10 +46,9 @@ def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
         res = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
-    mine, theirs = cfg.to_dict(), dict(res.get("config", {}))
-    for key in (*IGNORED, "method_args"):
-        mine.pop(key, None)
-        theirs.pop(key, None)
+    if cfg.save_model and not _has_model(out):
+        return None  # the requested run must leave its weights in out/model/; this one did not
+    mine, theirs = _comparable(cfg.to_dict()), _comparable(dict(res.get("config", {})))
     mine_where, theirs_where = _split_location(mine), _split_location(theirs)
     if theirs != mine:
         return None
@@ -58,6 +62,21 @@ def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     # Runs recorded before "method_settings" existed have only the config after resolve() (auto search).
     recorded = res.get("method_settings", res.get("method_config", {}))
     return res if same_settings(options, recorded) else None
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys that do not change a run's results."""
+    for key in (*IGNORED, "method_args"):
+        config.pop(key, None)
+    train = dict(config.get("train") or {})
+    for key in IGNORED_TRAIN:
+        train.pop(key, None)
+    config["train"] = train
+    return config
+
+
+def _has_model(out: Path) -> bool:
+    return (out / "model").is_dir()
 
 
 def _split_location(config: dict[str, Any]) -> dict[str, Any]:
