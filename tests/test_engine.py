@@ -113,11 +113,37 @@ def test_checkpoints_are_safetensors_and_corruption_is_caught(tiny_bert: Path, t
     assert load_file(str(ck / "model.safetensors"))  # readable without unpickling
     (ck / "model.safetensors").write_bytes(b"garbage")
     (out / "results.json").unlink()
-    with pytest.raises(CheckpointError, match="corrupt"):
-        run(_cfg(tiny_bert, toy_data, out, max_steps=12, checkpoint_every=4))
+    with pytest.raises(CheckpointError, match="corrupt"):  # the same run again: it resumes, and finds the damage
+        run(_cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4))
     assert not (out / "results.json").exists()
-    proc = run_cli(*toy_run_args(tiny_bert, toy_data, out, "--steps", "12"))
+    cli_args = toy_run_args(tiny_bert, toy_data, tmp_path / "cli", "--steps", "8", "--set", "train.checkpoint_every=4",
+                            "--set", "train.keep_checkpoint=true")
+    run_cli(*cli_args, check=True)
+    (tmp_path / "cli" / "checkpoint" / "model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "cli" / "results.json").unlink()
+    proc = run_cli(*cli_args)
     assert proc.returncode == 2 and "corrupt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tiny_bert: Path, toy_data: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # Killed at step 8 under lr 3e-3, then rerun with lr 1e-5: resuming would go on with the old optimizer's
+    # learning rate and record the result under the new one.
+    out = tmp_path / "o"
+    run(_cfg(tiny_bert, toy_data, out, checkpoint_every=8, keep_checkpoint=True))
+    (out / "results.json").unlink()
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 8
+    with caplog.at_level("WARNING"):
+        changed = run(_cfg(tiny_bert, toy_data, out, learning_rate=1e-5, checkpoint_every=8)).results
+    fresh = run(_cfg(tiny_bert, toy_data, None, learning_rate=1e-5)).results
+    assert changed["resumed_from_step"] is None and "starting over" in caplog.text
+    assert [h["loss"] for h in changed["history"]] == [h["loss"] for h in fresh["history"]]
+    assert changed["metrics"] == fresh["metrics"]
+    # Where only checkpointing options differ, the checkpoint is the same run's: it is resumed.
+    run(_cfg(tiny_bert, toy_data, out, checkpoint_every=8, keep_checkpoint=True))
+    (out / "results.json").unlink()
+    again = run(_cfg(tiny_bert, toy_data, out, checkpoint_every=4)).results
+    assert again["resumed_from_step"] == 8
 
 
 def test_save_model_writes_a_reloadable_folder(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:

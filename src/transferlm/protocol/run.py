@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import platform
 import time
@@ -32,6 +34,25 @@ RESULTS = "results.json"
 class RunResult:
     results: dict[str, Any]
     engine: Engine | None = None
+
+
+# Run options that do not change what training computes (where it writes, how often it checkpoints).
+NOT_TRAINING = ("output", "quiet", "resume", "save_model")
+NOT_TRAINING_TRAIN = ("checkpoint_every", "keep_checkpoint")
+DATA_LOCATION = ("data_dir", "train_file", "dev_file", "test_file")  # the digests say what was read
+
+
+def training_fingerprint(cfg: RunConfig, method_settings: dict[str, Any], digests: dict[str, str]) -> str:
+    """A digest of what a run's training depends on: its config, the method's settings after ``resolve``
+    (an automatic search's choice included), and the digests of the data it reads."""
+    config = cfg.to_dict()
+    for key in NOT_TRAINING:
+        config.pop(key, None)
+    config["train"] = {k: v for k, v in (config.get("train") or {}).items() if k not in NOT_TRAINING_TRAIN}
+    config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k not in DATA_LOCATION}
+    payload = json.dumps({"config": config, "method": method_settings, "data": digests}, sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def task_overrides(cfg: RunConfig) -> dict[str, Any]:
@@ -83,7 +104,8 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
             log.info("not trained (unused by the forward pass): %s", ", ".join(unused))
     trainable, total = count_parameters(prepared.model)
     out_dir = Path(cfg.output) if cfg.output else None
-    engine = Engine(prepared, spec, cfg.train, seed=cfg.seed, out_dir=out_dir, quiet=cfg.quiet, resume=cfg.resume)
+    engine = Engine(prepared, spec, cfg.train, seed=cfg.seed, out_dir=out_dir, quiet=cfg.quiet, resume=cfg.resume,
+                    fingerprint=training_fingerprint(cfg, method_cfg.to_dict(), data.digests()))
     fit = None
     if prepared.trains:
         fit = engine.fit(data.train, data.dev)

@@ -98,6 +98,16 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     return meta, best, extra
 
 
+def checkpoint_state(out_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint's ``state.json`` (step, fingerprint, ...) without loading any tensor; None if there is
+    none or it cannot be read (``load_checkpoint`` then says what is wrong with it)."""
+    try:
+        state = json.loads((out_dir / CHECKPOINT_DIR / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def remove_checkpoint(out_dir: Path) -> None:
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
     for stale in out_dir.glob(f".{CHECKPOINT_DIR}.*"):

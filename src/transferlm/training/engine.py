@@ -32,7 +32,14 @@ from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..evaluation.metrics import compute_metrics
 from ..methods.base import Prepared
-from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
+from .checkpoint import (
+    checkpoint_state,
+    load_checkpoint,
+    load_trainable,
+    remove_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
 from .ensemble import ParameterAverage, SelfDistillation, load_into
 from .optim import adamw
 from .param_groups import build_param_groups
@@ -77,9 +84,11 @@ def get_accelerator(mixed_precision: str = "no") -> Accelerator:
 class Engine:
     def __init__(self, prepared: Prepared, spec: TaskSpec, cfg: TrainConfig, *, seed: int,
                  out_dir: Path | None = None, quiet: bool = False, resume: bool = True,
-                 accelerator: Accelerator | None = None) -> None:
+                 accelerator: Accelerator | None = None, fingerprint: str | None = None) -> None:
+        """``fingerprint``: what the training depends on (config, method settings, data), recorded in each
+        checkpoint; a checkpoint written under another one is not resumed but started over."""
         self.prepared, self.spec, self.cfg, self.seed = prepared, spec, cfg, seed
-        self.out_dir, self.quiet, self.resume = out_dir, quiet, resume
+        self.out_dir, self.quiet, self.resume, self.fingerprint = out_dir, quiet, resume, fingerprint
         self.acc = accelerator or get_accelerator(cfg.mixed_precision)
         self.model = prepared.model.to(self.acc.device)
         self.loss_hooks: list[Callable[..., torch.Tensor]] = []
@@ -155,6 +164,7 @@ class Engine:
         start, best, best_score, best_step, history = 0, None, -math.inf, None, []
         resumed_from = None
         if self.out_dir is not None and self.resume:
+            self._drop_stale_checkpoint()
             restored = load_checkpoint(self.out_dir, self.model, optimizer, scheduler)
             if restored is not None:
                 state, best, extra = restored
@@ -217,7 +227,8 @@ class Engine:
                 if acc.is_main_process:
                     save_checkpoint(self.out_dir, acc.unwrap_model(model), optimizer, scheduler,
                                     {"step": done, "best_score": best_score, "best_step": best_step,
-                                     "history": history, "seed": self.seed}, best,
+                                     "history": history, "seed": self.seed, "fingerprint": self.fingerprint},
+                                    best,
                                     average.state_tensors() if average is not None else None)
                 acc.wait_for_everyone()
         bar.close()
@@ -233,6 +244,19 @@ class Engine:
         best_dev = next((h["dev"] for h in history if h["step"] == best_step and "dev" in h), {})
         return FitResult(steps=total, best_step=best_step, best_dev=best_dev, history=history,
                          train_seconds=train_seconds, resumed_from=resumed_from)
+
+    def _drop_stale_checkpoint(self) -> None:
+        """Remove a checkpoint that another config, method setting or data wrote (resuming it would train on
+        with the old learning rate, schedule or steps and record the result under the new config)."""
+        assert self.out_dir is not None
+        found = checkpoint_state(self.out_dir)
+        if found is None or self.fingerprint is None or found.get("fingerprint") == self.fingerprint:
+            return
+        if self.acc.is_main_process:
+            log.warning("checkpoint in %s was written by a run with another config, method settings or data "
+                        "(step %s); starting over", self.out_dir, found.get("step"))
+            remove_checkpoint(self.out_dir)
+        self.acc.wait_for_everyone()
 
     # -- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
