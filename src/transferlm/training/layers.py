@@ -2,7 +2,8 @@
 
 The transformer blocks are the ``nn.ModuleList`` whose length is ``config.num_hidden_layers``;
 parameter names carry the block index (``...layer.3...`` / ``...layers.3...``), which is what
-layer-wise learning rates and freezing key on, so they also work on PEFT-wrapped models.
+layer-wise learning rates and freezing key on. PEFT weights kept outside the layers (adapter banks,
+BitFit deltas) are mapped by their method instead (``PeftBackbone.layer_of_param``).
 """
 
 from __future__ import annotations

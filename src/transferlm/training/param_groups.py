@@ -21,6 +21,24 @@ def _no_decay(name: str, ndim: int) -> bool:
     return ndim < 2 or "norm" in name.lower()
 
 
+def peft_blocks(model: nn.Module) -> dict[int, int | None]:
+    """The block of each PEFT wrapper's parameter (by id), from the method itself: its names need not say it.
+
+    (An adapter's ``banks.0_attn...`` or BitFit's ``deltas.t1.encoder__layer__0...`` carry no ``layer.N.``;
+    a prefix encoder's ``embedding`` is not the model's embeddings.)
+    """
+    blocks: dict[int, int | None] = {}
+    for module in model.modules():
+        if not hasattr(module, "layer_of_param"):  # not a PeftBackbone (duck-typed: training does not import methods)
+            continue
+        if module.no_layer_decay:
+            raise ConfigError(f"train.layer_decay does not apply to {module.method}: {module.no_layer_decay}; "
+                              "remove train.layer_decay")
+        for name, p in module.named_parameters():
+            blocks.setdefault(id(p), module.layer_of_param(name))
+    return blocks
+
+
 def build_param_groups(model: nn.Module, backbone: nn.Module | None, lr: float, weight_decay: float,
                        layer_decay: float | None = None) -> list[dict[str, Any]]:
     """Groups keyed by (learning rate, weight decay); only trainable parameters."""
@@ -32,13 +50,14 @@ def build_param_groups(model: nn.Module, backbone: nn.Module | None, lr: float, 
         log.warning("train.layer_decay ξ=%g over %d layers gives the embeddings %.2g of the base rate, so the lower "
                     "layers barely train; ξ=%.3f would give them 10%%", layer_decay, depth, layer_decay ** depth,
                     0.1 ** (1 / depth))
+    blocks = peft_blocks(model) if layer_decay is not None else {}
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         rate = lr
         if layer_decay is not None:
-            k = layer_of(name)
+            k = blocks[id(p)] if id(p) in blocks else layer_of(name)
             if k is not None:
                 rate = lr * layer_decay ** (depth - min(k, depth))
         wd = 0.0 if _no_decay(name, p.ndim) else weight_decay

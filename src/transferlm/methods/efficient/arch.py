@@ -116,9 +116,18 @@ class Arch:
 
     def signature(self) -> dict[str, Any]:
         """What an adapter depends on: loading onto a model with another signature is an error."""
-        return {"model_type": self.config.model_type, "hidden_size": self.hidden_size,
-                "num_layers": self.num_layers, "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
-                "kv_dim": self.kv_dim}
+        sig = {"model_type": self.config.model_type, "hidden_size": self.hidden_size,
+               "num_layers": self.num_layers, "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
+               "kv_dim": self.kv_dim}
+        ffn = self.intermediate_size
+        if ffn is not None:  # the FFN width: LoRA all-linear and IA3 weights have its shape
+            sig["intermediate_size"] = ffn
+        return sig
+
+    @property
+    def intermediate_size(self) -> Any:
+        cfg = self.config
+        return getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", None)  # DistilBERT: hidden_dim
 
 
 def spec_for(model_type: str) -> ArchSpec:

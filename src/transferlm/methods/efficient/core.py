@@ -21,10 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError, ModelError
+from ...training.layers import layer_of
 from .arch import Arch, resolve_arch
 
 OWN_WEIGHTS = "adapter.safetensors"
 OWN_CONFIG = "adapter.json"
+SIGNATURE_ADDED_LATER = ("intermediate_size",)  # base-model signature keys older adapter.json files lack
 HOST_ATTR = "_transferlm_peft"  # set on the wrapped HF model: one PEFT transformation per base model
 
 
@@ -35,6 +37,8 @@ class PeftBackbone(nn.Module):
     # Whether the method puts its own positions in front of the input (prefix- and prompt-tuning): a prompt's
     # cached demonstration states (prompts/prefix_cache.py) would then miss them.
     extends_context: ClassVar[bool] = False
+    # Why train.layer_decay cannot apply to the method (its weights feed every layer at once), or None.
+    no_layer_decay: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, train_lm_head: bool = False) -> None:
         super().__init__()
@@ -84,6 +88,14 @@ class PeftBackbone(nn.Module):
     def _forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         return self.model(*args, **kwargs)
 
+    def layer_of_param(self, name: str) -> int | None:
+        """The block a parameter (named within this wrapper) belongs to, for train.layer_decay.
+
+        1-based; 0 for the embeddings; None above the blocks. By default the block index in the name
+        (peft's LoRA/IA3 weights sit inside the layers they adapt); methods keeping weights elsewhere override.
+        """
+        return layer_of(name)
+
     # -- adapters ------------------------------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
@@ -102,7 +114,11 @@ class PeftBackbone(nn.Module):
         self.to(device)  # new weights join the base model wherever it already lives
         self.configs[name] = cfg
         if self.active is None:
-            self.active = name
+            self._activate(name)
+
+    def _activate(self, name: str) -> None:
+        """Make ``name`` active when none is (the first adapter, or the first after all were deleted)."""
+        self.active = name
 
     def check_name(self, name: str) -> None:
         if name not in self.configs:
@@ -201,15 +217,26 @@ class PeftBackbone(nn.Module):
         return self.configs[name]
 
     def load_adapter(self, folder: Path, name: str) -> None:
-        self.add_adapter(name, self.read_meta(folder))
-        self.load_adapter_state(name, load_file(str(folder / OWN_WEIGHTS)))
+        cfg, state = self.read_meta(folder), load_file(str(folder / OWN_WEIGHTS))
+        self.add_adapter(name, cfg)
+        self.load_or_remove(name, state)
+
+    def load_or_remove(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        """Load ``name``'s weights; if they do not fit, remove the adapter again (no half-loaded adapter stays)."""
+        try:
+            self.load_adapter_state(name, state)
+        except Exception:
+            self.delete_adapter(name)
+            raise
 
     def check_signature(self, saved: dict[str, Any], source: str) -> None:
         self.check_signature_of(self.signature, saved, source)
 
     @staticmethod
     def check_signature_of(mine: dict[str, Any], saved: dict[str, Any], source: str) -> None:
-        diff = [f"{k} {saved.get(k)} vs {v}" for k, v in mine.items() if saved.get(k) != v]
+        # Adapters saved before a key joined the signature lack it: nothing to compare for that key.
+        diff = [f"{k} {saved.get(k)} vs {v}" for k, v in mine.items()
+                if saved.get(k) != v and (k in saved or k not in SIGNATURE_ADDED_LATER)]
         if diff:
             raise ModelError(f"{source} was trained on another base model ({'; '.join(diff)}: saved vs this one)")
 

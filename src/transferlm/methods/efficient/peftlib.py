@@ -45,7 +45,8 @@ class PeftLibBackbone(PeftBackbone):
     def hf_model(self) -> nn.Module:
         from peft import PeftModel
 
-        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        # Not get_base_model(): it looks up peft's active adapter, which is stale once the last one is deleted.
+        return self.model.base_model.model if isinstance(self.model, PeftModel) else self.model
 
     def _add(self, name: str, cfg: Any) -> None:
         self._add_peft(name, self.peft_config(cfg))
@@ -66,8 +67,20 @@ class PeftLibBackbone(PeftBackbone):
             self._unfreeze_head(self.hf_model)
 
     def set_adapter(self, name: str) -> None:
+        frozen = not any(p.requires_grad for p in self.parameters())
         super().set_adapter(name)
         self.model.set_adapter(name)
+        if frozen:  # peft's set_adapter makes the adapter trainable; a frozen wrapper (a teacher) stays frozen
+            self.requires_grad_(False)
+
+    def _activate(self, name: str) -> None:
+        super()._activate(name)
+        self.model.set_adapter(name)  # peft keeps its own active adapter (stale after deleting the last one)
+
+    def _forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if self.active is None:  # every adapter deleted: the bare model, past peft's (adapterless) wrapper
+            return self.hf_model(*args, **kwargs)
+        return self.model(*args, **kwargs)
 
     def _delete(self, name: str) -> None:
         from peft import PeftModel
@@ -89,7 +102,12 @@ class PeftLibBackbone(PeftBackbone):
         if unexpected or missing:
             raise CheckpointError(f"{self.method} adapter weights do not match this model (missing {missing[:2]}, "
                                   f"unexpected {unexpected[:2]}); was it trained on another model class?")
-        set_peft_model_state_dict(self.model, state, adapter_name=name)
+        try:
+            set_peft_model_state_dict(self.model, state, adapter_name=name)
+        except RuntimeError as e:  # torch's multi-line size-mismatch report: keep its first mismatch
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise CheckpointError(f"{self.method} adapter '{name}': {lines[min(1, len(lines) - 1)][:300]}; "
+                                  "was it trained on another base model?") from None
 
     def save_adapter(self, folder: Path, name: str) -> None:
         self.check_name(name)
@@ -105,14 +123,15 @@ class PeftLibBackbone(PeftBackbone):
     def load_adapter(self, folder: Path, name: str) -> None:
         from peft import PeftConfig
 
-        cfg = self.read_meta(folder)
+        cfg, state = self.read_meta(folder), load_file(str(folder / PEFT_WEIGHTS))
         pcfg = PeftConfig.from_pretrained(str(folder))
         pcfg.inference_mode = False
         self.check_new_name(name)
         self._add_peft(name, pcfg)
         self.configs[name] = cfg
-        self.active = self.active or name
-        self.load_adapter_state(name, load_file(str(folder / PEFT_WEIGHTS)))
+        if self.active is None:
+            self._activate(name)
+        self.load_or_remove(name, state)
 
     def merged_copy(self, name: str | None = None) -> nn.Module:
         """A copy of the base model with adapter ``name`` folded into its weights (no peft needed)."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -28,20 +30,26 @@ class AdapterBackbone(PeftBackbone):
             bank = nn.ModuleDict()
             self.banks[key] = bank
             rel = self.arch.spec.o if site == "attn" else self.arch.spec.ffn_down
-            self.arch.site(layer, rel).register_forward_hook(self._hook(bank))
+            # A bound method (not a closure): a deep copy of the model (self-distillation's teacher) rebinds it
+            # to the copy's own banks instead of running the original's weights.
+            self.arch.site(layer, rel).register_forward_hook(functools.partial(self._hook, key))
         return self.banks[key]
 
-    def _hook(self, bank: nn.ModuleDict):
+    def _hook(self, key: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.active is None:
+            return output
+        bank = self.banks[key]
+
         def branch(name: str, y: torch.Tensor) -> torch.Tensor:
             # A task whose variant has no adapter at this site passes through.
             return bank[name](y) if name in bank else torch.zeros_like(y)
 
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if self.active is None:
-                return output
-            return output + self.route(output, branch)
+        return output + self.route(output, branch)
 
-        return hook
+    def layer_of_param(self, name: str) -> int | None:
+        if name.startswith("banks."):  # banks.<layer>_<site>.<adapter>...: 0-based layer in the bank key
+            return int(name.split(".")[1].split("_")[0]) + 1
+        return super().layer_of_param(name)
 
     def _add(self, name: str, cfg: AdapterOptions) -> None:
         for layer in range(self.arch.num_layers):

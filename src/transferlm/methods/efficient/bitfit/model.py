@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from ....errors import ConfigError
+from ....training.layers import layer_of
 from ..core import PeftBackbone, copy_into
 from .config import BitFitOptions
 
@@ -31,19 +34,22 @@ class BitFitBackbone(PeftBackbone):
                               "use lora, adapter or ia3")
         self.deltas = nn.ModuleDict()
         for path, m in self.sites.items():
-            m.register_forward_hook(self._hook(_key(path)))
+            # A bound method (not a closure), so a deep copy of the model hooks in the copy's deltas.
+            m.register_forward_hook(functools.partial(self._hook, _key(path)))
 
-    def _hook(self, key: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if self.active is None:
-                return output
-            if self._rows is None:
-                return output + self.deltas[self.active][key].to(output.dtype)
-            table = torch.stack([self.deltas[n][key] for n in self.adapter_names])
-            rows = table[self._rows]  # [batch, dim]
-            return output + rows.view(rows.shape[0], *([1] * (output.dim() - 2)), rows.shape[1]).to(output.dtype)
+    def _hook(self, key: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.active is None:
+            return output
+        if self._rows is None:
+            return output + self.deltas[self.active][key].to(output.dtype)
+        table = torch.stack([self.deltas[n][key] for n in self.adapter_names])
+        rows = table[self._rows]  # [batch, dim]
+        return output + rows.view(rows.shape[0], *([1] * (output.dim() - 2)), rows.shape[1]).to(output.dtype)
 
-        return hook
+    def layer_of_param(self, name: str) -> int | None:
+        if name.startswith("deltas."):  # deltas.<adapter>.<site path with __>: the block of the biased module
+            return layer_of(name.split(".", 2)[2].replace("__", ".") + ".")
+        return super().layer_of_param(name)
 
     def _add(self, name: str, cfg: BitFitOptions) -> None:
         self.deltas[name] = nn.ParameterDict({_key(p): nn.Parameter(torch.zeros_like(m.bias))

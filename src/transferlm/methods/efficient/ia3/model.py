@@ -22,7 +22,14 @@ class IA3Backbone(PeftLibBackbone):
                          feedforward_modules=self.arch.target_regex([s.ffn_down]))
 
     def _mixed_forward(self, names: list[str], args: tuple, kwargs: dict[str, Any]) -> Any:
-        # peft's IA3 layers run peft's active adapter, so a batch (one adapter: no mixing) must make it active.
-        if self.model.active_adapter != names[0]:
-            self.set_adapter(names[0])
-        return self.model(*args, **kwargs)
+        # peft's IA3 layers run peft's active adapter, so a batch (one adapter: no mixing) makes it active
+        # for this call only: plain calls afterwards keep running the adapter that was active before.
+        previous = self.active
+        if previous == names[0]:
+            return self.model(*args, **kwargs)
+        self.set_adapter(names[0])
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            if previous is not None:
+                self.set_adapter(previous)

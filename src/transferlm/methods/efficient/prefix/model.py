@@ -36,6 +36,7 @@ class PrefixBackbone(PeftBackbone):
 
     method = "prefix"
     extends_context = True
+    no_layer_decay = "its prefix encoder produces every layer's keys/values at once"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

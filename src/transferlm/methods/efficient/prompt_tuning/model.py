@@ -31,6 +31,10 @@ class PromptTuningBackbone(PeftBackbone):
         super().__init__(*args, **kwargs)
         self.prompts = nn.ParameterDict()
 
+    def layer_of_param(self, name: str) -> int | None:
+        # A soft prompt is input embeddings: it takes the embeddings' rate.
+        return 0 if name.startswith("prompts.") else super().layer_of_param(name)
+
     def _init_ids(self, cfg: PromptTuningOptions) -> torch.Tensor:
         emb = self.model.get_input_embeddings()
         if cfg.init == "vocab":
@@ -124,12 +128,13 @@ class PromptTuningBackbone(PeftBackbone):
         self.write_meta(folder, self.configs[name])
 
     def load_adapter(self, folder: Path, name: str) -> None:
-        cfg = self.read_meta(folder)
+        cfg, state = self.read_meta(folder), load_file(str(folder / PEFT_WEIGHTS))
         self.check_new_name(name)
         self._add(name, dataclasses.replace(cfg, init="random"))  # the weights are loaded next
         self.configs[name] = cfg
-        self.active = self.active or name
-        self.load_adapter_state(name, load_file(str(folder / PEFT_WEIGHTS)))
+        if self.active is None:
+            self._activate(name)
+        self.load_or_remove(name, state)
 
 
 def _strip(out: Any, width: int) -> Any:
