@@ -91,3 +91,21 @@ def test_negative_max_grad_norm_is_rejected() -> None:
     TrainConfig(max_grad_norm=0).validate()  # 0: no clipping
     with pytest.raises(ConfigError, match=r"^train\.max_grad_norm must be >= 0 \(0: no clipping\), got -1"):
         TrainConfig(max_grad_norm=-1).validate()
+
+
+def test_null_is_only_for_optional_fields() -> None:
+    # An empty YAML value used to pass for any field and fail later with a raw TypeError.
+    with pytest.raises(ConfigError, match=r"^config\.train\.max_steps is empty \(null\) but takes int; give a value"):
+        RunConfig.from_dict({"train": {"max_steps": None}})
+    assert RunConfig.from_dict({"train": {"epochs": None}, "output": None}).train.epochs is None  # optional ones do
+
+
+@pytest.mark.parametrize("method, options, field", [("prefix", {"mlp_hidden": None}, "mlp_hidden"),
+                                                    ("finetune", {"freeze_layers": None}, "freeze_layers"),
+                                                    ("prefix", {"reparam": None}, "reparam")])
+def test_null_method_options_are_one_line_errors(method: str, options: dict, field: str) -> None:
+    from transferlm.methods import get_method
+
+    with pytest.raises(ConfigError, match=f"{field} is empty \\(null\\)") as e:
+        get_method(method).parse_config(options)
+    assert "\n" not in str(e.value)

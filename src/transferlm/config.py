@@ -175,7 +175,11 @@ def parse_shots(value: Any) -> int | None:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if value is None:
-        return None
+        # Only optional fields take null: elsewhere it would skip the type check and fail later, unclearly.
+        if tp is Any or (origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)):
+            return None
+        raise ConfigError(f"{where} is empty (null) but takes {_type_name(tp)}; give a value, or leave the key "
+                          "out for its default")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
@@ -192,6 +196,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp in (int, float, str):
         return _coerce_scalar(tp, value, where)
     return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce_union(tp: Any, value: Any, where: str) -> Any:
