@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,12 @@ def test_demonstrations_that_do_not_fit_are_dropped_and_logged(llama, caplog: py
         batch = setup.collate(EXAMPLES[:1])
     assert batch["attention_mask"].sum(1).max() <= 20
     assert "dropped" in caplog.text and "of 4" in caplog.text and "20 tokens" in caplog.text
+    # It says which classes lost demonstrations (with one per class, a drop unbalances them).
+    m = re.search(r"dropped (\d+) \(((?:\w+ \d+(?:, )?)+) by label\).*of 4 \(([\w, ]+)\) for input", caplog.text)
+    assert m is not None, caplog.text
+    counts = {k: int(v) for k, v in (part.split() for part in m.group(2).split(", "))}
+    assert set(counts) <= set(SPEC.label_names) and sum(counts.values()) == int(m.group(1))
+    assert set(m.group(3).split(", ")) <= set(counts)
     strict = build_prompt(llama, SPEC, max_length=20, sampler=sampler, demo_overflow="error", **PROMPT)
     with pytest.raises(ConfigError, match="do not fit the context of 20 tokens"):
         strict.collate(EXAMPLES[:1])
@@ -304,6 +311,26 @@ def test_auto_picks_the_best_label_words_on_dev_and_records_them(tiny_mlm: Path,
     expected = found["assignments"][0]["label_words"]
     assert res["method_config"]["label_words"] == expected  # the run records what it used
     assert res["prompt"]["label_words"] == {k: [v] for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("auto, searcher", [("labels", "search_label_words"), ("templates", "search_templates")])
+def test_auto_search_ranks_under_the_runs_max_length(auto: str, searcher: str, tiny_mlm: Path, toy_data: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Candidates must be ranked with the truncation the run will use, not a fixed one.
+    import transferlm.prompts.search as search
+
+    seen: list[int] = []
+    real = getattr(search, searcher)
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["max_length"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, searcher, spy)
+    cfg = prompt_cfg(tiny_mlm, toy_data, "prompt-zero-shot", auto=auto, auto_k=2)
+    cfg.train.max_length = 40
+    run(cfg)
+    assert seen == [40]
 
 
 def test_auto_without_a_dev_split_is_an_error(mlm) -> None:

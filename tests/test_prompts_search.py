@@ -117,6 +117,13 @@ def test_template_ranking_skips_what_the_lm_cannot_use(tiny_llama: Path) -> None
     assert len(pool_templates(True)) > 3 and all("{sentence2" in t for t in pool_templates(True))
     with pytest.raises(ConfigError, match="empty"):
         search_templates(backbone, SPEC, {"0": "bad", "1": "good"}, cands, [])
+    # Where nothing can be scored, the error says why (not an empty ranking).
+    long = "very good"
+    assert len(backbone.tokenizer(" " + long, add_special_tokens=False)["input_ids"]) > 1
+    with pytest.raises(ConfigError, match=f"none of the 3 candidates.*'{long}' are several tokens.*search labels"):
+        search_templates(backbone, SPEC, {"0": "bad", "1": long}, cands, TRAIN)
+    with pytest.raises(ConfigError, match="none of the 1 candidates.*no input may follow"):
+        search_templates(backbone, SPEC, {"0": "bad", "1": "good"}, ["{answer} ! {sentence}"], TRAIN)
     reader = SlotReader(backbone)
     lp = reader.logprobs(Template.parse(cands[0]), TRAIN)
     reader.close()
@@ -151,6 +158,15 @@ def test_search_cli_writes_ranked_json_and_auto_needs_dev(tiny_mlm: Path, toy_da
                       "--output", str(tmp_path / "templates")) == 0
     ranked = json.loads((tmp_path / "templates" / "templates.json").read_text())["templates"]
     assert len(ranked) == 3 and ranked[0]["zero_shot"] >= ranked[-1]["zero_shot"]
+    # Each search takes the other's output file: its best candidate.
+    assert search_cli("search", "templates", *common, "--label-words", str(tmp_path / "labels" / "label_words.json"),
+                      "--n", "2", "--output", str(tmp_path / "chained-t")) == 0
+    chained = json.loads((tmp_path / "chained-t" / "templates.json").read_text())
+    assert chained["label_words"] == out["best"]["label_words"]
+    assert search_cli("search", "labels", *common, "--template", str(tmp_path / "templates" / "templates.json"),
+                      "--k", "2", "--n", "1", "--output", str(tmp_path / "chained-l")) == 0
+    assert json.loads((tmp_path / "chained-l" / "label_words.json").read_text())["best"]["template"] == \
+        ranked[0]["template"]
     # --auto: fine-tune each kept candidate briefly and re-rank by dev.
     assert search_cli("search", "labels", *common, "--template", tpl, "--k", "2", "--n", "2", "--auto",
                       "--steps", "2", "--set", "train.eval_every=2", "--output", str(tmp_path / "auto")) == 0

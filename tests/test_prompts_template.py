@@ -81,8 +81,23 @@ def test_truncation_cuts_inputs_never_the_template(bert_tok) -> None:
     pair = TemplateEncoder(Template.parse("{sentence1} ? {answer} , {sentence2}"), bert_tok)
     q = pair.encode(Example(" ".join(["bad"] * 40), "a cat"), max_tokens=12)
     assert tokens(q.after) == [",", "a", "cat"] and tokens(q.before).count("bad") == 12 - 2 - 2
-    with pytest.raises(ConfigError, match="needs 3 tokens of its own"):
+    with pytest.raises(ConfigError, match="needs 3 tokens of its own and at least one per input, 4 in all, more "
+                                          "than the 3 that train.max_length leaves"):
         enc.encode(long, max_tokens=3)
+
+
+def test_a_demonstration_cap_too_small_for_the_template_names_that_cap(bpe_tok) -> None:
+    from transferlm.prompts.demonstrations import DemoSampler
+    from transferlm.prompts.inputs import PromptCollator
+    from transferlm.prompts.verbalizer import Verbalizer
+
+    enc = TemplateEncoder(Template.parse("{sentence} It was {answer}."), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    collate = PromptCollator(enc, verb, kind="causal", max_length=64, pad_id=0, demo_max_tokens=4,
+                             sampler=DemoSampler([Example("bad film", label=0)], num_labels=2, k=1))
+    with pytest.raises(ConfigError, match="that method_args.demo_max_tokens leaves for it; shorten the template "
+                                          "or raise method_args.demo_max_tokens"):
+        collate([Example("good movie")])
 
 
 def test_lmbff_templates_translate_and_every_default_parses() -> None:
@@ -122,6 +137,12 @@ def test_piecewise_rendering_matches_whole_text_tokenisation_for_byte_level_bpe(
         ("{sentence} It was {answer}.", Example("good movie"), "great", "good movie It was great."),
         ("{sentence1|no_punct}? {answer}, {sentence2|lower_first}", Example("a cat.", "The dog"), "Yes",
          "a cat? Yes, the dog"),
+        # Whitespace other than one space is template text, kept as written: newlines between the slots,
+        # and no space before an answer that starts its own line.
+        ("Review: {sentence}\n\nIt was:\n{answer}.", Example("good movie"), "great",
+         "Review: good movie\n\nIt was:\ngreat."),
+        ("{sentence}\n{answer}", Example("bad film"), "terrible", "bad film\nterrible"),
+        ("{sentence}  It was {answer}.", Example("good movie"), "great", "good movie  It was great."),
     ]:
         enc = TemplateEncoder(Template.parse(template), tok)
         q = enc.encode(ex, max_tokens=50)
@@ -129,6 +150,16 @@ def test_piecewise_rendering_matches_whole_text_tokenisation_for_byte_level_bpe(
         # A causal LM reads the prefix only, and the label word is its continuation.
         causal = enc.encode(ex, max_tokens=50, causal=True)
         assert causal.before == q.before and causal.after == []
+
+
+def test_label_words_take_a_leading_space_unless_the_template_says_otherwise(bpe_tok) -> None:
+    ids = lambda text: bpe_tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for template, spaced in [("{answer}: {sentence}", True),  # LM-BFF's trec: the slot opens the template
+                             ("{sentence} It was {answer}.", True), ("{sentence}\n{answer}", False),
+                             ("{sentence} It was:{answer}", False)]:
+        enc = TemplateEncoder(Template.parse(template), bpe_tok)
+        assert enc.word_ids("great") == ids(" great" if spaced else "great"), template
+    assert ids(" great") != ids("great")  # the check above can tell them apart
 
 
 def test_causal_demonstrations_render_like_the_whole_text(bpe_tok) -> None:

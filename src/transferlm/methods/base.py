@@ -105,8 +105,10 @@ class Method(ABC):
         return False
 
     def resolve(self, cfg: MethodConfig, backbone: Any, spec: TaskSpec, train: Sequence[Example],
-                dev: Sequence[Example]) -> MethodConfig:
+                dev: Sequence[Example], *, max_length: int = 128) -> MethodConfig:
         """Settle options that depend on the data before ``prepare`` (e.g. automatic prompt search on dev).
+
+        ``max_length``: the run's token budget per input, which any search must rank candidates under.
 
         The returned config is the one recorded in results.json, so a run says what it actually used.
         """

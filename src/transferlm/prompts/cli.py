@@ -115,8 +115,8 @@ def cmd_search_labels(args: argparse.Namespace) -> int:
 
     cfg, spec, data, rank = _setup(args)
     backbone = _backbone(cfg)
-    template = resolve_template(spec, args.template or cfg.method_args.get("template"),
-                                causal=backbone.is_decoder)
+    # --template was resolved into method_args already (a templates.json from `search templates` included).
+    template = resolve_template(spec, cfg.method_args.get("template"), causal=backbone.is_decoder)
     result = search_label_words(backbone, spec, template, data.train, rank, k=args.k, n=args.n, beam=args.beam,
                                 max_length=cfg.train.max_length)
     result.update(task=spec.name, model=cfg.model, seed=cfg.seed, rank_on=args.rank_on)
@@ -141,7 +141,7 @@ def cmd_search_templates(args: argparse.Namespace) -> int:
     cfg, spec, data, rank = _setup(args)
     if spec.regression:
         raise ConfigError("template search is for classification tasks")
-    words = json.loads(args.label_words) if args.label_words else cfg.method_args.get("label_words")
+    words = cfg.method_args.get("label_words")  # --label-words: JSON or a label_words.json, resolved already
     if words is None:
         default = get_default(spec.name)
         if default is None:

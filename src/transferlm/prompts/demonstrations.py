@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -147,20 +148,24 @@ class DropLog:
         if on_overflow not in ("drop", "error"):
             raise ConfigError(f"method_args.demo_overflow must be 'drop' or 'error', got '{on_overflow}'")
         self.context, self.on_overflow = context, on_overflow
-        self.dropped: list[tuple[Example, int, int]] = []  # (input, dropped, asked)
+        self.dropped: list[tuple[Example, list[str], int]] = []  # (input, labels of those dropped, asked)
         self.total_dropped = 0
 
-    def add(self, example: Example, dropped: int, asked: int) -> None:
+    def add(self, example: Example, dropped: Sequence[str], asked: int) -> None:
+        """``dropped``: the labels of the input's demonstrations that were left out."""
         if dropped:
-            self.dropped.append((example, dropped, asked))
+            self.dropped.append((example, list(dropped), asked))
 
     def flush(self, n_inputs: int) -> None:
         if not self.dropped:
             return
-        n = sum(d for _, d, _ in self.dropped)
-        ex, d, asked = self.dropped[0]
+        # Per label: with one demonstration per class (LM-BFF), drops leave the classes unbalanced.
+        by_label = Counter(label for _, labels, _ in self.dropped for label in labels)
+        n = sum(by_label.values())
+        ex, labels, asked = self.dropped[0]
         msg = (f"demonstrations do not fit the context of {self.context} tokens (train.max_length): dropped {n} "
-               f"for {len(self.dropped)} of {n_inputs} inputs, e.g. {d} of {asked} for input "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(by_label.items()))} by label) for {len(self.dropped)} "
+               f"of {n_inputs} inputs, e.g. {len(labels)} of {asked} ({', '.join(labels)}) for input "
                f"{(ex.guid or ex.text_a[:40])!r}")
         self.dropped.clear()
         self.total_dropped += n

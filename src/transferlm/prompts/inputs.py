@@ -57,13 +57,17 @@ class PromptCollator:
         if key not in self._demo_cache:
             words = self.verb.first_word_ids(self.demo_label(demo))
             cap = self.demo_max_tokens or self.max_length
-            self._demo_cache[key] = self.enc.filled(demo, words, max_tokens=cap, at_start=at_start)
+            limit = "method_args.demo_max_tokens" if self.demo_max_tokens else "train.max_length"
+            self._demo_cache[key] = self.enc.filled(demo, words, max_tokens=cap, at_start=at_start, limit=limit)
         return self._demo_cache[key]
 
-    def _fit(self, demos: Sequence[Example], room: int, first_at_start: bool) -> tuple[list[int], list[int]]:
-        """Greedily keep whole demonstrations, in order, while they fit in ``room`` tokens; their end offsets."""
+    def _fit(self, demos: Sequence[Example], room: int, first_at_start: bool
+             ) -> tuple[list[int], list[int], list[Example]]:
+        """Greedily keep whole demonstrations, in order, that fit in ``room`` tokens: their ids, end offsets,
+        and the demonstrations left out."""
         out: list[int] = []
         ends: list[int] = []
+        left: list[Example] = []
         for d in demos:
             follows = bool(out) or not first_at_start  # something precedes it: separate, then start fresh
             ids = (self.sep_ids if follows else []) + self._demo_ids(
@@ -71,10 +75,12 @@ class PromptCollator:
             if len(out) + len(ids) <= room:
                 out += ids
                 ends.append(len(out))
-        return out, ends
+            else:
+                left.append(d)
+        return out, ends, left
 
     def unit_rows(self, ex: Example, demos: Sequence[Example]
-                  ) -> tuple[list[tuple[list[int], int]], list[int], int, list[int]]:
+                  ) -> tuple[list[tuple[list[int], int]], list[int], list[Example], list[int]]:
         """(rows as (ids, first answer position), row offset of each word, demonstrations dropped, bounds).
 
         ``bounds``: where each demonstration ends in the rows (causal LMs read them first); the last one ends
@@ -85,19 +91,18 @@ class PromptCollator:
         if self.kind == "mlm":
             room = self.max_length - len(sb) - len(sa) - self.width
             q = self.enc.encode(ex, max_tokens=room, at_start=True)
-            demo_ids, ends = self._fit(demos, room - len(q.before) - len(q.after), first_at_start=False)
+            demo_ids, ends, dropped = self._fit(demos, room - len(q.before) - len(q.after), first_at_start=False)
             rows = [(sb + q.before + [self.mask_id] * n + q.after + demo_ids + sa, len(sb) + len(q.before))
                     for n in self.groups]
-            return rows, [self.groups.index(n) for n in self.verb.lengths], len(demos) - len(ends), []  # type: ignore[list-item]
+            return rows, [self.groups.index(n) for n in self.verb.lengths], dropped, []  # type: ignore[list-item]
         room = self.max_length - len(sb) - (self.width - 1)
         q = self.enc.encode(ex, max_tokens=room, at_start=not demos or self.after_sep_at_start, causal=True)
-        demo_ids, ends = self._fit(demos, room - len(q.before) - len(self.sep_ids), first_at_start=True)
+        demo_ids, ends, dropped = self._fit(demos, room - len(q.before) - len(self.sep_ids), first_at_start=True)
         if demos and not ends and not self.after_sep_at_start:
             q = self.enc.encode(ex, max_tokens=room, at_start=True, causal=True)
         prefix = sb + demo_ids + (self.sep_ids if ends and self.sep_ids else []) + q.before
         # The last level takes the separator before the input along: it is the same for every input.
         bounds = [len(sb) + e for e in ends[:-1]] + [len(prefix) - len(q.before)] if ends else []
-        dropped = len(demos) - len(ends)
         if self.single:
             return [(prefix, len(prefix) - 1)], [0] * self.verb.num_words, dropped, bounds
         # Teacher forcing: the word's own tokens (but its last) follow the prefix; words that need the
@@ -147,7 +152,7 @@ class PromptCollator:
                     draw = f"t{int(torch.randint(0, 2**31 - 1, ()).item())}" if training else s
                     demos = self.sampler.sample(ex, draw)
                 unit, offsets, dropped, common = self.unit_rows(ex, demos)
-                self.drops.add(ex, dropped, len(demos))
+                self.drops.add(ex, [self.verb.label_names[self.demo_label(d)] for d in dropped], len(demos))
                 word_rows.append([len(rows) + o for o in offsets])
                 rows += unit
                 shared += [common] * len(unit)

@@ -206,7 +206,11 @@ def _spans(decoded: str, tokenizer: Any) -> tuple[str, str]:
 
 def search_templates(backbone: Any, spec: TaskSpec, label_words: object, candidates: Sequence[str],
                      rank: Sequence[Example], *, max_length: int = 128) -> list[dict[str, Any]]:
-    """Rank template candidates by zero-shot ``rank``-split score with ``label_words`` (invalid ones are skipped)."""
+    """Rank template candidates by zero-shot ``rank``-split score with ``label_words``.
+
+    Candidates that cannot be scored (an input after the answer slot for a causal LM, label words of several
+    tokens) are skipped; where none is left, a ConfigError says why.
+    """
     if not rank:
         raise ConfigError("template search ranks candidates on a split that is empty here; use a task with a "
                           "dev split (or --dev-file)")
@@ -217,6 +221,7 @@ def search_templates(backbone: Any, spec: TaskSpec, label_words: object, candida
     labels = np.array([int(e.label) for e in rank])  # type: ignore[arg-type]
     reader = SlotReader(backbone, max_length=max_length)
     ranked, seen = [], set()
+    skipped: dict[str, int] = {}  # why candidates were skipped (the first reason of each kind), and how many
     try:
         for text in candidates:
             if text in seen:
@@ -226,15 +231,27 @@ def search_templates(backbone: Any, spec: TaskSpec, label_words: object, candida
                 tpl = Template.parse(text).validate_for(spec.is_pair, causal=kind == "causal")
                 verb = Verbalizer(words, TemplateEncoder(tpl, tok).word_ids, label_names=names,
                                   unk_token_id=tok.unk_token_id)
-            except ConfigError:
-                continue  # e.g. an input after the answer slot, for a causal LM
-            if verb.max_tokens > 1:
-                continue  # the slot reader scores one-token words only
+            except ConfigError as e:  # e.g. an input after the answer slot, for a causal LM
+                _count(skipped, str(e))
+                continue
+            if verb.max_tokens > 1:  # the slot reader scores one-token words only
+                long = [w for w, n in zip((w for ws in verb.words for w in ws), verb.lengths, strict=True) if n > 1]
+                _count(skipped, f"label word(s) {', '.join(map(repr, long))} are several tokens for this model, "
+                                "and template search scores one-token words only; choose one-token label words "
+                                "(`transferlm search labels` finds them)")
+                continue
             lp = reader.logprobs(tpl, rank)
             rows = torch.arange(len(rank))[:, None].expand(-1, verb.num_words)
             preds = verb(lp[:, None, :], rows).argmax(-1).numpy()
             ranked.append({"template": tpl.source, "zero_shot": round(_score(spec.metric, labels, preds, spec.num_labels), 4)})
     finally:
         reader.close()
+    if not ranked and skipped:
+        raise ConfigError(f"template search: none of the {len(seen)} candidates could be scored: "
+                          + "; ".join(f"{n}× {why}" for why, n in skipped.items()))
     ranked.sort(key=lambda r: r["zero_shot"], reverse=True)
     return ranked
+
+
+def _count(reasons: dict[str, int], why: str) -> None:
+    reasons[why] = reasons.get(why, 0) + 1

@@ -175,7 +175,10 @@ class TemplateEncoder:
         self.specials_after = probe[at + len(core):] if at >= 0 else []
         idx = self.template.kinds.index("answer")
         prev = self.template.segments[idx - 1] if idx else None
-        self.space_before_answer = bool(prev and (prev.kind != "text" or prev.text[-1:].isspace()))
+        # An answer slot that opens the template also takes a leading space, as LM-BFF encodes every label
+        # word (RoBERTa predicts "ĠDescription" after <s> in trec's "*cls**mask*:*+sent_0*"); a masked LM's
+        # demonstrations then show it as it reads after the query.
+        self.space_before_answer = bool(prev is None or prev.kind != "text" or split_spaces(prev.text)[2])
 
     def ids(self, text: str) -> list[int]:
         if text not in self._cache:
@@ -197,7 +200,7 @@ class TemplateEncoder:
                 continue
             if seg.kind == "text":
                 # Template text keeps its own spacing: "{answer}." attaches the period, " It was" does not.
-                body, lead, trail = seg.text.strip(), seg.text[:1].isspace(), seg.text[-1:].isspace()
+                body, lead, trail = split_spaces(seg.text)
             else:
                 body = apply_filters(example.text_a if seg.kind == "a" else example.text_b or "", seg.filters)
                 lead, trail = pending_space, False
@@ -208,10 +211,12 @@ class TemplateEncoder:
             pending_space = trail
         return pieces
 
-    def encode(self, example: Example, *, max_tokens: int, at_start: bool = True, causal: bool = False) -> Encoded:
+    def encode(self, example: Example, *, max_tokens: int, at_start: bool = True, causal: bool = False,
+               limit: str = "train.max_length") -> Encoded:
         """Token ids around the answer slot; inputs (never template text) are cut to fit ``max_tokens``.
 
         ``causal``: only the part before the answer slot counts (the LM predicts the answer next).
+        ``limit``: the setting that ``max_tokens`` comes from, named in the error when the template cannot fit.
         """
         key = (example.text_a, example.text_b, max_tokens, at_start, causal)
         if key in self._encoded:
@@ -223,8 +228,9 @@ class TemplateEncoder:
         inputs = [i for i, (kind, _) in enumerate(pieces) if kind in ("a", "b")]
         budget = max_tokens - fixed
         if budget < len(inputs):
-            raise ConfigError(f"template {self.template.source!r} needs {fixed} tokens of its own, more than the "
-                              f"{max_tokens} left for it (train.max_length); shorten the template or raise max_length")
+            raise ConfigError(f"template {self.template.source!r} needs {fixed} tokens of its own and at least one "
+                              f"per input, {fixed + len(inputs)} in all, more than the {max_tokens} that {limit} "
+                              f"leaves for it; shorten the template or raise {limit}")
         lengths = [len(pieces[i][1]) for i in inputs]
         # Longest-first: shorten whichever input is longest, one token at a time (keeps their start).
         while sum(lengths) > budget:
@@ -238,10 +244,24 @@ class TemplateEncoder:
         self._encoded[key] = Encoded(before, after, self.space_before_answer)
         return self._encoded[key]
 
-    def filled(self, example: Example, word_ids: list[int], *, max_tokens: int, at_start: bool) -> list[int]:
+    def filled(self, example: Example, word_ids: list[int], *, max_tokens: int, at_start: bool,
+               limit: str = "train.max_length") -> list[int]:
         """A demonstration: the template with the answer slot holding its label word."""
-        enc = self.encode(example, max_tokens=max_tokens - len(word_ids), at_start=at_start)
+        enc = self.encode(example, max_tokens=max_tokens - len(word_ids), at_start=at_start, limit=limit)
         return enc.before + word_ids + enc.after
+
+
+def split_spaces(text: str) -> tuple[str, bool, bool]:
+    """Template text as (body, one space before, one space after).
+
+    A single space at either edge belongs to the neighbouring word, as BPE tokenises it ("Ġword"); any
+    other whitespace ("\n\n", two spaces) is part of the template and tokenised as written.
+    """
+    if not text.strip():
+        return (text, False, False) if text != " " else ("", True, True)
+    lead = text.startswith(" ") and not text[1:2].isspace()
+    trail = text.endswith(" ") and not text[-2:-1].isspace()
+    return text[1 if lead else 0:len(text) - 1 if trail else len(text)], lead, trail
 
 
 def _find(seq: list[int], sub: list[int]) -> int:

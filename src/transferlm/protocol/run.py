@@ -93,7 +93,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     if cfg.intermediate is not None:
         torch.manual_seed(cfg.seed)
         intermediate = train_intermediate(cfg, method, method_cfg, backbone)
-    method_cfg = method.resolve(method_cfg, backbone, spec, data.train, data.dev)
+    method_cfg = method.resolve(method_cfg, backbone, spec, data.train, data.dev, max_length=cfg.train.max_length)
     torch.manual_seed(cfg.seed)  # the head's initialisation depends on the seed
     prepared = method.prepare(backbone, spec, method_cfg, max_length=cfg.train.max_length, train=data.train)
     if cfg.save_model and prepared.save is None:

@@ -125,7 +125,7 @@ class PromptMethod(Method):
         return prompt_head(model)
 
     def resolve(self, cfg: PromptConfig, backbone: Any, spec: TaskSpec, train: Sequence[Example],  # type: ignore[override]
-                dev: Sequence[Example]) -> PromptConfig:
+                dev: Sequence[Example], *, max_length: int = 128) -> PromptConfig:
         """``auto``: replace the label words and/or template by the best candidate on dev (LM-BFF, slides 21-22)."""
         if not cfg.auto:
             return cfg
@@ -140,7 +140,8 @@ class PromptMethod(Method):
         template, words = cfg.template, cfg.label_words
         if cfg.auto in ("labels", "both"):
             tpl = resolve_template(spec, template, causal=backbone.is_decoder)
-            found = search_label_words(backbone, spec, tpl, train, dev, k=cfg.auto_k, n=1, max_length=128)
+            found = search_label_words(backbone, spec, tpl, train, dev, k=cfg.auto_k, n=1,
+                                       max_length=max_length)
             if not found["assignments"]:
                 raise ConfigError(f"automatic label-word search found no assignment for {spec.name}")
             words = found["assignments"][0]["label_words"]
@@ -152,7 +153,8 @@ class PromptMethod(Method):
                     raise ConfigError(f"task {spec.name} has no default label words; set method_args.label_words "
                                       "or use auto: both")
                 words = dict(default.mapping)
-            ranked = search_templates(backbone, spec, words, pool_templates(spec.is_pair), dev, max_length=128)
+            ranked = search_templates(backbone, spec, words, pool_templates(spec.is_pair), dev,
+                                     max_length=max_length)
             if not ranked:
                 raise ConfigError(f"automatic template search found no usable template for {spec.name}")
             template = ranked[0]["template"]
