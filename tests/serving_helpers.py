@@ -70,6 +70,19 @@ def gate(app) -> threading.Event:
     return opened
 
 
+def count_rows(app) -> list[int]:
+    """Record the number of rows of every forward pass the batcher runs (in the returned list)."""
+    batcher, sizes = app.state.batcher, []
+    inner = batcher.predict
+
+    def counting(rows, hosts):
+        sizes.append(len(rows))
+        return inner(rows, hosts)
+
+    batcher.predict = counting
+    return sizes
+
+
 async def until(cond, timeout: float = 10.0) -> None:
     for _ in range(int(timeout / 0.005)):
         if cond():

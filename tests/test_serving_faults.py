@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving_helpers import TEXTS, classify, make_app, reference, save_serving_tasks, serving
+from serving_helpers import TEXTS, classify, count_rows, make_app, reference, save_serving_tasks, serving
 from transferlm.errors import ConfigError
 from transferlm.models import zoo
 from transferlm.serving import Registry, build_registry, load_serve_config
@@ -155,14 +155,7 @@ def test_a_request_larger_than_max_batch_size_runs_in_passes_of_at_most_that_siz
 
     async def go(max_batch_size: int):
         app = make_app(tiny_bert, saved, ("sst", "trec"), max_batch_size=max_batch_size, max_wait_ms=0)
-        batcher, sizes = app.state.batcher, []
-        inner = batcher.predict
-
-        def counting(rows, hosts):
-            sizes.append(len(rows))
-            return inner(rows, hosts)
-
-        batcher.predict = counting
+        sizes = count_rows(app)
         async with serving(app) as c:
             r = await c.post("/v1/classify", json=classify("sst", *texts))
             rows = app.state.metrics.registry.get_sample_value("transferlm_batch_rows_count")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving_helpers import classify, gate, make_app, save_serving_tasks, serving, until
+from serving_helpers import classify, count_rows, gate, make_app, save_serving_tasks, serving, until
 from transferlm.serving.app import validation_message
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
@@ -94,14 +94,7 @@ def test_bounded_queue_answers_429_and_never_grows(tiny_bert: Path, saved: dict)
 def test_timeout_is_504_and_an_abandoned_request_is_not_computed(tiny_bert: Path, saved: dict) -> None:
     app = make_app(tiny_bert, saved, request_timeout_s=0.3, max_wait_ms=0)
     opened = gate(app)
-    batcher, rows_seen = app.state.batcher, []
-    held = batcher.predict
-
-    def counting(rows, hosts):
-        rows_seen.append(len(rows))
-        return held(rows, hosts)
-
-    batcher.predict = counting
+    batcher, rows_seen = app.state.batcher, count_rows(app)
 
     async def go():
         async with serving(app) as c:
