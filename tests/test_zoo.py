@@ -325,3 +325,32 @@ def test_smollm2_converts_and_loads(tmp_path: Path) -> None:
     assert abs(n_params - 134.5e6) < 0.5e6
     tokenizer = AutoTokenizer.from_pretrained(got.path)
     assert tokenizer("hello")["input_ids"]
+
+
+def test_pickled_weights_are_never_opened(tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from transferlm.models.loading import load_backbone
+    from transferlm.training.pretrain import PretrainConfig, pretrain
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_bert, folder)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called: a pickled checkpoint was opened")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ModelError, match="safetensors files only") as e:
+        load_backbone(str(folder))
+    assert "\n" not in str(e.value)
+    text = tmp_path / "t.txt"
+    text.write_text("some text to pretrain on\n" * 20)
+    with pytest.raises(ModelError, match="safetensors files only"):
+        pretrain(PretrainConfig(model=str(folder), texts=[str(text)], steps=1, output=str(tmp_path / "out"),
+                                quiet=True))
+    assert load_backbone(str(tiny_bert)).model is not None  # safetensors folders load as before

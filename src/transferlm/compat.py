@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
-
-
-def torch_load_state(path: str | os.PathLike[str]) -> Any:
-    """Never unpickle arbitrary objects: weights_only refuses code execution."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def configure_threads() -> None:

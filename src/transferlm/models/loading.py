@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,12 +55,25 @@ def load_backbone(name: str, *, head: str = "base", trust_remote_code: bool = Fa
     is_decoder = config.model_type in DECODER_TYPES or bool(getattr(config, "is_decoder", False))
     cls = {"base": AutoModel, "mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}[head]
     try:
-        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        # Weights come from safetensors only: a pickled checkpoint (pytorch_model.bin) is never opened.
+        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                    use_safetensors=True)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model '{name}' with a {head} head ({_first_line(e)})") from None
+        raise ModelError(f"cannot load model '{name}' with a {head} head ({_first_line(e)})"
+                         + (SAFETENSORS_ONLY if not _has_safetensors(path) else "")) from None
     tokenizer = _load_tokenizer(path, trust_remote_code)
     kind = "causal" if is_decoder else ("mlm" if head == "mlm" else "encoder")
     return Backbone(name=name, path=path, model=model, tokenizer=tokenizer, is_decoder=is_decoder, kind=kind)
+
+
+SAFETENSORS_ONLY = ("; transferlm reads weights from safetensors files only, never pickled ones: convert the "
+                    "checkpoint once where you trust it (load it, then save_pretrained(folder), which writes "
+                    "model.safetensors)")
+
+
+def _has_safetensors(path: str) -> bool:
+    folder = Path(path)
+    return not folder.is_dir() or any(folder.glob("*.safetensors"))
 
 
 def _first_line(e: BaseException) -> str:

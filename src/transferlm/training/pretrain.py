@@ -31,7 +31,7 @@ from transformers import (
 
 from ..errors import ConfigError, DataError, ModelError
 from ..io import atomic_dir, atomic_path, write_json
-from ..models.loading import DECODER_TYPES, _load_tokenizer
+from ..models.loading import DECODER_TYPES, SAFETENSORS_ONLY, _first_line, _load_tokenizer
 from ..models.zoo import resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
 from .optim import adamw
@@ -87,10 +87,13 @@ def _load_lm(path: str, objective: str) -> tuple[torch.nn.Module, str, list[str]
         objective = "clm" if is_decoder else "mlm"
     cls = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
     try:
-        model, info = cls.from_pretrained(path, output_loading_info=True, dtype=torch.float32)
+        model, info = cls.from_pretrained(path, output_loading_info=True, dtype=torch.float32,
+                                           use_safetensors=True)
     except ValueError:
         raise ModelError(f"model '{path}' ({config.model_type}) has no {objective.upper()} head class, so it "
                          "cannot be pretrained with that objective; pick a masked or causal LM") from None
+    except OSError as e:  # no safetensors weights (pickled checkpoints are never opened)
+        raise ModelError(f"cannot load model '{path}' ({_first_line(e)}){SAFETENSORS_ONLY}") from None
     missing = sorted(info.get("missing_keys") or [])
     return model, objective, missing
 
