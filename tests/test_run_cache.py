@@ -172,3 +172,26 @@ def test_save_model_reuses_only_a_run_that_saved_its_model(tiny_bert: Path, toy_
     assert cached_result(Path(wants.output), wants) is not None
     assert cached_result(Path(wants.output), _cfg(tiny_bert, toy_data)) is not None  # saved weights do no harm
 
+
+
+def test_a_model_folder_rewritten_since_the_run_is_another_model(tiny_bert: Path, toy_data: Path,
+                                                                 tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    cfg = _cfg(model, toy_data)
+    cfg.output = str(tmp_path / "run")
+    res = run(cfg).results
+    assert res["model_digest"] and cached_result(Path(cfg.output), cfg) is not None
+    # The same folder trained again (as a pretrain output can be): same name, other weights.
+    original = (model / "model.safetensors").read_bytes()
+    weights = load_file(str(model / "model.safetensors"))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              str(model / "model.safetensors"))
+    assert cached_result(Path(cfg.output), cfg) is None
+    # Identical bytes written again (a new mtime) are the same model.
+    (model / "model.safetensors").write_bytes(original)
+    assert cached_result(Path(cfg.output), cfg) is not None

@@ -7,6 +7,7 @@ heavy or unrelated code on import. GGUF models are converted once into the cache
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -241,6 +242,37 @@ def model_identity(name_or_path: str) -> str:
     if path.exists() or not _looks_like_hub_id(text):
         return str(path.resolve())
     return text
+
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> content digest, per process
+
+
+def model_digest(name_or_path: str) -> str | None:
+    """A digest of the files of the model folder ``name_or_path`` loads (weights, config, tokenizer), without
+    loading or converting it; None for a hub id or a folder not present here.
+
+    Two runs of one model name are the same only if these files are: a folder rewritten in place (a pretrain
+    output trained again) is another model.
+    """
+    folder = Path(model_identity(name_or_path))
+    if not folder.is_dir():
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(f"{f.name}:{_file_digest(f)}".encode())
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.blake2b(digest_size=16)
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_DIGESTS[key] = h.hexdigest()
+    return _FILE_DIGESTS[key]
 
 
 def _zoo_folder(entry: ZooEntry, cache_dir: Path | None = None) -> Path | None:

@@ -23,6 +23,7 @@ from ..io import atomic_dir, write_json
 from ..methods import get_method
 from ..methods.base import count_parameters, freeze_unused_parameters
 from ..models.loading import load_backbone
+from ..models.zoo import model_digest
 from ..training.engine import Engine
 from .transfer import train_intermediate
 
@@ -130,6 +131,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
         "history": fit.history if fit else [],
         "intermediate": intermediate,
         "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels), "digests": data.digests()},
+        "model_digest": model_digest(cfg.model),  # the files behind cfg.model: the run cache compares them
         "config": cfg.to_dict(),
         "method_config": method_cfg.to_dict(),
         "method_settings": settings,

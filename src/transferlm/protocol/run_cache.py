@@ -10,7 +10,8 @@ The run config is compared as written, except for the options that do not change
   one folder; a folder whose files changed since is not. Records from before the digests compare the
   resolved paths (a relative path resolved against the current folder).
 
-A request with ``save_model`` reuses only a run that left its weights in ``model/``.
+A request with ``save_model`` reuses only a run that left its weights in ``model/``. A local model folder is
+compared by its files' digest (``model_digest``): one rewritten since the run is another model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..errors import TransferLMError
 from ..io import as_json
 from ..methods import get_method
 from ..methods.base import WAS, MethodConfig
+from ..models.zoo import model_digest
 from .run import RESULTS, load_run_data
 
 # Run options that do not change what a run computes. save_model is checked on its own (`_has_model`).
@@ -52,6 +54,9 @@ def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     mine_where, theirs_where = _split_location(mine), _split_location(theirs)
     if theirs != mine:
         return None
+    recorded_model = res.get("model_digest")  # absent in records from before it: the name decides, as then
+    if recorded_model is not None and model_digest(cfg.model) != recorded_model:
+        return None  # the folder behind the model name was rewritten since (e.g. a pretrain output)
     digests = res.get("data", {}).get("digests")
     if digests is not None:
         if _digests(cfg) != digests:
