@@ -8,6 +8,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ RESULTS = "results.json"
 class RunResult:
     results: dict[str, Any]
     engine: Engine | None = None
+    # With run(defer_test=True): evaluates the test split with the trained model still in memory, completes
+    # results (and results.json) and returns them. Dropping it frees the model.
+    finish_test: Callable[[], dict[str, Any]] | None = None
 
 
 # Run options that do not change what training computes (where it writes, how often it checkpoints).
@@ -76,11 +80,14 @@ def load_run_data(cfg: RunConfig):
     return load_task(task, d.data_dir, options)
 
 
-def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | None = None) -> RunResult:
+def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | None = None,
+        defer_test: bool = False) -> RunResult:
     """Run one (task, model, method, seed). Validates everything before writing anything.
 
     ``eval_memo``: a folder where a seed-free method (``Method.seed_free``) keeps its test metrics, so
     the other seeds of a comparison reuse them instead of evaluating the same test set again.
+    ``defer_test``: train and score dev only (a grid candidate); results.json says ``test_deferred`` until
+    ``RunResult.finish_test`` evaluates the test split, which compare does for the selected candidate only.
     """
     cfg.train.validate()
     method = get_method(cfg.method)
@@ -111,8 +118,9 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     if prepared.trains:
         fit = engine.fit(data.train, data.dev)
     dev_eval = engine.evaluate(data.dev, desc="dev") if data.dev else None
-    test_metrics, test_seconds, reused = _evaluate_test(cfg, method, method_cfg, prepared, engine, data.test,
-                                                        eval_memo)
+    deferred = defer_test and bool(data.test)
+    test_metrics, test_seconds, reused = ({}, 0.0, None) if deferred else _evaluate_test(
+        cfg, method, method_cfg, prepared, engine, data.test, eval_memo)
     results: dict[str, Any] = {
         "task": spec.name, "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
         "shots": cfg.data.shots if cfg.data.shots is not None else "full",
@@ -136,6 +144,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
         "method_config": method_cfg.to_dict(),
         "method_settings": settings,
         **({"prompt": prepared.extras["prompt"]} if "prompt" in prepared.extras else {}),
+        **({"test_deferred": True} if deferred else {}),
         "environment": {"transferlm": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "processes": engine.acc.num_processes, "device": str(engine.acc.device),
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
@@ -146,7 +155,19 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
                 prepared.save(tmp)
             results["model_dir"] = str(out_dir / "model")
         write_json(out_dir / RESULTS, results)
-    return RunResult(results=results, engine=engine if keep_engine else None)
+
+    def finish_test() -> dict[str, Any]:
+        metrics, seconds, memo_seed = _evaluate_test(cfg, method, method_cfg, prepared, engine, data.test, eval_memo)
+        results.pop("test_deferred", None)
+        results.update(metrics=metrics, eval_seconds=round(results["eval_seconds"] + seconds, 3))
+        if memo_seed is not None:
+            results["test_reused_from_seed"] = memo_seed
+        if out_dir is not None and engine.acc.is_main_process:
+            write_json(out_dir / RESULTS, results)
+        return results
+
+    return RunResult(results=results, engine=engine if keep_engine else None,
+                     finish_test=finish_test if deferred else None)
 
 
 def _evaluate_test(cfg: RunConfig, method: Any, method_cfg: Any, prepared: Any, engine: Engine,

@@ -1,0 +1,81 @@
+"""compare with a grid: candidates are chosen on dev, and the test split is evaluated once per seed, for the
+selected candidate only (LM-BFF's protocol without wasted test evaluations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from transferlm.config import CompareConfig, RunConfig
+from transferlm.protocol.compare import compare
+from transferlm.protocol.run import run
+from transferlm.training.engine import Engine
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GRID = {"train.learning_rate": [1e-3, 3e-3, 1e-2]}
+
+
+def _run_cfg(model: Path, data: Path) -> RunConfig:
+    return RunConfig.from_dict({"task": "toy", "model": str(model), "method": "finetune", "quiet": True,
+                                "data": {"data_dir": str(data), "shots": 8},
+                                "train": {"max_steps": 6, "eval_every": 3, "checkpoint_every": 0}})
+
+
+@pytest.fixture
+def test_evaluations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The description of every test-split evaluation the engine runs."""
+    seen: list[str] = []
+    real = Engine.evaluate
+
+    def counting(self, examples, desc="eval"):
+        if desc == "test":
+            seen.append(desc)
+        return real(self, examples, desc=desc)
+
+    monkeypatch.setattr(Engine, "evaluate", counting)
+    return seen
+
+
+def test_the_test_split_is_evaluated_once_per_seed_for_the_selected_point(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, test_evaluations: list[str]) -> None:
+    out = tmp_path / "cmp"
+    cfg = CompareConfig(run=_run_cfg(tiny_bert, toy_data), methods=["finetune"], seeds=[13, 21], grid=GRID,
+                        output=str(out))
+    (row,) = compare(cfg)["rows"]
+    assert len(test_evaluations) == 2  # one per seed, not one per candidate (6)
+    for seed, selected, score in zip((13, 21), row["selected"], row["per_seed"], strict=True):
+        chosen = GRID["train.learning_rate"].index(selected["train.learning_rate"])
+        records = [json.loads((out / "finetune" / f"seed-{seed}" / f"grid-{i}" / "results.json").read_text())
+                   for i in range(3)]
+        # The selected candidate has the best dev score (the first of equals), and its test metrics.
+        devs = [r["dev_metrics"]["accuracy"] for r in records]
+        assert chosen == devs.index(max(devs))
+        assert "test_deferred" not in records[chosen] and records[chosen]["metrics"]["accuracy"] == score
+        assert all(r.get("test_deferred") and r["metrics"] == {} for i, r in enumerate(records) if i != chosen)
+        # The same numbers as a plain run of that point, which evaluates test at once.
+        plain = _run_cfg(tiny_bert, toy_data)
+        plain.seed, plain.train.learning_rate = seed, selected["train.learning_rate"]
+        assert run(plain).results["metrics"]["accuracy"] == score
+    # A rerun reuses every candidate: nothing is trained or evaluated on test again.
+    test_evaluations.clear()
+    (again,) = compare(cfg)["rows"]
+    assert again["per_seed"] == row["per_seed"] and again["reused_runs"] == 6 and test_evaluations == []
+
+
+def test_a_selected_candidate_recorded_without_test_is_trained_again_and_evaluated(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, test_evaluations: list[str]) -> None:
+    # A compare killed after its candidates but before the test evaluation: the winner's record has dev only.
+    out = tmp_path / "cmp"
+    cfg = CompareConfig(run=_run_cfg(tiny_bert, toy_data), methods=["finetune"], seeds=[13], grid=GRID,
+                        output=str(out))
+    (row,) = compare(cfg)["rows"]
+    chosen = GRID["train.learning_rate"].index(row["selected"][0]["train.learning_rate"])
+    path = out / "finetune" / "seed-13" / f"grid-{chosen}" / "results.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "metrics": {}, "test_deferred": True}))
+    test_evaluations.clear()
+    (again,) = compare(cfg)["rows"]
+    assert again["per_seed"] == row["per_seed"] and len(test_evaluations) == 1
+    assert "test_deferred" not in json.loads(path.read_text())
