@@ -41,20 +41,22 @@ class RunResult:
     finish_test: Callable[[], dict[str, Any]] | None = None
 
 
-# Run options that do not change what training computes (where it writes, how often it checkpoints).
-NOT_TRAINING = ("output", "quiet", "resume", "save_model")
-NOT_TRAINING_TRAIN = ("checkpoint_every", "keep_checkpoint")
-DATA_LOCATION = ("data_dir", "train_file", "dev_file", "test_file")  # the digests say what was read
+# Run options that do not change what a run computes (where it writes, what it logs, how often it
+# checkpoints): the checkpoint fingerprint and compare's run cache both leave them out.
+IGNORED = ("quiet", "resume", "output", "save_model")
+IGNORED_TRAIN = ("checkpoint_every", "keep_checkpoint")
+# Keys of the data section that say where the data sits, not what it is (the split digests say that).
+LOCATION = ("data_dir", "train_file", "dev_file", "test_file")
 
 
 def training_fingerprint(cfg: RunConfig, method_settings: dict[str, Any], digests: dict[str, str]) -> str:
     """A digest of what a run's training depends on: its config, the method's settings after ``resolve``
     (an automatic search's choice included), and the digests of the data it reads."""
     config = cfg.to_dict()
-    for key in NOT_TRAINING:
+    for key in IGNORED:
         config.pop(key, None)
-    config["train"] = {k: v for k, v in (config.get("train") or {}).items() if k not in NOT_TRAINING_TRAIN}
-    config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k not in DATA_LOCATION}
+    config["train"] = {k: v for k, v in (config.get("train") or {}).items() if k not in IGNORED_TRAIN}
+    config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k not in LOCATION}
     payload = json.dumps({"config": config, "method": method_settings, "data": digests}, sort_keys=True,
                          default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
@@ -112,8 +114,9 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
             log.info("not trained (unused by the forward pass): %s", ", ".join(unused))
     trainable, total = count_parameters(prepared.model)
     out_dir = Path(cfg.output) if cfg.output else None
+    digests = data.digests()  # hashes every split's examples: once per run
     engine = Engine(prepared, spec, cfg.train, seed=cfg.seed, out_dir=out_dir, quiet=cfg.quiet, resume=cfg.resume,
-                    fingerprint=training_fingerprint(cfg, method_cfg.to_dict(), data.digests()))
+                    fingerprint=training_fingerprint(cfg, method_cfg.to_dict(), digests))
     fit = None
     if prepared.trains:
         fit = engine.fit(data.train, data.dev)
@@ -138,7 +141,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
         "resumed_from_step": fit.resumed_from if fit else None,
         "history": fit.history if fit else [],
         "intermediate": intermediate,
-        "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels), "digests": data.digests()},
+        "data": {"sizes": data.sizes(), "notes": data.notes, "labels": list(spec.labels), "digests": digests},
         "model_digest": model_digest(cfg.model),  # the files behind cfg.model: the run cache compares them
         "config": cfg.to_dict(),
         "method_config": method_cfg.to_dict(),

@@ -29,14 +29,10 @@ from ..io import as_json
 from ..methods import get_method
 from ..methods.base import WAS, MethodConfig
 from ..models.zoo import model_digest
-from .run import RESULTS, load_run_data
 
-# Run options that do not change what a run computes. save_model is checked on its own (`_has_model`).
-IGNORED = ("quiet", "resume", "output", "save_model")
-# Train settings that only say what is written to disk along the way, not what the run computes.
-IGNORED_TRAIN = ("checkpoint_every", "keep_checkpoint")
-# Keys of the data section that say where the data sits, not what it is.
-LOCATION = ("data_dir", "train_file", "dev_file", "test_file")
+# IGNORED, IGNORED_TRAIN, LOCATION: the options that do not change what a run computes, shared with the checkpoint
+# fingerprint (run.py). save_model is checked on its own (`_has_model`).
+from .run import IGNORED, IGNORED_TRAIN, LOCATION, RESULTS, load_run_data
 
 
 def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
