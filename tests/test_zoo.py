@@ -353,4 +353,5 @@ def test_pickled_weights_are_never_opened(tiny_bert: Path, tmp_path: Path, monke
     with pytest.raises(ModelError, match="safetensors files only"):
         pretrain(PretrainConfig(model=str(folder), texts=[str(text)], steps=1, output=str(tmp_path / "out"),
                                 quiet=True))
+    assert not (tmp_path / "out").exists()  # refused before anything is written
     assert load_backbone(str(tiny_bert)).model is not None  # safetensors folders load as before
