@@ -172,3 +172,41 @@ def test_training_modules_do_not_import_sklearn_or_scipy() -> None:
     assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(2 / 3)
     r = compute_metrics([0.0, 1.0, 2.0], [0.1, 0.9, 2.2], regression=True, primary="pearson")
     assert r["pearson"] > 0.99 and r["spearman"] == pytest.approx(1.0)
+
+
+def test_fp16_loss_scale_survives_a_resume(tiny_bert: Path, toy_data: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # On CPU accelerate has no fp16 scaler; give it one (torch's CPU GradScaler, growing every step) so the
+    # resume path that a GPU run takes is exercised here.
+    import torch
+
+    from transferlm.training import engine as engine_mod
+
+    made: list = []
+
+    def fp16_accelerator(mixed_precision: str = "no"):
+        acc = engine_mod.new_accelerator(mixed_precision, cpu=True)
+        acc.native_amp = True
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=1)
+        made.append(acc)
+        return acc
+
+    monkeypatch.setattr(engine_mod, "get_accelerator", fp16_accelerator)
+    out = tmp_path / "o"
+    whole = run(_cfg(tiny_bert, toy_data, out, mixed_precision="fp16", checkpoint_every=8, keep_checkpoint=True))
+    grown = made[-1].scaler.get_scale()
+    assert grown > 2.0 ** 8, "the scale should have grown over the steps"
+    saved = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert saved["step"] == 8 and saved["scaler"]["scale"] < grown
+    resumed = run(_cfg(tiny_bert, toy_data, out, mixed_precision="fp16", checkpoint_every=8)).results
+    assert resumed["resumed_from_step"] == 8
+    assert made[-1].scaler.get_scale() == grown  # a fresh scaler would have restarted from 2.0
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in whole.results["history"]])
+    assert whole.results["environment"]["precision"] == "fp16"
+
+
+def test_fp16_on_cpu_says_it_trains_in_fp32(tiny_bert: Path, toy_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    res = run(_cfg(tiny_bert, toy_data, None, mixed_precision="fp16", max_steps=2, eval_every=0)).results
+    assert res["environment"]["precision"] == "fp32"
+    assert "trains in fp32" in caplog.text
+    assert run(_cfg(tiny_bert, toy_data, None, max_steps=2, eval_every=0)).results["environment"]["precision"] == "fp32"

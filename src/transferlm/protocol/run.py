@@ -25,7 +25,7 @@ from ..methods import get_method
 from ..methods.base import count_parameters, freeze_unused_parameters
 from ..models.loading import load_backbone
 from ..models.zoo import model_digest
-from ..training.engine import Engine
+from ..training.engine import Engine, effective_precision
 from .transfer import train_intermediate
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
         **({"test_deferred": True} if deferred else {}),
         "environment": {"transferlm": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "processes": engine.acc.num_processes, "device": str(engine.acc.device),
+                        "precision": effective_precision(engine.acc),
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     if out_dir is not None and engine.acc.is_main_process:

@@ -78,7 +78,16 @@ def get_accelerator(mixed_precision: str = "no") -> Accelerator:
     acc = new_accelerator(mixed_precision, cpu=not torch.cuda.is_available())
     if warning := slow_bf16_warning(mixed_precision, acc.device, "train.mixed_precision=bf16"):
         log.warning(warning)
+    if mixed_precision == "fp16" and not acc.native_amp:
+        # accelerate has no fp16 autocast off CUDA: the run trains in fp32, which results.json must not hide.
+        log.warning("train.mixed_precision=fp16 on %s: accelerate runs fp16 only on GPUs, so this run trains in "
+                    "fp32 (results.json records precision fp32); use bf16 or no here", acc.device)
     return acc
+
+
+def effective_precision(acc: Accelerator) -> str:
+    """The precision a run actually computes in: fp16/bf16 only where autocast is on."""
+    return acc.mixed_precision if acc.mixed_precision != "no" and acc.native_amp else "fp32"
 
 
 class Engine:
@@ -170,6 +179,9 @@ class Engine:
                 state, best, extra = restored
                 start, best_score, best_step = state["step"], state["best_score"], state["best_step"]
                 history, resumed_from = state["history"], state["step"]
+                if acc.scaler is not None and "scaler" in state:
+                    # fp16's loss scale, grown over the steps already taken: a fresh one would skip steps again.
+                    acc.scaler.load_state_dict(state["scaler"])
                 if average is not None and extra:
                     average.load_state_tensors(extra)
                     if distill is not None and average.updates:
@@ -227,7 +239,8 @@ class Engine:
                 if acc.is_main_process:
                     save_checkpoint(self.out_dir, acc.unwrap_model(model), optimizer, scheduler,
                                     {"step": done, "best_score": best_score, "best_step": best_step,
-                                     "history": history, "seed": self.seed, "fingerprint": self.fingerprint},
+                                     "history": history, "seed": self.seed, "fingerprint": self.fingerprint,
+                                     **({"scaler": acc.scaler.state_dict()} if acc.scaler is not None else {})},
                                     best,
                                     average.state_tensors() if average is not None else None)
                 acc.wait_for_everyone()
