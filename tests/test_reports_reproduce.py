@@ -240,6 +240,22 @@ def test_pretrain_reuse_needs_the_same_settings(tmp_path: Path) -> None:
     assert not reproduce_mod._pretrain_done(folder, {"model": "a", "steps": 20})
 
 
+def test_pretrain_reuse_compares_dropped_overrides_at_their_defaults(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from transferlm.training.pretrain import PretrainConfig
+
+    # Run with --pretrain-set max_length=64, rerun without it: the 64-token model is not the default's.
+    short = build_plan("dapt", tasks=["acl-arc"], data_dir="/d", pretrain_overrides={"steps": 80, "max_length": 64})
+    plain = build_plan("dapt", tasks=["acl-arc"], data_dir="/d", pretrain_overrides={"steps": 80})
+    folder = tmp_path / "dapt"
+    folder.mkdir()
+    record = asdict(PretrainConfig(**{**short.pretrains[0].config, "output": str(folder), "quiet": True}))
+    (folder / "pretrain.json").write_text(json.dumps({"config": record}))
+    assert reproduce_mod._pretrain_done(folder, short.pretrains[0].config)
+    assert not reproduce_mod._pretrain_done(folder, plain.pretrains[0].config)
+
+
 def test_pretraining_rows_name_each_phase_by_its_text_source(tmp_path: Path) -> None:
     from transferlm.reports.collect import load_pretraining
 

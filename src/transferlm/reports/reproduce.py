@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import CompareConfig, RunConfig, set_dotted
 from ..errors import ConfigError
-from ..io import write_json
+from ..io import as_json, write_json
 from .report import ReportFiles, build_report
 
 SUITES = ("lmbff", "peft", "dapt")
@@ -355,16 +355,24 @@ def _abs(output: str, sub: str) -> str:
 # --- running it -----------------------------------------------------------------------------------------
 
 def _pretrain_done(folder: Path, config: dict[str, Any]) -> bool:
-    """A finished pretraining with the same settings: reused, as compare reuses finished runs."""
+    """A finished pretraining with the same settings: reused, as compare reuses finished runs.
+
+    Both sides are compared with PretrainConfig's defaults filled in: a setting the plan leaves out runs at
+    its default, so a pretraining recorded with ``--pretrain-set max_length=64`` is not reused once that
+    override is dropped (and a record from before a setting existed ran at its default).
+    """
+    from ..training.pretrain import PretrainConfig
+
     done = folder / "pretrain.json"
     if not done.is_file():
         return False
     try:
-        theirs = json.loads(done.read_text(encoding="utf-8")).get("config", {})
+        recorded = json.loads(done.read_text(encoding="utf-8")).get("config", {})
     except json.JSONDecodeError:
         return False
-    mine = json.loads(json.dumps(config))
-    return all(theirs.get(k) == v for k, v in mine.items() if k != "quiet")
+    defaults = as_json(asdict(PretrainConfig()))
+    mine, theirs = {**defaults, **as_json(config)}, {**defaults, **recorded}
+    return all(theirs.get(k) == v for k, v in mine.items() if k not in ("quiet", "output"))
 
 
 def validate(plan: Plan) -> None:
