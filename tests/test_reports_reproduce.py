@@ -188,6 +188,27 @@ def test_changed_setting_recomputes_only_that_entry(tiny_bert: Path, toy_data: P
     assert calls == ["bitfit"]
 
 
+def test_interrupted_rerun_with_a_changed_setting_reports_no_earlier_numbers(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, tiny_bert, toy_data)
+    execute(plan, log=lambda s: None, report=False)
+    # Rerun with BitFit's steps changed, interrupted while BitFit recomputes: FT comes from the cache (so a
+    # report is written), BitFit's folder still holds the summary of its old settings.
+    plan.entries[1].run["train"] = {**plan.entries[1].run["train"], "max_steps": 3}
+
+    def interrupt(cfg, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_mod, "run", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, log=lambda s: None)
+    text = (out / "report.md").read_text()
+    assert "| FT |" in text
+    assert "| BitFit |" not in text, "the old settings' numbers are reported as the suite's"
+    assert "Not shown: toy/bitfit" in text
+
+
 def test_bad_plan_fails_before_writing(tmp_path: Path, toy_data: Path) -> None:
     plan = Plan("t", True, str(tmp_path / "o"), "T", [Entry("X", "toy", "no-such-method", "x", [13],
                                                             {"task": "toy", "data": {"data_dir": str(toy_data)}})])

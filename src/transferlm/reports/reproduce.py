@@ -236,8 +236,9 @@ class Plan:
         """suite.json: what the report needs to label and order the folders."""
         return {"suite": self.suite, "quick": self.quick, "title": self.title, "notes": self.notes,
                 "reference": self.reference,
+                # "run": the report shows a compare folder only while its summary is of these settings.
                 "entries": [{"label": e.label, "task": e.task, "method": e.method, "dir": e.dir, "seeds": e.seeds,
-                             "model": e.run["model"]} for e in self.entries],
+                             "model": e.run["model"], "run": e.run} for e in self.entries],
                 "pretrains": [asdict(p) for p in self.pretrains]}
 
 
