@@ -61,6 +61,16 @@ def test_table_numbers_match_the_inputs(coll) -> None:
     assert _row(table, "prompt-zero-shot")[4].text == "0 (0.00%)"
 
 
+def test_a_tiny_share_of_parameters_is_not_shown_as_zero(tmp_path: Path) -> None:
+    # Prompt-tuning (20 tokens × 384) on a 360M-parameter model trains 0.0021% of it; zero-shot trains 0%.
+    write_compare(tmp_path / "big", "SST-2", {
+        "prompt-tuning": {"per_seed": [0.6], "params": 7_680, "total": 360_000_000},
+        "prompt-zero-shot": {"per_seed": [0.5], "params": 0, "total": 360_000_000, "trains": False}}, seeds=(13,))
+    table = build_table(collect([tmp_path / "big"]))
+    assert _row(table, "prompt-tuning")[2].text == "7.7K (0.0021%)"
+    assert _row(table, "prompt-zero-shot")[2].text == "0 (0.00%)"
+
+
 def test_best_per_column_is_marked_ties_included(coll) -> None:
     table = build_table(coll)
     best = {h: [r[0].text for r in table.rows if r[i].best] for i, h in enumerate(table.header) if i}
