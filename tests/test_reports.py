@@ -158,6 +158,14 @@ def test_same_method_in_two_folders_is_told_apart(tmp_path: Path) -> None:
     assert sorted(coll.methods) == ["finetune (llrd)", "finetune (plain)"]
 
 
+def test_a_folder_named_twice_is_read_once(tmp_path: Path) -> None:
+    sst2, _ = two_task_dirs(tmp_path / "runs")
+    once = collect([tmp_path / "runs"])
+    twice = collect([tmp_path / "runs", sst2])  # found by walking runs/, then named again
+    assert len(twice.cells) == len(once.cells) == 7
+    assert to_csv(twice) == to_csv(once)
+
+
 def test_a_row_is_one_configuration_on_every_task(tmp_path: Path) -> None:
     # The benchmark's layout: <task>/<variant>/, prompt-finetune with and without demonstrations.
     pf, demos = {"demonstrations": False}, {"demonstrations": True}

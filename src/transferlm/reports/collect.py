@@ -319,6 +319,7 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
     order: list[str] = []
     suite_title = None
     pretraining: list[dict[str, Any]] = []
+    seen: set[Path] = set()  # `report runs runs/sst2` names runs/sst2 twice: read it once (no duplicate rows)
     for raw in folders:
         folder = Path(raw)
         if not folder.is_dir():
@@ -328,6 +329,9 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
             raise ReportError(f"{folder} has no {SUMMARY} (nor any below it): pass a folder written by "
                               "`transferlm compare` or `transferlm reproduce`")
         for f in found:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
             if (f / SUITE).is_file():
                 more, suite = load_suite(f)
                 cells.extend(more)
