@@ -67,6 +67,14 @@ def test_peft_plan_learning_rates_and_overrides() -> None:
     assert all(e.run["train"]["batch_size"] == 4 and e.run["model"] == "minilm-l6" for e in plan.entries)
 
 
+def test_plan_notes_say_what_the_command_line_changed() -> None:
+    plan = build_plan("lmbff", data_dir="/d", max_test=500, overrides={"train.max_steps": 200})
+    assert any("at most 500 test examples" in n for n in plan.notes), plan.notes
+    assert any("train.max_steps=200" in n for n in plan.notes), plan.notes
+    plain = build_plan("lmbff", data_dir="/d")
+    assert not any("--set" in n or "--max-test" in n for n in plain.notes)
+
+
 def test_dapt_plan_chains_pretraining(tmp_path: Path) -> None:
     plan = build_plan("dapt", output=str(tmp_path), data_dir="/d")
     names = [p.name for p in plan.pretrains]

@@ -274,6 +274,12 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
         notes.insert(0, f"--quick: {len(seeds)} seed(s), tasks {', '.join(tasks)}, model {model}, "
                         f"training {', '.join(f'{k}={v}' for k, v in train.items())}, test subset of at most {test_cap} examples; a smoke test of the "
                         "pipeline, not a reproduction.")
+    # What the command line changed is said in the report: its tables and notes otherwise describe the
+    # suite's defaults (e.g. "100 steps") and "the test split" for scores on a subset of it.
+    if test_cap is not None and not quick:
+        notes.append(f"Test scores on a fixed random subset of at most {test_cap} test examples (--max-test).")
+    if overrides:
+        notes.append("Settings for every run (--set): " + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ".")
 
     def run_dict(variant: Variant | None, task: str, run_model: str) -> dict[str, Any]:
         d: dict[str, Any] = {"task": task, "model": run_model, "quiet": True,
