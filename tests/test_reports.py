@@ -61,6 +61,16 @@ def test_table_numbers_match_the_inputs(coll) -> None:
     assert _row(table, "prompt-zero-shot")[4].text == "0 (0.00%)"
 
 
+def test_a_tiny_share_of_parameters_is_not_shown_as_zero(tmp_path: Path) -> None:
+    # Prompt-tuning (20 tokens × 384) on a 360M-parameter model trains 0.0021% of it; zero-shot trains 0%.
+    write_compare(tmp_path / "big", "SST-2", {
+        "prompt-tuning": {"per_seed": [0.6], "params": 7_680, "total": 360_000_000},
+        "prompt-zero-shot": {"per_seed": [0.5], "params": 0, "total": 360_000_000, "trains": False}}, seeds=(13,))
+    table = build_table(collect([tmp_path / "big"]))
+    assert _row(table, "prompt-tuning")[2].text == "7.7K (0.0021%)"
+    assert _row(table, "prompt-zero-shot")[2].text == "0 (0.00%)"
+
+
 def test_best_per_column_is_marked_ties_included(coll) -> None:
     table = build_table(coll)
     best = {h: [r[0].text for r in table.rows if r[i].best] for i, h in enumerate(table.header) if i}
@@ -146,6 +156,14 @@ def test_same_method_in_two_folders_is_told_apart(tmp_path: Path) -> None:
     write_compare(tmp_path / "runs" / "plain", "SST-2", {"finetune": {"per_seed": [0.6]}}, seeds=(13,))
     coll = collect([tmp_path / "runs"])  # found by walking the folder
     assert sorted(coll.methods) == ["finetune (llrd)", "finetune (plain)"]
+
+
+def test_a_folder_named_twice_is_read_once(tmp_path: Path) -> None:
+    sst2, _ = two_task_dirs(tmp_path / "runs")
+    once = collect([tmp_path / "runs"])
+    twice = collect([tmp_path / "runs", sst2])  # found by walking runs/, then named again
+    assert len(twice.cells) == len(once.cells) == 7
+    assert to_csv(twice) == to_csv(once)
 
 
 def test_a_row_is_one_configuration_on_every_task(tmp_path: Path) -> None:

@@ -67,6 +67,14 @@ def test_peft_plan_learning_rates_and_overrides() -> None:
     assert all(e.run["train"]["batch_size"] == 4 and e.run["model"] == "minilm-l6" for e in plan.entries)
 
 
+def test_plan_notes_say_what_the_command_line_changed() -> None:
+    plan = build_plan("lmbff", data_dir="/d", max_test=500, overrides={"train.max_steps": 200})
+    assert any("at most 500 test examples" in n for n in plan.notes), plan.notes
+    assert any("train.max_steps=200" in n for n in plan.notes), plan.notes
+    plain = build_plan("lmbff", data_dir="/d")
+    assert not any("--set" in n or "--max-test" in n for n in plain.notes)
+
+
 def test_dapt_plan_chains_pretraining(tmp_path: Path) -> None:
     plan = build_plan("dapt", output=str(tmp_path), data_dir="/d")
     names = [p.name for p in plan.pretrains]
@@ -188,6 +196,27 @@ def test_changed_setting_recomputes_only_that_entry(tiny_bert: Path, toy_data: P
     assert calls == ["bitfit"]
 
 
+def test_interrupted_rerun_with_a_changed_setting_reports_no_earlier_numbers(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, tiny_bert, toy_data)
+    execute(plan, log=lambda s: None, report=False)
+    # Rerun with BitFit's steps changed, interrupted while BitFit recomputes: FT comes from the cache (so a
+    # report is written), BitFit's folder still holds the summary of its old settings.
+    plan.entries[1].run["train"] = {**plan.entries[1].run["train"], "max_steps": 3}
+
+    def interrupt(cfg, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_mod, "run", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, log=lambda s: None)
+    text = (out / "report.md").read_text()
+    assert "| FT |" in text
+    assert "| BitFit |" not in text, "the old settings' numbers are reported as the suite's"
+    assert "Not shown: toy/bitfit" in text
+
+
 def test_bad_plan_fails_before_writing(tmp_path: Path, toy_data: Path) -> None:
     plan = Plan("t", True, str(tmp_path / "o"), "T", [Entry("X", "toy", "no-such-method", "x", [13],
                                                             {"task": "toy", "data": {"data_dir": str(toy_data)}})])
@@ -238,6 +267,22 @@ def test_pretrain_reuse_needs_the_same_settings(tmp_path: Path) -> None:
     (folder / "pretrain.json").write_text('{"config": {"model": "a", "steps": 10, "quiet": false, "output": "x"}}')
     assert reproduce_mod._pretrain_done(folder, {"model": "a", "steps": 10, "quiet": True})
     assert not reproduce_mod._pretrain_done(folder, {"model": "a", "steps": 20})
+
+
+def test_pretrain_reuse_compares_dropped_overrides_at_their_defaults(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from transferlm.training.pretrain import PretrainConfig
+
+    # Run with --pretrain-set max_length=64, rerun without it: the 64-token model is not the default's.
+    short = build_plan("dapt", tasks=["acl-arc"], data_dir="/d", pretrain_overrides={"steps": 80, "max_length": 64})
+    plain = build_plan("dapt", tasks=["acl-arc"], data_dir="/d", pretrain_overrides={"steps": 80})
+    folder = tmp_path / "dapt"
+    folder.mkdir()
+    record = asdict(PretrainConfig(**{**short.pretrains[0].config, "output": str(folder), "quiet": True}))
+    (folder / "pretrain.json").write_text(json.dumps({"config": record}))
+    assert reproduce_mod._pretrain_done(folder, short.pretrains[0].config)
+    assert not reproduce_mod._pretrain_done(folder, plain.pretrains[0].config)
 
 
 def test_pretraining_rows_name_each_phase_by_its_text_source(tmp_path: Path) -> None:

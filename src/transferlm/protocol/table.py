@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 METRIC_ABBREV = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "Matt.", "pearson": "Pear.",
@@ -15,6 +16,14 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def percent_text(pct: float) -> str:
+    """A share of the parameters: two decimals, or two significant digits under 0.01%, so that a method
+    training a few thousand of a large model's weights (prompt-tuning) does not read "0.00%" like zero-shot."""
+    if 0 < pct < 0.01:
+        return f"{pct:.{1 - math.floor(math.log10(pct))}f}%"
+    return f"{pct:.2f}%"
+
+
 def format_table(summary: dict[str, Any]) -> str:
     metric = METRIC_ABBREV.get(summary.get("primary_metric", ""), summary.get("primary_metric", ""))
     header = ["Method", f"{summary['task']} ({metric})", "# Trainable params", "Train s/run"]
@@ -22,7 +31,7 @@ def format_table(summary: dict[str, Any]) -> str:
     for r in summary["rows"]:
         pct = 100.0 * r["trainable_params"] / max(r.get("total_params") or 1, 1)
         rows.append([r["method"], f"{100 * r['mean']:.1f} ({100 * r['std']:.1f})",
-                     f"{human_count(r['trainable_params'])} ({pct:.2f}%)", f"{r['train_seconds']:.1f}"])
+                     f"{human_count(r['trainable_params'])} ({percent_text(pct)})", f"{r['train_seconds']:.1f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -220,15 +220,49 @@ def load_suite(folder: Path) -> tuple[list[Cell], dict[str, Any]]:
     """The cells of a reproduce output folder, labelled as its suite.json says."""
     suite = _read_json(folder / SUITE)
     cells: list[Cell] = []
+    stale = []
     for entry in suite.get("entries", []):
         sub = folder / entry["dir"]
         if not (sub / SUMMARY).is_file():
             continue  # not run yet (an interrupted reproduce); the report shows what finished
+        if not _of_entry(_read_json(sub / SUMMARY), entry):
+            stale.append(entry["dir"])  # a rerun with other settings stopped before it reached this entry
+            continue
         cells.extend(load_compare_dir(sub, {entry["method"]: entry["label"]}))
+    if stale:
+        suite = {**suite, "notes": [*suite.get("notes", []), (
+            f"Not shown: {', '.join(stale)} (results of earlier settings than this suite's; run "
+            "`transferlm reproduce` again to compute them).")]}
     if not cells:
         raise ReportError(f"{folder}: none of the suite's runs has finished yet; run `transferlm reproduce` "
                           "again to continue")
     return cells, suite
+
+
+def _of_entry(summary: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether a compare summary ran the suite entry's settings (seeds, and its run config as compare records
+    it, less the keys that do not change results). Entries of a suite.json from before "run" are trusted."""
+    if "run" not in entry:
+        return True
+    if "seeds" in entry and list(summary.get("seeds") or []) != list(entry["seeds"]):
+        return False
+    try:
+        return _run_settings((summary.get("config") or {}).get("run") or {}) == _run_settings(entry["run"])
+    except TransferLMError:  # a config this version cannot read is not this suite's
+        return False
+
+
+def _run_settings(run: dict[str, Any]) -> dict[str, Any]:
+    from ..config import RunConfig
+    from ..io import as_json
+    from ..protocol.run import IGNORED, IGNORED_TRAIN
+
+    d = as_json(RunConfig.from_dict(run, source="compare summary").to_dict())
+    for key in IGNORED:
+        d.pop(key, None)
+    for key in IGNORED_TRAIN:
+        d["train"].pop(key, None)
+    return d
 
 
 def load_pretraining(folder: Path, suite: dict[str, Any]) -> list[dict[str, Any]]:
@@ -285,6 +319,7 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
     order: list[str] = []
     suite_title = None
     pretraining: list[dict[str, Any]] = []
+    seen: set[Path] = set()  # `report runs runs/sst2` names runs/sst2 twice: read it once (no duplicate rows)
     for raw in folders:
         folder = Path(raw)
         if not folder.is_dir():
@@ -294,6 +329,9 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
             raise ReportError(f"{folder} has no {SUMMARY} (nor any below it): pass a folder written by "
                               "`transferlm compare` or `transferlm reproduce`")
         for f in found:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
             if (f / SUITE).is_file():
                 more, suite = load_suite(f)
                 cells.extend(more)

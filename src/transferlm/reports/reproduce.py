@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import CompareConfig, RunConfig, set_dotted
 from ..errors import ConfigError
-from ..io import write_json
+from ..io import as_json, write_json
 from .report import ReportFiles, build_report
 
 SUITES = ("lmbff", "peft", "dapt")
@@ -236,8 +236,9 @@ class Plan:
         """suite.json: what the report needs to label and order the folders."""
         return {"suite": self.suite, "quick": self.quick, "title": self.title, "notes": self.notes,
                 "reference": self.reference,
+                # "run": the report shows a compare folder only while its summary is of these settings.
                 "entries": [{"label": e.label, "task": e.task, "method": e.method, "dir": e.dir, "seeds": e.seeds,
-                             "model": e.run["model"]} for e in self.entries],
+                             "model": e.run["model"], "run": e.run} for e in self.entries],
                 "pretrains": [asdict(p) for p in self.pretrains]}
 
 
@@ -273,6 +274,12 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
         notes.insert(0, f"--quick: {len(seeds)} seed(s), tasks {', '.join(tasks)}, model {model}, "
                         f"training {', '.join(f'{k}={v}' for k, v in train.items())}, test subset of at most {test_cap} examples; a smoke test of the "
                         "pipeline, not a reproduction.")
+    # What the command line changed is said in the report: its tables and notes otherwise describe the
+    # suite's defaults (e.g. "100 steps") and "the test split" for scores on a subset of it.
+    if test_cap is not None and not quick:
+        notes.append(f"Test scores on a fixed random subset of at most {test_cap} test examples (--max-test).")
+    if overrides:
+        notes.append("Settings for every run (--set): " + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ".")
 
     def run_dict(variant: Variant | None, task: str, run_model: str) -> dict[str, Any]:
         d: dict[str, Any] = {"task": task, "model": run_model, "quiet": True,
@@ -355,16 +362,24 @@ def _abs(output: str, sub: str) -> str:
 # --- running it -----------------------------------------------------------------------------------------
 
 def _pretrain_done(folder: Path, config: dict[str, Any]) -> bool:
-    """A finished pretraining with the same settings: reused, as compare reuses finished runs."""
+    """A finished pretraining with the same settings: reused, as compare reuses finished runs.
+
+    Both sides are compared with PretrainConfig's defaults filled in: a setting the plan leaves out runs at
+    its default, so a pretraining recorded with ``--pretrain-set max_length=64`` is not reused once that
+    override is dropped (and a record from before a setting existed ran at its default).
+    """
+    from ..training.pretrain import PretrainConfig
+
     done = folder / "pretrain.json"
     if not done.is_file():
         return False
     try:
-        theirs = json.loads(done.read_text(encoding="utf-8")).get("config", {})
+        recorded = json.loads(done.read_text(encoding="utf-8")).get("config", {})
     except json.JSONDecodeError:
         return False
-    mine = json.loads(json.dumps(config))
-    return all(theirs.get(k) == v for k, v in mine.items() if k != "quiet")
+    defaults = as_json(asdict(PretrainConfig()))
+    mine, theirs = {**defaults, **as_json(config)}, {**defaults, **recorded}
+    return all(theirs.get(k) == v for k, v in mine.items() if k not in ("quiet", "output"))
 
 
 def validate(plan: Plan) -> None:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol.table import METRIC_ABBREV, human_count
+from ..protocol.table import METRIC_ABBREV, human_count, percent_text
 from .collect import Cell, Collection
 
 CSV_COLUMNS = ("task", "method", "metric", "split", "mean", "std", "n_seeds", "seeds", "per_seed", "best",
@@ -114,7 +114,7 @@ def build_table(collection: Collection) -> Table:
             else:
                 row.append(TableCell(MISSING))
         biggest = max(present, key=lambda c: c.trainable_params)
-        row.append(TableCell(f"{human_count(biggest.trainable_params)} ({biggest.trainable_percent:.2f}%)",
+        row.append(TableCell(f"{human_count(biggest.trainable_params)} ({percent_text(biggest.trainable_percent)})",
                              float(biggest.trainable_params)))
         train = sum(c.train_seconds for c in present) / len(present)
         evals = sum(c.eval_seconds for c in present) / len(present)
