@@ -35,7 +35,8 @@ class Backbone:
         return getattr(cfg, "hidden_size", None) or cfg.d_model
 
 
-def _load_tokenizer(path: str, trust_remote_code: bool) -> Any:
+def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
+    """The tokenizer saved with the model at ``path``, with a pad token (decoders often lack one)."""
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         # Decoders often ship without a pad token; padding uses EOS and the attention mask hides it.
@@ -61,7 +62,7 @@ def load_backbone(name: str, *, head: str = "base", trust_remote_code: bool = Fa
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model '{name}' with a {head} head ({_first_line(e)})"
                          + (SAFETENSORS_ONLY if not _has_safetensors(path) else "")) from None
-    tokenizer = _load_tokenizer(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code)
     kind = "causal" if is_decoder else ("mlm" if head == "mlm" else "encoder")
     return Backbone(name=name, path=path, model=model, tokenizer=tokenizer, is_decoder=is_decoder, kind=kind)
 

@@ -56,12 +56,24 @@ def regression_poles(spec: TaskSpec, train: Sequence[Example], poles: Sequence[f
     return min(values), max(values)
 
 
-def build_prompt(backbone: Any, spec: TaskSpec, *, template: str | None, label_words: object, max_length: int,
-                 train: Sequence[Example] = (), calibrate: bool = False, content_free: str = "N/A",
-                 multi_token: str = "mean", aggregate: str = "mean", search: str = "argmax",
-                 poles: Sequence[float] | None = None, sampler: DemoSampler | None = None, eval_samples: int = 1,
-                 demo_separator: str | None = None, demo_max_tokens: int | None = None,
-                 demo_overflow: str = "drop", seed: int = 0, prefix_cache_mb: int = 1024) -> PromptSetup:
+@dataclass
+class PromptParts:
+    """A prompt's template and verbalizer, tokenised: tokenizer work only, no LM is touched.
+
+    A server builds them beside its forward passes; :func:`assemble_prompt` then puts them on the LM.
+    """
+
+    kind: str  # "mlm" | "causal"
+    template: Template
+    encoder: TemplateEncoder
+    verbalizer: Verbalizer
+    poles: tuple[float, float] | None  # regression only
+
+
+def prompt_parts(backbone: Any, spec: TaskSpec, *, template: str | None, label_words: object,
+                 train: Sequence[Example] = (), multi_token: str = "mean", aggregate: str = "mean",
+                 poles: Sequence[float] | None = None) -> PromptParts:
+    """Template, verbalizer and regression poles for ``spec`` on ``backbone``'s tokenizer."""
     kind = lm_kind(backbone)
     tpl, raw_words = resolve_prompt(spec, template, label_words, causal=kind == "causal")
     tok = backbone.tokenizer
@@ -74,18 +86,41 @@ def build_prompt(backbone: Any, spec: TaskSpec, *, template: str | None, label_w
     if spec.regression and verb.num_labels != 2:
         raise ConfigError("regression prompts need exactly two label words (low and high pole)")
     pole_values = regression_poles(spec, train, poles) if spec.regression else None
+    return PromptParts(kind, tpl, enc, verb, pole_values)
+
+
+def build_prompt(backbone: Any, spec: TaskSpec, *, template: str | None, label_words: object, max_length: int,
+                 train: Sequence[Example] = (), calibrate: bool = False, content_free: str = "N/A",
+                 multi_token: str = "mean", aggregate: str = "mean", search: str = "argmax",
+                 poles: Sequence[float] | None = None, sampler: DemoSampler | None = None, eval_samples: int = 1,
+                 demo_separator: str | None = None, demo_max_tokens: int | None = None,
+                 demo_overflow: str = "drop", seed: int = 0, prefix_cache_mb: int = 1024) -> PromptSetup:
+    parts = prompt_parts(backbone, spec, template=template, label_words=label_words, train=train,
+                         multi_token=multi_token, aggregate=aggregate, poles=poles)
+    return assemble_prompt(backbone, spec, parts, max_length=max_length, calibrate=calibrate,
+                           content_free=content_free, search=search, sampler=sampler, eval_samples=eval_samples,
+                           demo_separator=demo_separator, demo_max_tokens=demo_max_tokens,
+                           demo_overflow=demo_overflow, seed=seed, prefix_cache_mb=prefix_cache_mb)
+
+
+def assemble_prompt(backbone: Any, spec: TaskSpec, parts: PromptParts, *, max_length: int, calibrate: bool = False,
+                    content_free: str = "N/A", search: str = "argmax", sampler: DemoSampler | None = None,
+                    eval_samples: int = 1, demo_separator: str | None = None, demo_max_tokens: int | None = None,
+                    demo_overflow: str = "drop", seed: int = 0, prefix_cache_mb: int = 1024) -> PromptSetup:
+    """The prompt model on ``backbone``'s LM (it hooks the LM head) and its collate function."""
+    tok, verb, pole_values = parts.encoder.tok, parts.verbalizer, parts.poles
     model = PromptModel(backbone.model, verb, search=search, seed=seed, poles=pole_values,
                         prefix_cache_mb=prefix_cache_mb, pad_id=tok.pad_token_id or 0)
     demo_label = (lambda e: int(e.label))  # type: ignore[arg-type]  # noqa: E731
     if pole_values is not None:
         middle = sum(pole_values) / 2
         demo_label = (lambda e: int(float(e.label) > middle))  # type: ignore[arg-type]  # noqa: E731
-    collate = PromptCollator(enc, verb, kind=kind, max_length=max_length, pad_id=tok.pad_token_id,
+    collate = PromptCollator(parts.encoder, verb, kind=parts.kind, max_length=max_length, pad_id=tok.pad_token_id,
                              mask_id=tok.mask_token_id, sampler=sampler, eval_samples=eval_samples,
                              calibrate=calibrate, content_free=content_free, is_pair=spec.is_pair,
                              demo_separator=demo_separator, demo_max_tokens=demo_max_tokens,
                              on_overflow=demo_overflow, is_training=lambda: model.training, demo_label=demo_label)
-    return PromptSetup(model, collate, tpl, verb, kind)
+    return PromptSetup(model, collate, parts.template, verb, parts.kind)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -226,6 +227,9 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
     batcher = Batcher(registry.predict, mode=cfg.batching, max_batch_size=cfg.max_batch_size,
                       max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, metrics=metrics, retirer=registry)
     metrics.adapters_retiring.set_function(lambda: len(registry.retiring))
+    # Admin loads read their files here, not on the inference thread, so classify traffic goes on meanwhile.
+    # Two threads: one slow folder does not hold up the next load, and memory for loads in flight stays bounded.
+    loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transferlm-load")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -237,6 +241,7 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
         yield
         # uvicorn has already waited for open requests; this finishes anything still queued.
         await batcher.close(cfg.drain_timeout_s)
+        loader.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="transferlm serve", version=__version__, lifespan=lifespan,
                   description="One base model, many task adapters, mixed-task dynamic batching.")
@@ -368,15 +373,19 @@ def create_app(cfg: ServeConfig, registry: Registry) -> FastAPI:
     async def load_task(body: LoadTaskRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Admin: load a saved task adapter (a run's model folder) without a restart.
 
-        It runs on the inference thread between forward passes, so a slow load delays the batches behind it.
+        The folder is read, checked and tokenised on a loader thread while batches keep running; only putting
+        the task on its model runs on the inference thread, between forward passes.
         """
         check_admin(authorization)
         if batcher.closing:
             raise ApiError(503, "the server is shutting down")
         try:
-            entry = await batcher.run_exclusive(functools.partial(registry.load, body.name, body.path,
-                                                                  replace=body.replace,
-                                                                  allow_base_mismatch=body.allow_base_mismatch))
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                loader, functools.partial(registry.prepare, body.name, body.path, replace=body.replace,
+                                          allow_base_mismatch=body.allow_base_mismatch))
+            if batcher.closing:  # it began draining while the files were read
+                raise ApiError(503, "the server is shutting down")
+            entry = await batcher.run_exclusive(registry.commit, prepared)
         except (TaskExistsError, BaseMismatchError) as e:
             raise ApiError(409, str(e)) from None
         except TransferLMError as e:

@@ -9,8 +9,9 @@ the error.
 Modes: ``mixed`` takes requests of any task (one forward, each row with its own adapter);
 ``per-task`` takes only requests for the oldest request's task; ``none`` takes one request at a time.
 The forward pass runs in a single worker thread so the event loop keeps answering; the same thread
-loads adapters (``run_exclusive``), so a load never races a forward. After each batch (and after a
-load: ``sweep``) it frees replaced adapter versions that no queued or running request uses any more.
+puts loaded adapters on the model (``run_exclusive``), so a load never races a forward; reading a load's
+files happens before, elsewhere (the app's loader thread). After each batch (and after a load:
+``sweep``) it frees replaced adapter versions that no queued or running request uses any more.
 ``close()`` stops admission and finishes everything already admitted (graceful drain).
 """
 
@@ -158,7 +159,10 @@ class Batcher:
                 task.add_done_callback(self._sweeps.discard)
 
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the inference thread, between forward passes (adapter loading)."""
+        """``fn(*args)`` on the inference thread, between forward passes (attaching a loaded adapter).
+
+        Keep ``fn`` short: every batch waits behind it. File reading belongs before it, on another thread.
+        """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 

@@ -6,8 +6,12 @@ with its own adapter (on a CPU, rows of very different lengths go to separate pa
 A :class:`FinetuneHost` is a fully fine-tuned run: its own model and head, one task. A :class:`PromptHost`
 is a base LM (MLM or causal head) whose tasks are a template and verbalizer, each optionally with its own
 PEFT adapter; its rows run per task (the answer slots and label words differ per task). Every host can
-``delete_adapter`` a task (a replaced version, once no request uses it). Everything here is blocking and
-runs on the server's single inference thread.
+``delete_adapter`` a task (a replaced version, once no request uses it).
+
+A task loads in two steps: ``prepare`` reads and checks its files, weights and prompt into memory and
+never touches the host's model, so any thread may run it while forward passes go on; ``attach`` puts the
+prepared task on the model. ``attach``, ``predict`` and ``delete_adapter`` are blocking and run on the
+server's single inference thread.
 """
 
 from __future__ import annotations
@@ -90,10 +94,17 @@ class ClassifierHost:
         """The tasks (adapter names) loaded here."""
         return [] if self.model is None else self.model.task_names
 
-    def load(self, folder: Path, adapter: str, meta: dict[str, Any]) -> None:
-        from ..methods.efficient import load_task_adapter
+    def prepare(self, folder: Path, meta: dict[str, Any], *, max_length: int) -> Any:
+        """The task's adapter weights and head, read into CPU memory (any thread: the model is not touched)."""
+        from ..methods.efficient import read_task_adapter
 
-        self.model = load_task_adapter(folder, self.backbone, adapter)
+        return read_task_adapter(folder)
+
+    def attach(self, adapter: str, prepared: Any) -> None:
+        """Put a prepared task on the base model as ``adapter`` (inference thread)."""
+        from ..methods.efficient import attach_task_adapter
+
+        self.model = attach_task_adapter(prepared, self.backbone, adapter)
 
     def delete_adapter(self, adapter: str) -> None:
         """Free task ``adapter`` (its adapter weights and head); the other tasks answer exactly as before."""
@@ -156,7 +167,10 @@ class FinetuneHost(ClassifierHost):
     def mixes(self) -> bool:
         return True  # one task: every row takes the same weights
 
-    def load(self, folder: Path, adapter: str, meta: dict[str, Any]) -> None:
+    def prepare(self, folder: Path, meta: dict[str, Any], *, max_length: int) -> Any:
+        return None  # the whole model was read when this host was made
+
+    def attach(self, adapter: str, prepared: Any) -> None:
         if self.task is not None:
             raise ConfigError(f"this finetune model already serves task '{self.task}'")
         self.task = adapter
@@ -200,6 +214,17 @@ class _PromptTask:
 
 
 @dataclass
+class _PreparedPrompt:
+    """A prompt task read and tokenised off the inference thread, waiting for ``PromptHost.attach``."""
+
+    spec: TaskSpec
+    parts: Any  # prompts.build.PromptParts
+    adapter: Any  # methods.efficient.core.SavedAdapter, or None for a task without a PEFT adapter
+    max_length: int
+    options: dict[str, Any]  # the run's prompt options (calibration, answer search, ...)
+
+
+@dataclass
 class PromptHost:
     """A base LM (with its MLM or causal head) serving prompt-based tasks: template + verbalizer per task.
 
@@ -218,9 +243,16 @@ class PromptHost:
         self.backbone.model.to(self.device)
         self.lm = self.backbone.model
 
-    def load(self, folder: Path, adapter: str, meta: dict[str, Any], *, max_length: int) -> None:
-        from ..methods.efficient import PeftBackbone, _info
-        from ..prompts.build import build_prompt
+    def prepare(self, folder: Path, meta: dict[str, Any], *, max_length: int) -> _PreparedPrompt:
+        """Check the run's prompt options, read its adapter and tokenise its template and label words.
+
+        The template and verbalizer are tokenised with a fresh tokenizer read from the base model's folder:
+        this runs beside forward passes that use the host's, and a fast tokenizer used by two threads at once
+        may fail ("Already borrowed").
+        """
+        from ..methods.efficient import _info
+        from ..models.loading import load_tokenizer
+        from ..prompts.build import prompt_parts
 
         cfg = meta.get("config") or {}
         if cfg.get("demonstrations"):
@@ -230,19 +262,33 @@ class PromptHost:
         if peft and peft.get("train_lm_head"):
             raise ConfigError(f"{folder}: the run trained the LM head with its adapter (peft.train_lm_head), but "
                               "only the adapter was saved; it cannot be served faithfully")
+        saved = _info(self.method).backbone.read_adapter(folder / "adapter") if self.method is not None else None
+        spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"].items()
+                           if k in {f.name for f in dataclasses.fields(TaskSpec)}})
+        own = dataclasses.replace(self.backbone, tokenizer=load_tokenizer(self.backbone.path, trust_remote_code=False))
+        parts = prompt_parts(own, spec, template=meta["template"], label_words=meta["label_words"],
+                             multi_token=cfg.get("multi_token", "mean"), aggregate=cfg.get("aggregate", "mean"),
+                             poles=cfg.get("poles"))
+        options = {"calibrate": bool(cfg.get("calibrate", False)), "content_free": cfg.get("content_free", "N/A"),
+                   "search": cfg.get("answer_search", "argmax")}
+        return _PreparedPrompt(spec, parts, saved, max_length, options)
+
+    def attach(self, adapter: str, prepared: _PreparedPrompt) -> None:
+        """Load the prepared adapter onto the LM and hook the task's verbalizer on its head (inference thread)."""
+        from ..methods.efficient import PeftBackbone, _info
+        from ..prompts.build import assemble_prompt
+
         if self.method is not None:
             if not isinstance(self.lm, PeftBackbone):  # the first adapter wraps the base LM once
                 self.lm = _info(self.method).backbone(self.lm, tokenizer=self.backbone.tokenizer)
-            self.lm.load_adapter(folder / "adapter", adapter)
+            self.lm.attach_adapter(adapter, prepared.adapter)
             self.lm.requires_grad_(False)
-        spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"].items()
-                           if k in {f.name for f in dataclasses.fields(TaskSpec)}})
+        # Back to the host's tokenizer (same files): requests tokenise on this thread, and the one read for
+        # ``prepare`` is not kept per task.
+        prepared.parts.encoder.tok = self.backbone.tokenizer
         view = dataclasses.replace(self.backbone, model=self.lm)
-        setup = build_prompt(view, spec, template=meta["template"], label_words=meta["label_words"],
-                             max_length=max_length, calibrate=bool(cfg.get("calibrate", False)),
-                             content_free=cfg.get("content_free", "N/A"),
-                             multi_token=cfg.get("multi_token", "mean"), aggregate=cfg.get("aggregate", "mean"),
-                             search=cfg.get("answer_search", "argmax"), poles=cfg.get("poles"))
+        setup = assemble_prompt(view, prepared.spec, prepared.parts, max_length=prepared.max_length,
+                                **prepared.options)
         setup.model.eval()
         self.tasks[adapter] = _PromptTask(setup)
 

@@ -1,7 +1,12 @@
 """The loaded tasks: name -> adapter on a host, with a content version; one base copy per host.
 
-Loading, prediction and freeing are blocking and must run on the inference thread (the batcher's
-executor), so a task loaded while the server runs never races a forward pass. A task keeps the version
+A load has two steps. ``prepare`` does everything that leaves the served models alone: it checks the
+folder, parses its configs, hashes its files, reads adapter weights and heads into CPU memory, tokenises
+a prompt's template and label words, and builds any model copy of the task's own (or a new base copy);
+the server runs it on a worker thread, beside the forward passes. ``commit`` puts the prepared task on
+its host and registers it: it, prediction and freeing are blocking and must run on the inference
+thread (the batcher's executor), so a task loaded while the server runs never races a forward pass, and
+two loads of one name are decided there, one at a time. A task keeps the version
 it was admitted with: replacing a task loads the new adapter under a new internal name and swaps the
 mapping, so requests already queued finish on the old weights and say so. The old version is *retired*:
 once no queued or running request uses it (the batcher knows), ``free`` deletes it from its host, and a
@@ -18,7 +23,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +82,24 @@ class TaskEntry:
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
 
+@dataclass
+class PreparedLoad:
+    """A task read from its folder by ``Registry.prepare``, not on any served model yet (``Registry.commit``)."""
+
+    name: str
+    folder: Path
+    replace: bool
+    method: str
+    kind: str  # "classifier" | "prompt"
+    spec: TaskSpec
+    max_length: int
+    version: str
+    model: str | None  # the base model the run recorded
+    key: tuple[str, ...] | None  # the shared host it goes on; None: a model copy of its own
+    host: Any = field(repr=False)  # the host prepared against (a new copy if the key had none)
+    task: Any = field(repr=False)  # what ``host.attach`` takes
+
+
 def adapter_version(folder: Path) -> str:
     """A content hash of what the server loads from ``folder`` (12 hex digits): same files, same version."""
     h = hashlib.sha256()
@@ -105,6 +128,18 @@ def run_config_of(folder: Path) -> dict[str, Any]:
     data = _read_json(results)
     config = data.get("config") if isinstance(data, dict) else None
     return config if isinstance(config, dict) else {}
+
+
+@contextlib.contextmanager
+def _folder_errors(folder: Path) -> Iterator[None]:
+    """A malformed folder (a method.json of the wrong shape, a missing or truncated file) is the caller's input,
+    not a server bug: a one-line ConfigError naming the folder (the app answers 400)."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{folder}: not a loadable task folder ({type(e).__name__}: {detail}); point at a "
+                          "run's <output>/model folder written with save_model: true") from None
 
 
 def _on_shared_base(method: str, meta: dict[str, Any]) -> bool:
@@ -176,26 +211,41 @@ class Registry:
         """Adapters of replaced versions that are not freed yet (a snapshot; any thread may read it)."""
         return [e.adapter for e in list(self._retired)]
 
-    # -- loading (inference thread) -----------------------------------------------------------------------
+    # -- loading ---------------------------------------------------------------------------------------------
     def load(self, name: str, folder: str | Path, *, replace: bool = False,
              allow_base_mismatch: bool | None = None) -> TaskEntry:
-        """Load the saved task in ``folder`` as ``name``; ``allow_base_mismatch`` None: the registry's setting."""
+        """Load the saved task in ``folder`` as ``name``; ``allow_base_mismatch`` None: the registry's setting.
+
+        Both steps on the calling thread: for start-up, before any forward pass runs.
+        """
+        return self.commit(self.prepare(name, folder, replace=replace, allow_base_mismatch=allow_base_mismatch))
+
+    def prepare(self, name: str, folder: str | Path, *, replace: bool = False,
+                allow_base_mismatch: bool | None = None) -> PreparedLoad:
+        """Read and check the task in ``folder`` (any thread: it reads the registry, edits no served model).
+
+        A name already taken fails here, before any file is read; ``commit`` checks again, as another load of
+        the name may commit in between.
+        """
         check_task_name(name)
+        self._check_free(name, replace)
+        path = Path(folder).expanduser()
+        allow = self.allow_base_mismatch if allow_base_mismatch is None else allow_base_mismatch
+        with _folder_errors(path):
+            return self._prepare(name, path, replace, allow)
+
+    def commit(self, prepared: PreparedLoad) -> TaskEntry:
+        """Put a prepared task on its host and serve it (inference thread: it edits the shared base model)."""
+        self._check_free(prepared.name, prepared.replace)
+        with _folder_errors(prepared.folder):
+            return self._commit(prepared)
+
+    def _check_free(self, name: str, replace: bool) -> None:
         if name in self._tasks and not replace:
             raise TaskExistsError(f"task '{name}' is already loaded (version {self._tasks[name].version}); "
                                   "pass replace: true to load a new version")
-        folder = Path(folder).expanduser()
-        allow = self.allow_base_mismatch if allow_base_mismatch is None else allow_base_mismatch
-        try:
-            return self._load(name, folder, allow)
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-            # A malformed folder (a method.json of the wrong shape, a missing or truncated file) is the caller's
-            # input, not a server bug: a one-line error naming the folder.
-            detail = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ConfigError(f"{folder}: not a loadable task folder ({type(e).__name__}: {detail}); point at a "
-                              "run's <output>/model folder written with save_model: true") from None
 
-    def _load(self, name: str, folder: Path, allow_base_mismatch: bool) -> TaskEntry:
+    def _prepare(self, name: str, folder: Path, replace: bool, allow_base_mismatch: bool) -> PreparedLoad:
         meta_path = folder / "method.json"
         if not meta_path.is_file():
             raise ConfigError(f"{folder} is not a saved task model (no method.json); point at a run's "
@@ -210,20 +260,24 @@ class Registry:
         if spec is None:
             raise ConfigError(f"{meta_path}: no task description (saved by an older transferlm?)")
         run_cfg = run_config_of(folder)
-        if self.model is None:
-            self.model = run_cfg.get("model") or None
+        recorded = run_cfg.get("model") or None
         if _on_shared_base(method, meta):
-            self._check_base(name, folder, run_cfg.get("model"), allow_base_mismatch)
-        max_length = self.max_length or (run_cfg.get("train") or {}).get("max_length") or DEFAULT_MAX_LENGTH
+            self._check_base(name, folder, recorded, allow_base_mismatch)
+        max_length = int(self.max_length or (run_cfg.get("train") or {}).get("max_length") or DEFAULT_MAX_LENGTH)
         version = adapter_version(folder)
+        kind, host, key = self._host_for(folder, method, meta, self.model or recorded)
+        task = host.prepare(folder, meta, max_length=max_length)
+        return PreparedLoad(name=name, folder=folder, replace=replace, method=method, kind=kind, spec=spec,
+                            max_length=max_length, version=version, model=recorded, key=key, host=host, task=task)
+
+    def _commit(self, p: PreparedLoad) -> TaskEntry:
+        if self.model is None:
+            self.model = p.model  # the first task names the base model when the server was given none
+        host, new_key = self._shared_host(p)
         self._loads += 1
-        adapter = f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-v{self._loads}"
-        kind, host, new_key = self._host_for(folder, method, meta)
+        adapter = f"{re.sub(r'[^A-Za-z0-9_-]', '_', p.name)}-v{self._loads}"
         try:
-            if kind == "classifier":
-                host.load(folder, adapter, meta)
-            else:
-                host.load(folder, adapter, meta, max_length=max_length)  # type: ignore[call-arg]
+            host.attach(adapter, p.task)
         except Exception:
             if new_key is None and any(h is host for h in self._hosts.values()):
                 with contextlib.suppress(Exception):  # whatever half of it got onto a shared host (the error stands)
@@ -231,17 +285,34 @@ class Registry:
             raise
         if new_key is not None:
             self._hosts[new_key] = host  # a new shared copy joins once its first task loaded
-        entry = TaskEntry(name=name, folder=folder, adapter=adapter, method=method, kind=kind,
-                          label_names=label_names_of(spec), regression=spec.regression, pair=spec.is_pair,
-                          max_length=int(max_length), version=version, loaded_at=time.time(), host=host)
-        old = self._tasks.get(name)
-        self._tasks[name] = entry  # the swap: later requests get this version
+        entry = TaskEntry(name=p.name, folder=p.folder, adapter=adapter, method=p.method, kind=p.kind,
+                          label_names=label_names_of(p.spec), regression=p.spec.regression, pair=p.spec.is_pair,
+                          max_length=p.max_length, version=p.version, loaded_at=time.time(), host=host)
+        old = self._tasks.get(p.name)
+        self._tasks[p.name] = entry  # the swap: later requests get this version
         if old is not None:
             self._retired.append(old)  # freed by ``free`` once no admitted request uses it
-        log.info("task loaded", extra={"event": "task_loaded", "task": name, "version": version, "method": method,
-                                       "kind": kind, "folder": str(folder), "base_copies": self.hosts,
-                                       "replaced": old.version if old is not None else None})
+        log.info("task loaded", extra={"event": "task_loaded", "task": p.name, "version": p.version,
+                                       "method": p.method, "kind": p.kind, "folder": str(p.folder),
+                                       "base_copies": self.hosts, "replaced": old.version if old is not None else None})
         return entry
+
+    def _shared_host(self, p: PreparedLoad) -> tuple[Any, tuple[str, ...] | None]:
+        """The host to attach to, and the key to register it under if it is not registered yet.
+
+        The shared hosts may have changed since ``prepare``: another load may have registered a copy for the
+        key (use that one; the copy prepared here is dropped), or its host's last task may have been freed
+        (the prepared host is still a whole base copy: it joins again).
+        """
+        if p.key is None:
+            return p.host, None
+        registered = self._hosts.get(p.key)
+        if registered is None:
+            return p.host, p.key
+        if registered is not p.host:
+            log.info("a base copy was registered during the load: the one prepared for it is dropped",
+                     extra={"event": "base_copy_dropped", "task": p.name, "host": "/".join(p.key)})
+        return registered, None
 
     # -- retiring replaced versions (inference thread) --------------------------------------------------------
     def free(self, adapters: Collection[str]) -> int:
@@ -288,8 +359,14 @@ class Registry:
             log.info("model copy released", extra={"event": "base_copy_released", "host": "/".join(k)})
         return bool(keys)
 
-    def _host_for(self, folder: Path, method: str, meta: dict[str, Any]) -> tuple[str, Any, tuple[str, ...] | None]:
-        """The host for a task: (kind, host, the key to register it under if it is a new shared host)."""
+    def _host_for(self, folder: Path, method: str, meta: dict[str, Any],
+                  base: str | None) -> tuple[str, Any, tuple[str, ...] | None]:
+        """The host for a task: (kind, host, the key of the shared host it goes on; None: its own copy).
+
+        A shared host not loaded yet is built here, as a candidate: ``commit`` registers it. Runs in ``prepare``,
+        off the inference thread: it only reads ``_hosts`` (a dict lookup is atomic), and a model it builds is
+        new, not served yet.
+        """
         from ..methods.efficient import PEFT_METHODS
         from ..models.loading import load_backbone
 
@@ -298,10 +375,10 @@ class Registry:
             return "classifier", FinetuneHost(folder, self.device, self.pad_ratio), None
         if method in PEFT_METHODS:
             key: tuple[str, ...] = ("classifier", method)
-            if key in self._hosts:
-                return "classifier", self._hosts[key], None
+            if (shared := self._hosts.get(key)) is not None:
+                return "classifier", shared, key
             self._note_new_copy(method)
-            return "classifier", ClassifierHost(load_backbone(self._base(folder), head="base"), method, self.device,
+            return "classifier", ClassifierHost(load_backbone(self._base(folder, base), head="base"), method, self.device,
                                                 self.pad_ratio), key
         if method in PROMPT_METHODS:
             lm = meta.get("lm")
@@ -318,10 +395,10 @@ class Registry:
             if not (folder / "adapter").is_dir():
                 raise ConfigError(f"{folder}: prompt-finetune with peft {peft} but no adapter/ folder")
             key = ("prompt", lm, peft)
-            if key in self._hosts:
-                return "prompt", self._hosts[key], None
+            if (shared := self._hosts.get(key)) is not None:
+                return "prompt", shared, key
             self._note_new_copy(f"prompt/{peft}")
-            return "prompt", PromptHost(load_backbone(self._base(folder), head=lm), peft, self.device), key
+            return "prompt", PromptHost(load_backbone(self._base(folder, base), head=lm), peft, self.device), key
         raise ConfigError(f"{folder}: method '{method}' cannot be served (servable: finetune, prompt-finetune, "
                           f"{', '.join(PEFT_METHODS)})")
 
@@ -338,11 +415,12 @@ class Registry:
                     extra={"event": "base_mismatch", "task": name, "folder": str(folder), "trained_on": recorded,
                            "serving": self.model})
 
-    def _base(self, folder: Path) -> str:
-        if not self.model:
+    @staticmethod
+    def _base(folder: Path, model: str | None) -> str:
+        if not model:
             raise ConfigError(f"no base model given and {folder.parent / 'results.json'} does not name one; "
                               "pass --model")
-        return self.model
+        return model
 
     def _note_new_copy(self, what: str) -> None:
         if self.hosts:

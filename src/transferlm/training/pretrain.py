@@ -31,7 +31,7 @@ from transformers import (
 
 from ..errors import ConfigError, DataError, ModelError
 from ..io import atomic_dir, atomic_path, write_json
-from ..models.loading import DECODER_TYPES, SAFETENSORS_ONLY, _first_line, _load_tokenizer
+from ..models.loading import DECODER_TYPES, SAFETENSORS_ONLY, _first_line, load_tokenizer
 from ..models.zoo import resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
 from .optim import adamw
@@ -143,7 +143,7 @@ class Pretrainer:
         self.phases = [load_phase_texts(src, cfg.text_field, cfg.data_dir) for src in cfg.texts]
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         resolved = resolve_model(cfg.model)
-        self.tokenizer = _load_tokenizer(str(resolved.path), trust_remote_code=False)
+        self.tokenizer = load_tokenizer(str(resolved.path), trust_remote_code=False)
         self.model, self.objective, self.new_head = _load_lm(str(resolved.path), cfg.objective)
         self.wwm = cfg.whole_word_mask and self.objective == "mlm"
         self.model.to(self.acc.device)

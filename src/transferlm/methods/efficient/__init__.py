@@ -114,11 +114,12 @@ def apply_peft(backbone: Any, name: str, cfg: EfficientConfig | dict[str, Any] |
 
 
 from .method import EfficientMethod  # noqa: E402  (needs PEFT_METHODS)
-from .tasks import TaskModel, load_task_adapter  # noqa: E402
+from .tasks import SavedTask, TaskModel, attach_task_adapter, load_task_adapter, read_task_adapter  # noqa: E402
 
 for _name, _info_ in PEFT_METHODS.items():
     register(_name)(type(f"PEFT_{_name.replace('-', '_')}", (EfficientMethod,),
                          {"config_cls": _info_.config, "description": _info_.description}))
 
-__all__ = ["ARCHS", "Arch", "ArchSpec", "EfficientConfig", "PEFT_METHODS", "PeftBackbone", "TaskModel",
-           "apply_peft", "config_from_dict", "load_task_adapter", "resolve_arch"]
+__all__ = ["ARCHS", "Arch", "ArchSpec", "EfficientConfig", "PEFT_METHODS", "PeftBackbone", "SavedTask", "TaskModel",
+           "apply_peft", "attach_task_adapter", "config_from_dict", "load_task_adapter", "read_task_adapter",
+           "resolve_arch"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +29,21 @@ OWN_WEIGHTS = "adapter.safetensors"
 OWN_CONFIG = "adapter.json"
 SIGNATURE_ADDED_LATER = ("intermediate_size",)  # base-model signature keys older adapter.json files lack
 HOST_ATTR = "_transferlm_peft"  # set on the wrapped HF model: one PEFT transformation per base model
+
+
+@dataclass
+class SavedAdapter:
+    """An adapter read from its folder into CPU memory, on no model yet (:meth:`PeftBackbone.read_adapter`).
+
+    Reading touches only files, so a server does it beside its forward passes; only
+    :meth:`PeftBackbone.attach_adapter` edits the shared base model.
+    """
+
+    folder: Path
+    config: Any  # the method's parsed config (its EfficientConfig)
+    base: dict[str, Any]  # the signature of the base model it was trained on (checked on attach)
+    state: dict[str, torch.Tensor]
+    extra: Any = None  # what a method reads besides (peft's own config for peft-library methods)
 
 
 class PeftBackbone(nn.Module):
@@ -204,22 +220,38 @@ class PeftBackbone(nn.Module):
 
     def read_meta(self, folder: Path) -> Any:
         """The config saved in ``folder``, after checking it holds this method trained on this base model."""
+        cfg, base = self.read_config(folder)
+        self.check_signature(base, str(folder))
+        return cfg
+
+    @classmethod
+    def read_config(cls, folder: Path) -> tuple[Any, dict[str, Any]]:
+        """``adapter.json``'s parsed config and base signature, after checking it holds this method."""
         from . import config_from_dict
 
         meta = json.loads((folder / OWN_CONFIG).read_text(encoding="utf-8"))
-        if meta.get("method") != self.method:
-            raise ConfigError(f"{folder} holds a {meta.get('method')} adapter, not {self.method}")
-        self.check_signature(meta.get("base", {}), str(folder))
-        return config_from_dict(self.method, meta["config"])
+        if meta.get("method") != cls.method:
+            raise ConfigError(f"{folder} holds a {meta.get('method')} adapter, not {cls.method}")
+        return config_from_dict(cls.method, meta["config"]), meta.get("base", {})
 
     def saved_config(self, name: str) -> Any:
         """The config written beside the weights (a method may save a different form, e.g. folded)."""
         return self.configs[name]
 
     def load_adapter(self, folder: Path, name: str) -> None:
-        cfg, state = self.read_meta(folder), load_file(str(folder / OWN_WEIGHTS))
-        self.add_adapter(name, cfg)
-        self.load_or_remove(name, state)
+        self.attach_adapter(name, self.read_adapter(folder))
+
+    @classmethod
+    def read_adapter(cls, folder: Path) -> SavedAdapter:
+        """The adapter saved in ``folder``, read and parsed; no model is touched (any thread may call it)."""
+        cfg, base = cls.read_config(folder)
+        return SavedAdapter(folder, cfg, base, load_file(str(folder / OWN_WEIGHTS)))
+
+    def attach_adapter(self, name: str, saved: SavedAdapter) -> None:
+        """Add ``saved`` to this base model as adapter ``name`` (the part of a load that edits the model)."""
+        self.check_signature(saved.base, str(saved.folder))
+        self.add_adapter(name, saved.config)
+        self.load_or_remove(name, saved.state)
 
     def load_or_remove(self, name: str, state: dict[str, torch.Tensor]) -> None:
         """Load ``name``'s weights; if they do not fit, remove the adapter again (no half-loaded adapter stays)."""

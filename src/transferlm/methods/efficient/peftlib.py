@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from .core import HOST_ATTR, PeftBackbone
+from .core import HOST_ATTR, PeftBackbone, SavedAdapter
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -120,18 +120,24 @@ class PeftLibBackbone(PeftBackbone):
                   str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
         self.write_meta(folder, self.configs[name])
 
-    def load_adapter(self, folder: Path, name: str) -> None:
+    @classmethod
+    def read_adapter(cls, folder: Path) -> SavedAdapter:
         from peft import PeftConfig
 
-        cfg, state = self.read_meta(folder), load_file(str(folder / PEFT_WEIGHTS))
+        cfg, base = cls.read_config(folder)
+        state = load_file(str(folder / PEFT_WEIGHTS))
         pcfg = PeftConfig.from_pretrained(str(folder))
         pcfg.inference_mode = False
+        return SavedAdapter(folder, cfg, base, state, extra=pcfg)
+
+    def attach_adapter(self, name: str, saved: SavedAdapter) -> None:
+        self.check_signature(saved.base, str(saved.folder))
         self.check_new_name(name)
-        self._add_peft(name, pcfg)
-        self.configs[name] = cfg
+        self._add_peft(name, copy.copy(saved.extra))  # peft keeps the config it is given: one per adapter
+        self.configs[name] = saved.config
         if self.active is None:
             self._activate(name)
-        self.load_or_remove(name, state)
+        self.load_or_remove(name, saved.state)
 
     def merged_copy(self, name: str | None = None) -> nn.Module:
         """A copy of the base model with adapter ``name`` folded into its weights (no peft needed)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ...errors import ConfigError
 from ...models.loading import Backbone
 from ..finetune import pool
 from .arch import resolve_arch
-from .core import HOST_ATTR, PeftBackbone
+from .core import HOST_ATTR, PeftBackbone, SavedAdapter
 from .method import HEAD_FILE, METHOD_FILE
 
 TASKS_ATTR = "_transferlm_tasks"
@@ -71,13 +72,18 @@ def _unpack(base: Any) -> tuple[nn.Module, Any]:
     return base, None
 
 
-def load_task_adapter(folder: str | Path, base_backbone: Any, name: str) -> TaskModel:
-    """Load the method weights and head a run saved in ``folder`` onto ``base_backbone`` as task ``name``.
+@dataclass
+class SavedTask:
+    """A saved task read into CPU memory, on no base model yet: its method's adapter, head and pooling."""
 
-    Calling it again with the same base backbone adds the next task to the same :class:`TaskModel`
-    (one copy of the base weights). Adapters must come from one method and a base model of the same
-    architecture and size; anything else is a one-line error.
-    """
+    folder: Path
+    meta: dict[str, Any]  # method.json
+    adapter: SavedAdapter
+    head: nn.Linear  # on the CPU until attached
+
+
+def read_task_adapter(folder: str | Path) -> SavedTask:
+    """Read and check the task a run saved in ``folder`` (files only: no model is touched, any thread may call it)."""
     from . import _info
 
     folder = Path(folder)
@@ -85,6 +91,30 @@ def load_task_adapter(folder: str | Path, base_backbone: Any, name: str) -> Task
     if not meta_path.is_file():
         raise ConfigError(f"{folder} is not a saved parameter-efficient model (no {METHOD_FILE})")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    adapter = _info(meta.get("method", "?")).backbone.read_adapter(folder)
+    state = load_file(str(folder / HEAD_FILE))
+    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    head.load_state_dict(state)
+    head.requires_grad_(False)
+    return SavedTask(folder, meta, adapter, head)
+
+
+def load_task_adapter(folder: str | Path, base_backbone: Any, name: str) -> TaskModel:
+    """Load the method weights and head a run saved in ``folder`` onto ``base_backbone`` as task ``name``.
+
+    Calling it again with the same base backbone adds the next task to the same :class:`TaskModel`
+    (one copy of the base weights). Adapters must come from one method and a base model of the same
+    architecture and size; anything else is a one-line error. It is :func:`read_task_adapter` (file work)
+    then :func:`attach_task_adapter` (the edit of the base model).
+    """
+    return attach_task_adapter(read_task_adapter(folder), base_backbone, name)
+
+
+def attach_task_adapter(saved: SavedTask, base_backbone: Any, name: str) -> TaskModel:
+    """Put the task read by :func:`read_task_adapter` onto ``base_backbone`` as task ``name``."""
+    from . import _info
+
+    meta, folder = saved.meta, saved.folder
     info = _info(meta.get("method", "?"))
     if isinstance(base_backbone, TaskModel):
         host = base_backbone
@@ -107,12 +137,9 @@ def load_task_adapter(folder: str | Path, base_backbone: Any, name: str) -> Task
     if host.backbone.method != meta["method"]:
         raise ConfigError(f"this base model hosts {host.backbone.method} tasks; a {meta['method']} task needs "
                           "a fresh base model")
-    host.backbone.load_adapter(folder, name)
-    state = load_file(str(folder / HEAD_FILE))
-    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-    head.load_state_dict(state)
+    host.backbone.attach_adapter(name, saved.adapter)
     device = next(host.backbone.parameters()).device
-    host.heads[name] = head.to(device)
+    host.heads[name] = saved.head.to(device)
     host.poolings[name] = meta["pooling"]
     host.tasks[name] = meta.get("task", {})
     host.requires_grad_(False)

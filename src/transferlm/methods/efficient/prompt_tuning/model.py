@@ -11,7 +11,7 @@ from torch import nn
 
 from ....errors import ConfigError
 from ....models.loading import DECODER_TYPES
-from ..core import PeftBackbone, copy_into, keyword_inputs
+from ..core import PeftBackbone, SavedAdapter, copy_into, keyword_inputs
 from ..peftlib import PEFT_WEIGHTS
 from .config import PromptTuningOptions
 
@@ -127,14 +127,19 @@ class PromptTuningBackbone(PeftBackbone):
                   metadata={"format": "pt"})
         self.write_meta(folder, self.configs[name])
 
-    def load_adapter(self, folder: Path, name: str) -> None:
-        cfg, state = self.read_meta(folder), load_file(str(folder / PEFT_WEIGHTS))
+    @classmethod
+    def read_adapter(cls, folder: Path) -> SavedAdapter:
+        cfg, base = cls.read_config(folder)
+        return SavedAdapter(folder, cfg, base, load_file(str(folder / PEFT_WEIGHTS)))
+
+    def attach_adapter(self, name: str, saved: SavedAdapter) -> None:
+        self.check_signature(saved.base, str(saved.folder))
         self.check_new_name(name)
-        self._add(name, dataclasses.replace(cfg, init="random"))  # the weights are loaded next
-        self.configs[name] = cfg
+        self._add(name, dataclasses.replace(saved.config, init="random"))  # the weights are loaded next
+        self.configs[name] = saved.config
         if self.active is None:
             self._activate(name)
-        self.load_or_remove(name, state)
+        self.load_or_remove(name, saved.state)
 
 
 def _strip(out: Any, width: int) -> Any:
