@@ -147,3 +147,9 @@ def test_tapt_reads_the_task_training_text_only(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(loading, "load_task", fake)
     assert load_phase_texts("task:toy", "text", None) == ("tapt-toy", ["train text"])
 
+
+def test_intermediate_max_steps_wins_over_the_targets_epochs(tiny_bert: Path, two_tasks: Path) -> None:
+    cfg = _cfg(tiny_bert, two_tasks, intermediate={"task": "toy2", "shots": 8, "max_steps": 2})
+    cfg.train.epochs = 3  # the target: 3 epochs of its 16 examples (6 steps)
+    res = run(cfg).results
+    assert res["intermediate"]["steps"] == 2
