@@ -240,3 +240,21 @@ def test_perplexity_is_per_predicted_token_over_all_chunks(objective: str, tiny_
             nll += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
             count += int(keep.sum())
     assert trainer.perplexity(tokenized) == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_unfinished_work_on_edited_text_is_not_resumed(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Pretrainer._batch
+
+    def dying(self, rows, step):
+        if step == 5:  # after the step-4 checkpoint
+            raise KeyboardInterrupt
+        return original(self, rows, step)
+
+    monkeypatch.setattr(Pretrainer, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    monkeypatch.setattr(Pretrainer, "_batch", original)
+    text_file.write_text("\n".join(reversed(TEXT)) + "\n")  # same path, other text: the checkpoint is stale
+    report = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    assert report["phases"][0]["resumed_from_step"] is None

@@ -8,6 +8,7 @@ an MLM head (MiniLM) get a new head tied to the input embeddings, trained alone 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -155,6 +156,13 @@ class Pretrainer:
         """Resume only work started with these settings: a checkpoint of another schedule, length or text
         would silently continue the wrong run. Older work is discarded, with a warning."""
         settings = {k: v for k, v in self.cfg.__dict__.items() if k not in ("quiet", "output")}
+        # The text itself, not only its path: an edited file (or a task's changed data) is another run.
+        digest = hashlib.sha256()
+        for name, texts in self.phases:
+            for piece in (name, *texts, ""):  # length-prefixed: no two lists of texts hash alike
+                raw = piece.encode("utf-8")
+                digest.update(len(raw).to_bytes(8, "little") + raw)
+        settings["texts_sha256"] = digest.hexdigest()
         stamp = self.work / "settings.json"
         if self.work.exists():
             try:
