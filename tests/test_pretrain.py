@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,79 @@ def test_masked_positions_only_loss_equals_the_models_own(family: str) -> None:
         if p.grad is not None:
             assert torch.allclose(ours_grads[n], p.grad, atol=1e-6), n
     assert not model.get_output_embeddings()._forward_pre_hooks, "the gather hook is removed"
+
+
+def test_new_head_initialisation_follows_the_seed_not_the_global_rng(tiny_bert: Path, text_file: Path,
+                                                                     tmp_path: Path) -> None:
+    heads = []
+    for state in (1, 2):  # whatever ran before in this process
+        torch.manual_seed(state)
+        trainer = Pretrainer(_cfg(tiny_bert, [str(text_file)], tmp_path / "o"))
+        params = dict(trainer.model.named_parameters())
+        heads.append({n: params[n].detach().clone() for n in trainer.new_head if n in params})
+    assert heads[0] and all(torch.equal(heads[0][n], heads[1][n]) for n in heads[0])
+
+
+def test_resumed_phase_reports_the_perplexity_before_its_first_step(tiny_bert: Path, text_file: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "ref"))["phases"][0]
+    original = Pretrainer._batch
+
+    def dying(self, rows, step):
+        if step == 5:  # after the step-4 checkpoint
+            raise KeyboardInterrupt
+        return original(self, rows, step)
+
+    monkeypatch.setattr(Pretrainer, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    monkeypatch.setattr(Pretrainer, "_batch", original)
+    cut = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))["phases"][0]
+    assert cut["resumed_from_step"] == 4
+    assert cut["perplexity_before"] == ref["perplexity_before"], "the phase's start, not the step-4 checkpoint's"
+    assert cut["perplexity_after"] == ref["perplexity_after"]
+
+
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_perplexity_is_per_predicted_token_over_all_chunks(objective: str, tiny_bert: Path, tiny_llama: Path,
+                                                           text_file: Path, tmp_path: Path) -> None:
+    model = tiny_bert if objective == "mlm" else tiny_llama
+    trainer = Pretrainer(_cfg(model, [str(text_file)], tmp_path / "o"))
+    long = " ".join(TEXT[:6])
+    # 32 short rows in the first chunk, one long row alone in the second: the chunks hold unequal token counts.
+    rows = [trainer.phases[0][1][0]] * 32 + [long]
+    from transferlm.training.pretrain import _tokenize
+
+    tokenized = _tokenize(trainer.tokenizer, rows, 128, False)
+    nll, count = 0.0, 0
+    trainer.model.eval()
+    with torch.no_grad():
+        for i in range(0, len(tokenized), 32):
+            batch = trainer._batch(tokenized[i:i + 32], 10**9 + i)
+            logits = trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+            labels = batch["labels"]
+            if objective == "clm":
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            keep = labels != -100
+            nll += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+            count += int(keep.sum())
+    assert trainer.perplexity(tokenized) == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_unfinished_work_on_edited_text_is_not_resumed(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Pretrainer._batch
+
+    def dying(self, rows, step):
+        if step == 5:  # after the step-4 checkpoint
+            raise KeyboardInterrupt
+        return original(self, rows, step)
+
+    monkeypatch.setattr(Pretrainer, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    monkeypatch.setattr(Pretrainer, "_batch", original)
+    text_file.write_text("\n".join(reversed(TEXT)) + "\n")  # same path, other text: the checkpoint is stale
+    report = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    assert report["phases"][0]["resumed_from_step"] is None

@@ -119,8 +119,13 @@ def test_params_plot_has_one_marker_per_method_per_task(coll) -> None:
 
 
 def test_seeds_plot_has_one_point_per_seed(coll) -> None:
-    groups = _groups(seeds_plot(coll).svg, "seeds")
+    plot = seeds_plot(coll)
+    groups = _groups(plot.svg, "seeds")
     assert len(groups) == 7 and set(groups.values()) == {3}
+    assert "one seed's test score" in plot.caption
+    for c in coll.cells:  # a task without a test split (MNLI) is scored on dev: the caption says so
+        c.split = "dev"
+    assert "one seed's dev score" in seeds_plot(coll).caption
 
 
 def test_curves_plot_only_for_methods_that_train(coll) -> None:
@@ -250,3 +255,10 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_parameter_counts_never_read_1000k() -> None:
+    from transferlm.protocol.table import human_count
+
+    assert human_count(999_950) == "1.0M" and human_count(999_940) == "999.9K"
+    assert human_count(1_500) == "1.5K" and human_count(12) == "12" and human_count(2_000_000_000) == "2.0B"

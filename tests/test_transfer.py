@@ -132,3 +132,24 @@ def test_the_intermediate_task_is_read_as_its_own_files_say(tiny_bert: Path, tmp
     assert (icfg.data.format, icfg.data.header, icfg.data.empty_text) == (None, None, None)
     spec, data = run_module.load_run_data(icfg)
     assert spec.labels == ("neg", "pos") and len(data.train) + len(data.dev) == 8  # the header row is no example
+
+
+def test_tapt_reads_the_task_training_text_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dev text is what the target run selects on; pretraining on it leaks into that selection."""
+    from transferlm.data import loading
+    from transferlm.data.example import Example, TaskData
+    from transferlm.training.texts import load_phase_texts
+
+    def fake(name, data_dir, options):
+        ex = [Example(guid=s, text_a=f"{s} text", label=0) for s in ("train", "dev", "test")]
+        return None, TaskData(train=[ex[0]], dev=[ex[1]], test=[ex[2]])
+
+    monkeypatch.setattr(loading, "load_task", fake)
+    assert load_phase_texts("task:toy", "text", None) == ("tapt-toy", ["train text"])
+
+
+def test_intermediate_max_steps_wins_over_the_targets_epochs(tiny_bert: Path, two_tasks: Path) -> None:
+    cfg = _cfg(tiny_bert, two_tasks, intermediate={"task": "toy2", "shots": 8, "max_steps": 2})
+    cfg.train.epochs = 3  # the target: 3 epochs of its 16 examples (6 steps)
+    res = run(cfg).results
+    assert res["intermediate"]["steps"] == 2

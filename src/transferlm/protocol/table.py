@@ -10,8 +10,12 @@ METRIC_ABBREV = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "
 
 
 def human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    units = (("B", 1e9), ("M", 1e6), ("K", 1e3))
+    for i, (unit, size) in enumerate(units):
         if n >= size:
+            # 999,950 rounds to "1000.0K": say it in the next unit up instead.
+            if i and round(n / size, 1) >= 1000:
+                return f"{n / units[i - 1][1]:.1f}{units[i - 1][0]}"
             return f"{n / size:.1f}{unit}"
     return str(n)
 

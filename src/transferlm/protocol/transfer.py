@@ -31,8 +31,8 @@ def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig,
     for key in ("train_file", "dev_file", "test_file", "text_columns", "label_column", "labels", "format", "header",
                 "empty_text"):
         setattr(icfg.data, key, None)
-    if inter.max_steps is not None:
-        icfg.train.max_steps = inter.max_steps
+    if inter.max_steps is not None:  # epochs would win over max_steps (Engine.total_steps)
+        icfg.train.max_steps, icfg.train.epochs = inter.max_steps, None
     if inter.learning_rate is not None:
         icfg.train.learning_rate = inter.learning_rate
     spec, data = load_run_data(icfg)

@@ -128,8 +128,11 @@ def seeds_plot(collection: Collection) -> Plot:
         ax.set_title(task)
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
+    # Tasks without a test split (MNLI, QQP, ...) are scored on dev: the caption names what was plotted.
+    splits = sorted({c.split for t in tasks for m in methods if (c := collection.get(t, m)) is not None})
     return Plot("seeds", "Per-seed spread",
-                "Each dot is one seed's test score; the black bar is the mean over seeds.", to_svg(fig, "seeds"))
+                f"Each dot is one seed's {' or '.join(splits) or 'test'} score; the black bar is the mean over seeds.",
+                to_svg(fig, "seeds"))
 
 
 def _mean_curve(curves: list[Curve], dev: bool) -> tuple[list[int], list[float], list[float], list[float]]:

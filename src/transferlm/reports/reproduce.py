@@ -272,7 +272,7 @@ def build_plan(suite: str, *, quick: bool = False, output: str | None = None, mo
     notes = list(spec.notes)
     if quick:
         notes.insert(0, f"--quick: {len(seeds)} seed(s), tasks {', '.join(tasks)}, model {model}, "
-                        f"training {', '.join(f'{k}={v}' for k, v in train.items())}, test subset of at most {test_cap} examples; a smoke test of the "
+                        f"training {', '.join(f'{k}={v}' for k, v in train.items())}, {f'test subset of at most {test_cap} examples' if test_cap is not None else 'the whole test split'}; a smoke test of the "
                         "pipeline, not a reproduction.")
     # What the command line changed is said in the report: its tables and notes otherwise describe the
     # suite's defaults (e.g. "100 steps") and "the test split" for scores on a subset of it.

@@ -8,6 +8,7 @@ an MLM head (MiniLM) get a new head tied to the input embeddings, trained alone 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -144,6 +145,9 @@ class Pretrainer:
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         resolved = resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(str(resolved.path), trust_remote_code=False)
+        # A new MLM head is initialised from the global RNG: seed it, or the same seed gives another model
+        # depending on what ran before in this process.
+        set_seed(cfg.seed)
         self.model, self.objective, self.new_head = _load_lm(str(resolved.path), cfg.objective)
         self.wwm = cfg.whole_word_mask and self.objective == "mlm"
         self.model.to(self.acc.device)
@@ -152,6 +156,13 @@ class Pretrainer:
         """Resume only work started with these settings: a checkpoint of another schedule, length or text
         would silently continue the wrong run. Older work is discarded, with a warning."""
         settings = {k: v for k, v in self.cfg.__dict__.items() if k not in ("quiet", "output")}
+        # The text itself, not only its path: an edited file (or a task's changed data) is another run.
+        digest = hashlib.sha256()
+        for name, texts in self.phases:
+            for piece in (name, *texts, ""):  # length-prefixed: no two lists of texts hash alike
+                raw = piece.encode("utf-8")
+                digest.update(len(raw).to_bytes(8, "little") + raw)
+        settings["texts_sha256"] = digest.hexdigest()
         stamp = self.work / "settings.json"
         if self.work.exists():
             try:
@@ -182,17 +193,25 @@ class Pretrainer:
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return masked_lm_loss(self.model, batch) if self.objective == "mlm" else self.model(**batch).loss
 
+    def _predicted_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many tokens the batch's mean loss is over: masked ones (MLM), or every next token (CLM)."""
+        labels = batch["labels"]
+        return int((labels != -100).sum() if self.objective == "mlm" else (labels[:, 1:] != -100).sum())
+
     @torch.no_grad()
     def perplexity(self, rows: list[dict[str, list[int]]]) -> float:
+        """exp of the mean loss per predicted token over all rows (each chunk's mean weighted by its tokens,
+        not its rows: a chunk of long texts holds more predictions)."""
         self.model.eval()
         total, n = 0.0, 0
         for i in range(0, len(rows), 32):
-            chunk = rows[i:i + 32]
-            loss = self._loss(self._batch(chunk, 10**9 + i))  # fixed masks for comparable numbers
-            total += float(loss) * len(chunk)
-            n += len(chunk)
+            batch = self._batch(rows[i:i + 32], 10**9 + i)  # fixed masks for comparable numbers
+            count = self._predicted_tokens(batch)
+            if count:  # a chunk with nothing masked has no loss (its mean would be NaN)
+                total += float(self._loss(batch)) * count
+                n += count
         self.model.train()
-        return math.exp(total / max(n, 1))
+        return math.exp(total / n) if n else float("nan")
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -228,11 +247,13 @@ class Pretrainer:
         params = dict(self.model.named_parameters())
         optimizer = adamw(list(params.values()), lr=cfg.learning_rate, weight_decay=0.01)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.steps))
-        start, history = 0, []
+        start, history, ppl_before = 0, [], None
         restored = load_checkpoint(ck_dir, self.model, optimizer, scheduler) if ck_dir.exists() else None
         if restored is not None:
             start, history = restored[0]["step"], restored[0]["history"]
-        ppl_before = self.perplexity(eval_rows)
+            ppl_before = restored[0].get("perplexity_before")
+        if ppl_before is None:  # a resumed phase reports the phase's start, not the checkpoint's perplexity
+            ppl_before = self.perplexity(eval_rows)
         t0, tokens = time.perf_counter(), 0
         bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {name}", unit="step", disable=cfg.quiet, leave=False)
         self.model.train()
@@ -267,7 +288,8 @@ class Pretrainer:
                 bar.set_postfix(ppl=f"{record['perplexity']:.1f}")
             history.append(record)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                save_checkpoint(ck_dir, self.model, optimizer, scheduler, {"step": step + 1, "history": history}, None)
+                save_checkpoint(ck_dir, self.model, optimizer, scheduler,
+                                {"step": step + 1, "history": history, "perplexity_before": ppl_before}, None)
         bar.close()
         seconds = time.perf_counter() - t0
         # The last step's evaluation, when there was one, is already the final perplexity.

@@ -25,7 +25,8 @@ def load_phase_texts(source: str, field: str, data_dir: str | None) -> tuple[str
 
         name = source[5:]
         _, data = load_task(name, data_dir, DataOptions(shots=None, seed=0))
-        texts = [" ".join(t for t in (e.text_a, e.text_b) if t) for e in data.train + data.dev]
+        # The training split only (Gururangan et al.): dev text would leak into the model selected on it.
+        texts = [" ".join(t for t in (e.text_a, e.text_b) if t) for e in data.train]
         return f"tapt-{name}", [t for t in texts if t.strip()]
     path = Path(source)
     if path.is_dir():
