@@ -75,16 +75,16 @@ def test_probe_reports_every_layer(tiny_bert: Path, toy_data: Path, tmp_path: Pa
 def test_multitask_max_grad_norm_zero_turns_clipping_off(tiny_bert: Path, two_tasks: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch, max_grad_norm: float,
                                                           clips: bool) -> None:
-    import torch
+    from accelerate import Accelerator
 
     calls: list[float] = []
-    real = torch.nn.utils.clip_grad_norm_
+    real = Accelerator.clip_grad_norm_
 
-    def spy(params, max_norm, *a, **k):  # clipping to 0 would zero every gradient: no step at all
+    def spy(self, params, max_norm, *a, **k):  # clipping to 0 would zero every gradient: no step at all
         calls.append(max_norm)
-        return real(params, max_norm, *a, **k)
+        return real(self, params, max_norm, *a, **k)
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", spy)
     cfg = MultitaskConfig(tasks=["toy", "toy2"], model=str(tiny_bert), quiet=True)
     cfg.data.data_dir, cfg.data.shots = str(two_tasks), 4
     cfg.train.max_steps, cfg.train.eval_every, cfg.train.max_grad_norm = 2, 0, max_grad_norm
@@ -153,3 +153,44 @@ def test_intermediate_max_steps_wins_over_the_targets_epochs(tiny_bert: Path, tw
     cfg.train.epochs = 3  # the target: 3 epochs of its 16 examples (6 steps)
     res = run(cfg).results
     assert res["intermediate"]["steps"] == 2
+
+
+def _mt(two_tasks: Path, **train: object) -> MultitaskConfig:
+    cfg = MultitaskConfig(tasks=["toy", "toy2"], quiet=True)
+    cfg.data.data_dir, cfg.data.shots = str(two_tasks), 4
+    cfg.train.eval_every = 0
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_multitask_takes_the_engines_schedule_epochs_and_batch_sizes(tiny_bert: Path, two_tasks: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from transferlm.protocol import multitask as mt
+
+    optimizers: list[torch.optim.Optimizer] = []
+    real_adamw = mt.adamw
+    monkeypatch.setattr(mt, "adamw", lambda *a, **k: optimizers.append(real_adamw(*a, **k)) or optimizers[-1])
+    cfg = _mt(two_tasks, epochs=2.0, batch_size=4, learning_rate=1e-3, warmup_ratio=0.5)
+    cfg.model = str(tiny_bert)
+    res = multitask(cfg)
+    # 2 epochs over both tasks' 8 training examples in batches of 4: 2 × (2 + 2) steps, not max_steps (100).
+    assert res["steps"] == 8 and len(res["history"]) == 8
+    assert optimizers[-1].param_groups[0]["lr"] == 0.0  # warm-up then linear decay to 0, as in `run`
+
+    sizes: list[int] = []
+    real_eval = mt._evaluate
+    monkeypatch.setattr(mt, "_evaluate", lambda model, task, spec, ex, collate, bs, acc:
+                        sizes.append(bs) or real_eval(model, task, spec, ex, collate, bs, acc))
+    cfg = _mt(two_tasks, max_steps=2, eval_batch_size=3)
+    cfg.model = str(tiny_bert)
+    assert multitask(cfg)["environment"]["precision"] == "fp32"
+    assert sizes and set(sizes) == {3}
+
+
+@pytest.mark.parametrize("name,value", [("layer_decay", 0.9), ("self_ensemble", "ema"), ("self_distill", 1.0)])
+def test_multitask_refuses_engine_options_it_does_not_implement(two_tasks: Path, name: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^train\.{name} is not supported by multitask"):
+        multitask(_mt(two_tasks, **{name: value}))

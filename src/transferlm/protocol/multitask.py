@@ -1,6 +1,10 @@
 """Parallel supervised transfer (slide 8): multi-task fine-tuning with one shared encoder and one
 head per task. Each step trains on one task, drawn with probability ∝ n_task^(1/T):
 T=1 is proportional sampling, larger T flattens towards uniform (temperature sampling).
+
+It runs on accelerate in one process (device, mixed precision) with the engine's learning-rate schedule,
+``epochs`` and dev selection; it does not checkpoint, and the engine's layer-wise rates, self-ensemble and
+self-distillation are one-line errors here rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from ..io import write_json
 from ..methods.finetune import make_collate, pool
 from ..models.loading import load_backbone
 from ..training.checkpoint import trainable_state
-from ..training.optim import adamw
+from ..training.engine import effective_precision, get_accelerator
+from ..training.optim import adamw, linear_schedule
 from ..training.seeding import set_seed, step_seed
 
 
@@ -74,25 +79,55 @@ def _key(task: str) -> str:
     return task.replace(".", "_")  # ModuleDict keys cannot contain dots
 
 
+def _check_supported(train: TrainConfig) -> None:
+    """Options of the one-task engine this loop does not implement: an error, not a silent no-op."""
+    unsupported = {"layer_decay": train.layer_decay is not None, "self_ensemble": train.self_ensemble != "none",
+                   "self_distill": train.self_distill > 0}
+    for name, set_ in unsupported.items():
+        if set_:
+            raise ConfigError(f"train.{name} is not supported by multitask (one shared encoder, one head per "
+                              f"task); drop it, or train the tasks one at a time with `transferlm run`")
+
+
+def total_steps(train: TrainConfig, sizes: list[int]) -> int:
+    """max_steps, or ``epochs`` passes over all tasks' training batches together."""
+    if train.epochs is None:
+        return train.max_steps
+    return max(1, math.ceil(train.epochs * sum(math.ceil(n / train.batch_size) for n in sizes)))
+
+
 def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     cfg.validate()
+    _check_supported(cfg.train)
+    acc = get_accelerator(cfg.train.mixed_precision)
+    if acc.num_processes > 1:  # each step draws one task: a per-process split of it is not implemented
+        raise ConfigError("multitask runs in one process; start it with python, not torchrun/accelerate launch")
     set_seed(cfg.seed)
     loaded = {t: load_task(t, cfg.data.data_dir, DataOptions(shots=cfg.data.shots, seed=cfg.seed)) for t in cfg.tasks}
     backbone = load_backbone(cfg.model)
     pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
     torch.manual_seed(cfg.seed)
     model = MultiTaskModel(backbone.model, backbone.hidden_size, {t: s.num_labels for t, (s, _) in loaded.items()},
-                           pooling)
+                           pooling).to(acc.device)
     collate = {t: make_collate(backbone.tokenizer, s, cfg.train.max_length) for t, (s, _) in loaded.items()}
-    probs = sampling_probabilities([len(d.train) for _, d in loaded.values()], cfg.sampling, cfg.temperature)
+    sizes = [len(d.train) for _, d in loaded.values()]
+    probs = sampling_probabilities(sizes, cfg.sampling, cfg.temperature)
+    total = total_steps(cfg.train, sizes)
     optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
-                       weight_decay=cfg.train.weight_decay)
+                      weight_decay=cfg.train.weight_decay)
+    scheduler = linear_schedule(optimizer, total, cfg.train.warmup_ratio)  # as the one-task engine
+    model, optimizer = acc.prepare(model, optimizer)
+    inner = acc.unwrap_model(model)
+
+    def evaluate(task: str, examples: list) -> dict[str, float]:
+        return _evaluate(model, task, loaded[task][0], examples, collate[task], cfg.train.eval_batch_size, acc)
+
     rng = np.random.RandomState(cfg.seed)
     cursors = {t: 0 for t in cfg.tasks}
     orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}
     best, best_score, history = None, -math.inf, []
     t0 = time.perf_counter()
-    for step in tqdm(range(cfg.train.max_steps), desc="multitask", disable=cfg.quiet, leave=False):
+    for step in tqdm(range(total), desc="multitask", disable=cfg.quiet, leave=False):
         model.train()
         torch.manual_seed(step_seed(cfg.seed, step, 0))
         task = cfg.tasks[rng.choice(len(cfg.tasks), p=probs)]
@@ -102,44 +137,51 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
         idx = orders[task][cursors[task]:cursors[task] + cfg.train.batch_size]
         cursors[task] += len(idx)
         examples = [data.train[i] for i in idx]
-        logits = model(task, **collate[task](examples))
-        labels = torch.tensor([e.label for e in examples])
-        loss = F.mse_loss(logits, labels.float()) if spec.regression else F.cross_entropy(logits, labels.long())
-        loss.backward()
+        batch = {k: v.to(acc.device) for k, v in collate[task](examples).items()}
+        labels = torch.tensor([e.label for e in examples], device=acc.device)
+        with acc.autocast():
+            logits = model(task, **batch).float()
+            loss = F.mse_loss(logits, labels.float()) if spec.regression else F.cross_entropy(logits, labels.long())
+        acc.backward(loss)
         if cfg.train.max_grad_norm > 0:  # 0 turns clipping off, as in the engine (clipping to 0 zeroes the step)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": step + 1, "task": task, "loss": float(loss.detach())}
-        if (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0) or step + 1 == cfg.train.max_steps:
-            dev = {t: _evaluate(model, t, loaded[t][0], loaded[t][1].dev, collate[t]) for t in cfg.tasks}
+        if (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0) or step + 1 == total:
+            dev = {t: evaluate(t, loaded[t][1].dev) for t in cfg.tasks}
             record["dev"] = dev
             score = float(np.mean([dev[t][loaded[t][0].metric] for t in cfg.tasks]))
             if score > best_score:  # select on the mean dev metric over tasks
-                best_score, best = score, trainable_state(model)
+                best_score = score
+                best = trainable_state(inner) if cfg.train.select_on_dev else None
         history.append(record)
     train_seconds = time.perf_counter() - t0
     if best is not None:
-        model.load_state_dict(best, strict=False)
+        inner.load_state_dict(best, strict=False)
     results = {"tasks": {}, "model": cfg.model, "seed": cfg.seed, "sampling": cfg.sampling,
                "probabilities": dict(zip(cfg.tasks, probs.round(4).tolist(), strict=True)),
-               "train_seconds": round(train_seconds, 3), "history": history, "config": asdict(cfg)}
+               "steps": total, "train_seconds": round(train_seconds, 3), "history": history, "config": asdict(cfg),
+               "environment": {"device": str(acc.device), "precision": effective_precision(acc)}}
     for t in cfg.tasks:
         spec, data = loaded[t]
-        results["tasks"][t] = {"primary_metric": spec.metric,
-                               "dev_metrics": _evaluate(model, t, spec, data.dev, collate[t]),
-                               "metrics": _evaluate(model, t, spec, data.test, collate[t]) if data.test else {}}
+        results["tasks"][t] = {"primary_metric": spec.metric, "dev_metrics": evaluate(t, data.dev),
+                               "metrics": evaluate(t, data.test) if data.test else {}}
     if cfg.output:
         write_json(Path(cfg.output) / "multitask.json", results)
     return results
 
 
 @torch.no_grad()
-def _evaluate(model: MultiTaskModel, task: str, spec: Any, examples: list, collate: Any) -> dict[str, float]:
+def _evaluate(model: nn.Module, task: str, spec: Any, examples: list, collate: Any, batch_size: int,
+              acc: Any) -> dict[str, float]:
     model.eval()
     preds = []
-    for i in range(0, len(examples), 64):
-        logits = model(task, **collate(examples[i:i + 64]))
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(acc.device) for k, v in collate(examples[i:i + batch_size]).items()}
+        with acc.autocast():
+            logits = model(task, **batch).float()
         preds.extend(logits.tolist() if spec.regression else logits.argmax(-1).tolist())
     return compute_metrics([e.label for e in examples], preds, regression=spec.regression, primary=spec.metric,
                            num_labels=spec.num_labels)

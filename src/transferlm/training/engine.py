@@ -41,7 +41,7 @@ from .checkpoint import (
     trainable_state,
 )
 from .ensemble import ParameterAverage, SelfDistillation, load_into
-from .optim import adamw
+from .optim import adamw, linear_schedule
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
 
@@ -160,14 +160,7 @@ class Engine:
         set_seed(self.seed)
         total = self.total_steps(len(train))
         optimizer = self._optimizer()
-        warmup = int(cfg.warmup_ratio * total)
-
-        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / max(1, warmup)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = linear_schedule(optimizer, total, cfg.warmup_ratio)
         average, distill = self._ensemble()
         hooks = [*self.loss_hooks, *([distill] if distill else [])]
         start, best, best_score, best_step, history = 0, None, -math.inf, None, []

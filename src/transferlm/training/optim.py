@@ -26,3 +26,16 @@ def adamw(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float, 
     items = list(params)
     tensors = [p for g in items for p in g["params"]] if items and isinstance(items[0], dict) else items
     return torch.optim.AdamW(items, lr=lr, fused=can_fuse(tensors) or None, **kwargs)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of ``total`` steps, then linear decay to 0 (BERT's, LM-BFF's)."""
+    warmup = int(warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
