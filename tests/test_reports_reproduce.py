@@ -297,3 +297,24 @@ def test_pretraining_rows_name_each_phase_by_its_text_source(tmp_path: Path) -> 
     rows = load_pretraining(tmp_path, suite)
     assert [r["phase"] for r in rows] == ["amazon/dev.json", "yelp/dev.json"]
     assert rows[0]["steps"] == 5 and rows[0]["perplexity_after"] == 3.0
+
+
+def test_interrupted_rerun_before_anything_is_current_removes_the_old_report(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, tiny_bert, toy_data)
+    execute(plan, log=lambda s: None)
+    assert "| FT |" in (out / "report.md").read_text()
+    for e in plan.entries:  # every entry changes: nothing on disk is of the new settings
+        e.run["train"] = {**e.run["train"], "max_steps": 3}
+
+    def interrupt(cfg, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_mod, "run", interrupt)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):  # the interruption, not a report error, reaches the caller
+        execute(plan, log=lines.append)
+    assert not (out / "report.md").exists() and not (out / "report.html").exists(), \
+        "the old settings' report is left as the suite's"
+    assert any("earlier report, of other settings, was removed" in line for line in lines), lines

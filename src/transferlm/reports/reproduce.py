@@ -34,6 +34,7 @@ from typing import Any
 from ..config import CompareConfig, RunConfig, set_dotted
 from ..errors import ConfigError
 from ..io import as_json, write_json
+from .collect import ReportError
 from .report import ReportFiles, build_report
 
 SUITES = ("lmbff", "peft", "dapt")
@@ -416,7 +417,6 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, report: bool = Tr
         phases = "; ".join(f"{p['phase']}: perplexity {p['perplexity_before']:.1f} -> {p['perplexity_after']:.1f}, "
                            f"{p['tokens_per_second']:.0f} tokens/s" for p in done["phases"])
         log(f"  {time.perf_counter() - t0:.0f}s ({phases})")
-    finished = 0
     try:
         for i, e in enumerate(plan.entries, start=1):
             folder = out / e.dir
@@ -424,12 +424,25 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, report: bool = Tr
             run = RunConfig.from_dict({**e.run, "output": str(folder)}, source=f"{plan.suite} suite ({e.label})")
             summary = compare(CompareConfig(run=run, methods=[e.method], seeds=e.seeds, grid=e.grid,
                                             output=str(folder)))
-            finished += 1
             row = summary["rows"][0]
             log(f"[{i}/{len(plan.entries)}] {e.task:8s} {e.label}: {100 * row['mean']:.1f} ({100 * row['std']:.1f}) "
                 f"{summary['primary_metric']} over {len(e.seeds)} seed(s), {time.perf_counter() - t0:.0f}s"
                 + (f" ({row['reused_runs']} run(s) reused from the cache)" if row["reused_runs"] else ""))
     finally:
-        # Also when interrupted: the report then shows what has finished so far.
-        files = build_report([out], out) if report and finished else None
+        # Also when interrupted: the report then shows what has finished so far, under this plan's settings.
+        files = _report_current(out, log) if report else None
     return files
+
+
+def _report_current(out: Path, log: Callable[[str], None]) -> ReportFiles | None:
+    """The report of the suite's current results; where none is current yet (a rerun with changed settings
+    stopped before its first entry finished), an earlier report is removed rather than left showing the old
+    settings' numbers as the suite's."""
+    try:
+        return build_report([out], out)
+    except ReportError as e:  # never mask the exception (an interruption) that may be propagating
+        stale = [f for f in (out / "report.html", out / "report.md", out / "results.csv") if f.is_file()]
+        for f in stale:
+            f.unlink()
+        log(f"no report: {e}" + (" (the earlier report, of other settings, was removed)" if stale else ""))
+        return None
