@@ -144,6 +144,11 @@ def test_html_page_is_self_contained(coll) -> None:
     # The check itself catches what it must.
     assert external_references('<img src="https://x.org/a.png"><script src="a.js"></script>')
     assert external_references('<div style="background: url(http://x/y.png)">')
+    # Relative addresses are fetched too (from beside the file); in-page and inline ones are not.
+    assert external_references('<img src="plot.png">') and external_references("<a href='other.html'>x</a>")
+    assert external_references('<p style="background: url(bg.png)">')
+    assert not external_references('<a href="#results">x</a><use xlink:href="#m1"/><img src="data:image/png;base64,AA">')
+    assert not external_references('<p>data = src = url(x) in escaped text: &lt;img src="a.png"&gt;</p>')
 
 
 def test_learning_curves_come_from_the_run_selected_on_dev(tmp_path: Path) -> None:

@@ -93,14 +93,22 @@ def render_html(collection: Collection, table: Table, reference: Table | None, p
     return page
 
 
-_FETCH = re.compile(r"""(?:\b(?:src|href|xlink:href|action|poster|data)\s*=\s*["']?\s*(?!#|data:)[a-z][a-z0-9+.-]*:"""
-                    r"""|url\(\s*["']?\s*(?!#|data:)[a-z][a-z0-9+.-]*:|@import|<script\b|<link\b|<iframe\b)""",
-                    re.IGNORECASE)
+# Page text is escaped, so "<" opens only real tags: addresses are looked for in tags and in the style sheet,
+# never in text (a task named "url(x)" is no fetch). Any address counts but an in-page "#..." or an inline
+# "data:" one: a relative "x.png" is fetched from beside the file, which a single-file report lacks.
+_ATTR = re.compile(r"""\s(?:src|href|xlink:href|action|poster|data|srcset)\s*=\s*["']?\s*(?!#|data:)[^\s"'>]""",
+                   re.IGNORECASE)
+_URL = re.compile(r"""url\(\s*["']?\s*(?!#|data:)[^\s"')]|@import""", re.IGNORECASE)
+_ACTIVE = re.compile(r"<script\b|<link\b|<iframe\b", re.IGNORECASE)
 
 
 def external_references(page: str) -> list[str]:
-    """Anything in ``page`` a browser would fetch or run: URLs in src/href/url(), scripts, links, frames."""
-    return [m.group(0) for m in _FETCH.finditer(page)]
+    """Anything in ``page`` a browser would fetch or run: addresses in src/href/url(), scripts, links, frames."""
+    tags = re.findall(r"<[^>]+>", page)
+    sheets = re.findall(r"<style\b[^>]*>(.*?)</style>", page, re.IGNORECASE | re.DOTALL)
+    return ([m.group(0) for t in tags for m in _ATTR.finditer(t)]
+            + [m.group(0) for part in tags + sheets for m in _URL.finditer(part)]
+            + [m.group(0) for m in _ACTIVE.finditer(page)])
 
 
 def assert_offline(page: str) -> None:
