@@ -258,3 +258,21 @@ def test_unfinished_work_on_edited_text_is_not_resumed(tiny_bert: Path, text_fil
     text_file.write_text("\n".join(reversed(TEXT)) + "\n")  # same path, other text: the checkpoint is stale
     report = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
     assert report["phases"][0]["resumed_from_step"] is None
+
+
+def test_no_weight_decay_on_biases_and_layer_norms(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlm.training import pretrain as pretrain_mod
+
+    made: list[torch.optim.Optimizer] = []
+    real = pretrain_mod.adamw
+    monkeypatch.setattr(pretrain_mod, "adamw", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    cfg = _cfg(tiny_bert, [str(text_file)], tmp_path / "o")
+    cfg.steps, cfg.checkpoint_every = 2, 0
+    trainer = Pretrainer(cfg)
+    trainer.run()
+    decay = {id(p): g["weight_decay"] for g in made[0].param_groups for p in g["params"]}
+    named = dict(trainer.model.named_parameters())
+    assert len(decay) == len(named), "every parameter is optimised"
+    for n, p in named.items():
+        assert decay[id(p)] == (0.0 if p.ndim < 2 or "LayerNorm" in n else 0.01), n

@@ -36,6 +36,7 @@ from ..models.loading import DECODER_TYPES, SAFETENSORS_ONLY, _first_line, load_
 from ..models.zoo import resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
 from .optim import adamw
+from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
 from .texts import load_phase_texts
 
@@ -245,7 +246,8 @@ class Pretrainer:
             return json.loads(done_file.with_suffix(".json").read_text(encoding="utf-8"))
         head_only = bool(self.new_head) and idx == 0 and cfg.head_warmup_steps > 0
         params = dict(self.model.named_parameters())
-        optimizer = adamw(list(params.values()), lr=cfg.learning_rate, weight_decay=0.01)
+        # BERT's recipe, as in fine-tuning: no weight decay on biases and LayerNorm weights.
+        optimizer = adamw(build_param_groups(self.model, None, cfg.learning_rate, 0.01), lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.steps))
         start, history, ppl_before = 0, [], None
         restored = load_checkpoint(ck_dir, self.model, optimizer, scheduler) if ck_dir.exists() else None
