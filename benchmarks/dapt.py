@@ -21,6 +21,14 @@ from transferlm.protocol.compare import compare, wall_time
 from transferlm.reports.reproduce import DOMAIN_TEXT  # domain text per task: one table for both
 from transferlm.training.pretrain import PretrainConfig, pretrain
 
+# What a pretrained model under --work must have been made with to stand for this call's variant.
+PRETRAIN_KEYS = ("model", "texts", "text_field", "steps")
+
+
+def pretrain_mismatch(recorded: dict, cfg: PretrainConfig) -> list[str]:
+    """The settings in which a finished pretraining (its pretrain.json ``config``) differs from ``cfg``."""
+    return [k for k in PRETRAIN_KEYS if recorded.get(k) != getattr(cfg, k)]
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,11 +54,18 @@ def main() -> None:
             pre = None
             if texts is not None:
                 folder = Path(args.work) / "models" / f"{task}-{name}"
+                # The text field applies to domain files; task: sources read the task's own columns.
+                pcfg = PretrainConfig(model=args.model, texts=texts, text_field=field, output=str(folder),
+                                      data_dir=args.data_dir, steps=args.steps, quiet=True)
                 if not (folder / "pretrain.json").is_file():
-                    # The text field applies to domain files; task: sources read the task's own columns.
-                    pretrain(PretrainConfig(model=args.model, texts=texts, text_field=field, output=str(folder),
-                                            data_dir=args.data_dir, steps=args.steps, quiet=True))
+                    pretrain(pcfg)
                 pre = json.loads((folder / "pretrain.json").read_text())
+                # A model another --model or --steps made here must not be fine-tuned (and its cached runs
+                # reported) as this call's: the folder's name holds neither.
+                if stale := pretrain_mismatch(pre.get("config", {}), pcfg):
+                    raise SystemExit(f"{folder}: pretrained with other {', '.join(stale)} ("
+                                     + ", ".join(f"{k} {pre.get('config', {}).get(k)!r}" for k in stale)
+                                     + f"); pass another --work for model {args.model!r}, {args.steps} steps")
                 model = str(folder)
             run = RunConfig.from_dict({"task": task, "model": model, "quiet": True,
                                        "data": {"data_dir": args.data_dir, "shots": args.shots}})

@@ -2,17 +2,20 @@
 Hugging Face Trainer (+ peft for LoRA), in the same run, on the same examples.
 
 For each model × method × implementation a fresh subprocess (so peak RSS is its own) trains for a few
-steps on IMDB's K=16 training split (long reviews, so every sequence is cut to exactly --max-length
-tokens and both implementations do the same work), then predicts on test examples. Reported:
+steps on IMDB's K=16 training split (long reviews: at the default lengths all but one of the 32 are cut to
+--max-length tokens, and a batch pads to its longest, so every step of both implementations does the same work),
+then predicts on test examples. Reported:
 
 * training examples/s: steady state, from the time between consecutive steps (the first step, with its
   warm-up allocations, is left out); evaluation examples/s;
 * peak RSS of the process (model, optimizer state, activations);
 * achieved FLOP/s as a fraction of this machine's matmul peak, measured here with a torch.mm loop in
   the run's precision on the same threads. Model FLOPs per token: 6·N for full fine-tuning (forward 2N, backward 4N),
-  4·N for LoRA (the frozen weights need no weight gradients), N = non-embedding parameters;
+  4·N for LoRA (the frozen weights need no weight gradients), N = non-embedding parameters, over the batches'
+  non-padding tokens;
 * the estimated cost of the whole 5-seed protocol at these rates (5 × (100 steps × batch 8 + 872 SST-2
-  test examples)), at this benchmark's sequence length;
+  test examples + 5 dev evaluations of 32 examples: every 25 steps and once after training)), at this
+  benchmark's sequence length;
 * ratios transferlm / HF for each;
 * with ``--precisions fp32,bf16``, each row also in bfloat16 autocast (transferlm: train.mixed_precision=bf16;
   HF: TrainingArguments(bf16=True)) and the bf16 / fp32 speed ratios. CPUs with AMX (Sapphire Rapids and
@@ -46,14 +49,25 @@ DEFAULT_PROFILE = {"steps": 6, "batch_size": 8, "max_length": 128, "eval_example
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 LEARNING_RATES = {"finetune": 5e-5, "lora": 1e-3}
 LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
-TASK = "imdb"  # reviews longer than max_length: every sequence is exactly max_length tokens
-PROTOCOL = {"seeds": 5, "steps": 100, "batch_size": 8, "test_examples": 872}
+TASK = "imdb"  # reviews longer than max_length: nearly every sequence is exactly max_length tokens
+# Per seed, a run (protocol.run) trains, evaluates dev every eval_every=25 steps and once more after training
+# (5 passes over SST-2's 32 dev examples at K=16), then evaluates test.
+PROTOCOL = {"seeds": 5, "steps": 100, "batch_size": 8, "test_examples": 872, "dev_examples": 5 * 32}
 
 
 # --- helpers shared by the workers ----------------------------------------------------------------------
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """This process's own peak RSS. Not getrusage's ru_maxrss: a child started by subprocess (vfork + exec)
+    inherits its parent's high-water mark there, so it reads at least the parent's peak. VmHWM is the peak of
+    this process's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # no /proc: Linux KiB, an upper bound
 
 
 def non_embedding_params(model: Any) -> int:
@@ -86,6 +100,16 @@ def steady_rate(times: list[float], examples_per_step: int, steps: int) -> float
     if len(times) < 3:
         raise SystemExit("need at least 3 steps to measure a steady-state rate (--steps >= 3)")
     return (len(times) - 1) * examples_per_step / (times[-1] - times[0])
+
+
+def steady_tokens_per_step(tokens: list[int], steps: int) -> float:
+    """Mean non-padding tokens of the steps ``steady_rate`` times: the 2nd to the ``steps``-th batch.
+
+    ``tokens`` holds one count per collated training batch, in order; HF's data loader collates one batch ahead,
+    so it may hold one batch more than was trained.
+    """
+    timed = tokens[1:steps]
+    return sum(timed) / len(timed)
 
 
 def load_data(data_dir: str, n_eval: int):
@@ -123,7 +147,7 @@ def worker_transferlm(model: str, method: str, p: dict[str, Any], data_dir: str)
     tokens: list[int] = []
 
     def count(*, batch: dict[str, torch.Tensor], logits: torch.Tensor, **_: Any) -> torch.Tensor:
-        tokens.append(int(batch["input_ids"].numel()))
+        tokens.append(int(batch["attention_mask"].sum()))  # FLOPs are the real tokens', not the padding's
         return logits.new_zeros(())
 
     engine.loss_hooks.append(count)
@@ -131,7 +155,7 @@ def worker_transferlm(model: str, method: str, p: dict[str, Any], data_dir: str)
     fit = engine.fit(train, [])
     ev = engine.evaluate(test, desc="test")
     return {"train_examples_per_s": steady_rate(times, p["batch_size"], p["steps"]), "train_seconds": fit.train_seconds,
-            "tokens_per_step": sum(tokens) / len(tokens), "eval_examples_per_s": len(test) / ev.seconds,
+            "tokens_per_step": steady_tokens_per_step(tokens, p["steps"]), "eval_examples_per_s": len(test) / ev.seconds,
             "eval_seconds": ev.seconds, "trainable_params": trainable, "total_params": total,
             "flop_params": n_flop_params, "peak_rss_mb": peak_rss_mb()}
 
@@ -180,7 +204,7 @@ def worker_hf(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict
 
     def collate(rows):
         batch = pad(rows)
-        tokens.append(int(batch["input_ids"].numel()))
+        tokens.append(int(batch["attention_mask"].sum()))  # as in worker_transferlm: padding is not counted
         return batch
 
     times: list[float] = []
@@ -210,7 +234,8 @@ def worker_hf(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict
         trainer.predict(encode(test))
         eval_seconds = time.perf_counter() - t0
     return {"train_examples_per_s": steady_rate(times, p["batch_size"], p["steps"]), "train_seconds": train_seconds,
-            "tokens_per_step": sum(train_tokens) / len(train_tokens), "eval_examples_per_s": len(test) / eval_seconds,
+            "tokens_per_step": steady_tokens_per_step(train_tokens, p["steps"]),
+            "eval_examples_per_s": len(test) / eval_seconds,
             "eval_seconds": eval_seconds, "trainable_params": trainable, "total_params": total,
             "flop_params": n_flop_params, "peak_rss_mb": peak_rss_mb()}
 
@@ -268,8 +293,9 @@ def add_derived(r: dict[str, Any], method: str, peak: float) -> None:
     r["train_flops_per_s"] = per_token * tokens_per_s
     r["fraction_of_matmul_peak"] = r["train_flops_per_s"] / peak
     r["flops_formula"] = f"{6 if method == 'finetune' else 4}·N·tokens, N = {r['flop_params']:,} non-embedding params"
-    r["protocol_estimate_s"] = PROTOCOL["seeds"] * (PROTOCOL["steps"] * PROTOCOL["batch_size"] / r["train_examples_per_s"]
-                                                    + PROTOCOL["test_examples"] / r["eval_examples_per_s"])
+    r["protocol_estimate_s"] = PROTOCOL["seeds"] * (
+        PROTOCOL["steps"] * PROTOCOL["batch_size"] / r["train_examples_per_s"]
+        + (PROTOCOL["test_examples"] + PROTOCOL["dev_examples"]) / r["eval_examples_per_s"])
 
 
 def measure_row(model: str, method: str, p: dict[str, Any], args: argparse.Namespace, peak: float) -> dict[str, Any]:
