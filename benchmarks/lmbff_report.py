@@ -78,6 +78,9 @@ def load_cells(files: list[Path], zero_shot: Path | None) -> list[Cell]:
                 {"mean": score, "std": 0.0, "per_seed": [score] * len(SEEDS), "seeds": SEEDS,
                  "eval_seconds_per_seed": row.get("eval_seconds")}, str(zero_shot)))
     out = list(cells.values())
+    if not out:
+        raise SystemExit(f"no rows of the lecture's table (variants {', '.join(LECTURE_VARIANTS)}) in "
+                         f"{', '.join(map(str, files))}: pass results files written by benchmarks/lmbff.py")
     total = max(c.trainable_params for c in out)  # full fine-tuning trains every weight
     for c in out:
         c.total_params = total

@@ -345,6 +345,9 @@ def print_precision_ratios(rows: list[dict[str, Any]]) -> None:
         row[f"ratios_over_{first['profile']['precision']}"] = ratios
 
 
+WORKERS = {"transferlm": worker_transferlm, "hf": worker_hf}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm-l6,smollm2-135m")
@@ -362,9 +365,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/train-speed.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if unknown := sorted(set(args.impls.split(",")) - set(WORKERS)):  # a typo would run HF under its name
+        raise SystemExit(f"--impls: unknown {', '.join(unknown)}; choose from {', '.join(WORKERS)}")
     if args.worker:
         w = json.loads(args.worker)
-        fn = worker_transferlm if w["impl"] == "transferlm" else worker_hf
+        fn = WORKERS[w["impl"]]
         res = fn(w["model"], w["method"], w["profile"], w["data_dir"])
         print(json.dumps({**res, "batch_size": w["profile"]["batch_size"]}))
         return
