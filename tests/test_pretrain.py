@@ -97,20 +97,25 @@ def test_resume_after_interruption_matches(tiny_bert: Path, text_file: Path, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_unfinished_work_with_other_settings_is_not_resumed(tiny_bert: Path, text_file: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def _cut_after_step_4(monkeypatch: pytest.MonkeyPatch, cfg: PretrainConfig) -> None:
+    """Run ``cfg`` until it is interrupted after its step-4 checkpoint, as a killed run would be."""
     original = Pretrainer._batch
 
     def dying(self, rows, step):
-        if step == 5:  # after the step-4 checkpoint
+        if step == 5:
             raise KeyboardInterrupt
         return original(self, rows, step)
 
-    monkeypatch.setattr(Pretrainer, "_batch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    with monkeypatch.context() as m:
+        m.setattr(Pretrainer, "_batch", dying)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(cfg)
+
+
+def test_unfinished_work_with_other_settings_is_not_resumed(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _cut_after_step_4(monkeypatch, _cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
     assert (tmp_path / ".cut.pretrain" / "phase-0" / "checkpoint").is_dir()
-    monkeypatch.setattr(Pretrainer, "_batch", original)
     # Same output folder, a different schedule: the step-4 checkpoint belongs to another run.
     report = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut", learning_rate=1e-4))
     assert report["phases"][0]["resumed_from_step"] is None
@@ -199,17 +204,7 @@ def test_resumed_phase_reports_the_perplexity_before_its_first_step(tiny_bert: P
                                                                     tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     ref = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "ref"))["phases"][0]
-    original = Pretrainer._batch
-
-    def dying(self, rows, step):
-        if step == 5:  # after the step-4 checkpoint
-            raise KeyboardInterrupt
-        return original(self, rows, step)
-
-    monkeypatch.setattr(Pretrainer, "_batch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
-    monkeypatch.setattr(Pretrainer, "_batch", original)
+    _cut_after_step_4(monkeypatch, _cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
     cut = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))["phases"][0]
     assert cut["resumed_from_step"] == 4
     assert cut["perplexity_before"] == ref["perplexity_before"], "the phase's start, not the step-4 checkpoint's"
@@ -244,17 +239,7 @@ def test_perplexity_is_per_predicted_token_over_all_chunks(objective: str, tiny_
 
 def test_unfinished_work_on_edited_text_is_not_resumed(tiny_bert: Path, text_file: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Pretrainer._batch
-
-    def dying(self, rows, step):
-        if step == 5:  # after the step-4 checkpoint
-            raise KeyboardInterrupt
-        return original(self, rows, step)
-
-    monkeypatch.setattr(Pretrainer, "_batch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
-    monkeypatch.setattr(Pretrainer, "_batch", original)
+    _cut_after_step_4(monkeypatch, _cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
     text_file.write_text("\n".join(reversed(TEXT)) + "\n")  # same path, other text: the checkpoint is stale
     report = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
     assert report["phases"][0]["resumed_from_step"] is None
