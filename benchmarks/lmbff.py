@@ -102,7 +102,13 @@ def main() -> None:
     ap.add_argument("--demo-sets", type=int,
                     help="demonstration sets averaged at inference by the rows with demonstrations (default 2; "
                          "LM-BFF: 16). Rows with another number go to their own --out")
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help="write a resumable checkpoint every N training steps, keep it (and the predictions so far) "
+                         "through the evaluations, so a killed call resumes where it stopped (default 0: off). "
+                         "Results and the recorded train settings are the same either way")
     args = ap.parse_args()
+    if args.checkpoint_every < 0:
+        raise SystemExit(f"--checkpoint-every: must be 0 or more, got {args.checkpoint_every}")
     if args.demo_sets is not None and args.demo_sets < 1:
         raise SystemExit(f"--demo-sets: must be at least 1, got {args.demo_sets}")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -116,6 +122,7 @@ def main() -> None:
             if name not in VARIANTS:
                 raise SystemExit(f"--variants: unknown '{name}'; choose from {', '.join(VARIANTS)}")
             run = variant_run(task, args.model, args.data_dir, name, train, args.demo_sets)
+            run.train.checkpoint_every = args.checkpoint_every  # not a setting of the results (nor of the cache)
             slug = work_slug(name, args.precision, run.method_args.get("demo_eval_samples"))
             summary = compare(CompareConfig(run=run, methods=[run.method], seeds=seeds,
                                             output=str(Path(args.work) / args.model / task / slug)))

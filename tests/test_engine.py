@@ -125,14 +125,31 @@ def test_checkpoints_are_safetensors_and_corruption_is_caught(tiny_bert: Path, t
     assert proc.returncode == 2 and "corrupt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def _killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch, cfg: RunConfig, step: int) -> None:
+    """Run ``cfg`` and stop it right after it writes its step-``step`` checkpoint, as a kill would."""
+    from transferlm.training import engine as engine_mod
+
+    real = engine_mod.save_checkpoint
+
+    def save_then_die(out_dir, model, optimizer, scheduler, state, *a, **k):
+        real(out_dir, model, optimizer, scheduler, state, *a, **k)
+        if state["step"] == step:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(engine_mod, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    assert json.loads((Path(cfg.output) / "checkpoint" / "state.json").read_text())["step"] == step
+
+
 def test_a_checkpoint_of_another_config_is_not_resumed(tiny_bert: Path, toy_data: Path, tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+                                                       caplog: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # Killed at step 8 under lr 3e-3, then rerun with lr 1e-5: resuming would go on with the old optimizer's
     # learning rate and record the result under the new one.
     out = tmp_path / "o"
-    run(_cfg(tiny_bert, toy_data, out, checkpoint_every=8, keep_checkpoint=True))
-    (out / "results.json").unlink()
-    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 8
+    _killed_after_checkpoint(monkeypatch, _cfg(tiny_bert, toy_data, out, checkpoint_every=8), 8)
     with caplog.at_level("WARNING"):
         changed = run(_cfg(tiny_bert, toy_data, out, learning_rate=1e-5, checkpoint_every=8)).results
     fresh = run(_cfg(tiny_bert, toy_data, None, learning_rate=1e-5)).results
@@ -140,8 +157,8 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tiny_bert: Path, toy_data
     assert [h["loss"] for h in changed["history"]] == [h["loss"] for h in fresh["history"]]
     assert changed["metrics"] == fresh["metrics"]
     # Where only checkpointing options differ, the checkpoint is the same run's: it is resumed.
-    run(_cfg(tiny_bert, toy_data, out, checkpoint_every=8, keep_checkpoint=True))
     (out / "results.json").unlink()
+    _killed_after_checkpoint(monkeypatch, _cfg(tiny_bert, toy_data, out, checkpoint_every=8), 8)
     again = run(_cfg(tiny_bert, toy_data, out, checkpoint_every=4)).results
     assert again["resumed_from_step"] == 8
 
@@ -193,11 +210,12 @@ def test_fp16_loss_scale_survives_a_resume(tiny_bert: Path, toy_data: Path, tmp_
 
     monkeypatch.setattr(engine_mod, "get_accelerator", fp16_accelerator)
     out = tmp_path / "o"
-    whole = run(_cfg(tiny_bert, toy_data, out, mixed_precision="fp16", checkpoint_every=8, keep_checkpoint=True))
+    whole = run(_cfg(tiny_bert, toy_data, tmp_path / "whole", mixed_precision="fp16", checkpoint_every=8))
     grown = made[-1].scaler.get_scale()
     assert grown > 2.0 ** 8, "the scale should have grown over the steps"
+    _killed_after_checkpoint(monkeypatch, _cfg(tiny_bert, toy_data, out, mixed_precision="fp16", checkpoint_every=8), 8)
     saved = json.loads((out / "checkpoint" / "state.json").read_text())
-    assert saved["step"] == 8 and saved["scaler"]["scale"] < grown
+    assert saved["scaler"]["scale"] < grown
     resumed = run(_cfg(tiny_bert, toy_data, out, mixed_precision="fp16", checkpoint_every=8)).results
     assert resumed["resumed_from_step"] == 8
     assert made[-1].scaler.get_scale() == grown  # a fresh scaler would have restarted from 2.0
@@ -210,3 +228,62 @@ def test_fp16_on_cpu_says_it_trains_in_fp32(tiny_bert: Path, toy_data: Path, cap
     assert res["environment"]["precision"] == "fp32"
     assert "trains in fp32" in caplog.text
     assert run(_cfg(tiny_bert, toy_data, None, max_steps=2, eval_every=0)).results["environment"]["precision"] == "fp32"
+
+
+def test_a_run_killed_in_its_test_evaluation_resumes_it_without_training_again(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlm.training import eval_resume
+
+    monkeypatch.setattr(eval_resume, "EVERY_SECONDS", 0.0)  # save after every batch
+    settings = {"max_steps": 8, "checkpoint_every": 4, "eval_batch_size": 2}
+    whole = run(_cfg(tiny_bert, toy_data, None, **settings)).results
+    out = tmp_path / "o"
+    real_add = eval_resume.PartialPredictions.add
+    test_batches: list[int] = []
+
+    def add(self, rows):
+        real_add(self, rows)
+        if self.path.stem == "test":
+            test_batches.append(self.done)
+            if self.done == 3 and not resumed:
+                raise KeyboardInterrupt  # killed after 3 of the test split's batches
+
+    monkeypatch.setattr(eval_resume.PartialPredictions, "add", add)
+    resumed = False
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_bert, toy_data, out, **settings))
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 8, "the last step's checkpoint"
+    assert (out / "checkpoint-eval" / "test.safetensors").is_file()
+    resumed, test_batches[:] = True, []
+    again = run(_cfg(tiny_bert, toy_data, out, **settings)).results
+    assert again["resumed_from_step"] == 8 and again["history"] == whole["history"]  # no step trained again
+    assert test_batches and test_batches[0] == 4, "the test evaluation went on after its 3 saved batches"
+    assert again["metrics"] == whole["metrics"] and again["dev_metrics"] == whole["dev_metrics"]
+    assert not (out / "checkpoint").exists() and not (out / "checkpoint-eval").exists(), "removed once recorded"
+
+
+def test_saved_predictions_of_other_weights_are_not_reused(tiny_bert: Path, toy_data: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from transferlm.training import eval_resume
+
+    monkeypatch.setattr(eval_resume, "EVERY_SECONDS", 0.0)
+    out = tmp_path / "o"
+    real_add = eval_resume.PartialPredictions.add
+
+    def dying(self, rows):
+        real_add(self, rows)
+        if self.path.stem == "test" and self.done == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(eval_resume.PartialPredictions, "add", dying)
+        with pytest.raises(KeyboardInterrupt):
+            run(_cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4, eval_batch_size=2))
+    shutil.rmtree(out / "checkpoint")  # the rerun trains again under another learning rate: other weights
+    with caplog.at_level("INFO", logger="transferlm.training.eval_resume"):
+        other = run(_cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4, eval_batch_size=2,
+                         learning_rate=1e-4)).results
+    assert "of other weights or examples: evaluating from the start" in caplog.text
+    fresh = run(_cfg(tiny_bert, toy_data, None, max_steps=8, eval_batch_size=2, learning_rate=1e-4)).results
+    assert other["metrics"] == fresh["metrics"]

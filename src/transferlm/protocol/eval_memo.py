@@ -23,15 +23,7 @@ import torch
 from .. import __version__
 from ..data.example import Example, examples_digest
 from ..io import as_json, write_json
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of every parameter and buffer (names, shapes, dtypes and bytes): what the model computes with."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from ..training.checkpoint import weights_digest
 
 
 @dataclass

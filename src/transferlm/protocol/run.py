@@ -159,6 +159,9 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
                 prepared.save(tmp)
             results["model_dir"] = str(out_dir / "model")
         write_json(out_dir / RESULTS, results)
+    # Recorded: the checkpoint (kept through the evaluations, so a kill there did not mean training again) goes.
+    # A deferred test runs later from memory; a candidate that is not selected never comes back for it.
+    engine.finish()
 
     def finish_test() -> dict[str, Any]:
         metrics, seconds, memo_seed = _evaluate_test(cfg, method, method_cfg, prepared, engine, data.test, eval_memo)

@@ -7,6 +7,7 @@ and everything else as JSON (``state.json``). Nothing is pickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -20,10 +21,20 @@ from ..errors import CheckpointError
 from ..io import atomic_dir
 
 CHECKPOINT_DIR = "checkpoint"
+EVAL_DIR = "checkpoint-eval"  # the saved part of an interrupted evaluation (eval_resume)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer (names, shapes, dtypes and bytes): what the model computes with."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -110,5 +121,6 @@ def checkpoint_state(out_dir: Path) -> dict[str, Any] | None:
 
 def remove_checkpoint(out_dir: Path) -> None:
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(out_dir / EVAL_DIR, ignore_errors=True)
     for stale in out_dir.glob(f".{CHECKPOINT_DIR}.*"):
         shutil.rmtree(stale, ignore_errors=True)

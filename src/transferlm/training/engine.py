@@ -41,6 +41,7 @@ from .checkpoint import (
     trainable_state,
 )
 from .ensemble import ParameterAverage, SelfDistillation, load_into
+from .eval_resume import PartialPredictions, evaluation_key
 from .optim import adamw, linear_schedule
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
@@ -227,8 +228,8 @@ class Engine:
                     best_score, best_step = score, done
                     best = self._deployed_state(average) if cfg.select_on_dev else None
             history.append(record)
-            if (self.out_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-                    and done < total):
+            # The last step too: a run killed in its (long) test evaluation then resumes without training again.
+            if self.out_dir is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == total):
                 if acc.is_main_process:
                     save_checkpoint(self.out_dir, acc.unwrap_model(model), optimizer, scheduler,
                                     {"step": done, "best_score": best_score, "best_step": best_step,
@@ -245,11 +246,14 @@ class Engine:
         elif average is not None and cfg.self_ensemble != "none" and average.updates:
             load_into(self.model, average.averaged())
         self.average = average
-        if self.out_dir is not None and not cfg.keep_checkpoint and acc.is_main_process:
-            remove_checkpoint(self.out_dir)
         best_dev = next((h["dev"] for h in history if h["step"] == best_step and "dev" in h), {})
         return FitResult(steps=total, best_step=best_step, best_dev=best_dev, history=history,
                          train_seconds=train_seconds, resumed_from=resumed_from)
+
+    def finish(self) -> None:
+        """The run is recorded: its checkpoint (kept through the evaluations after training) goes."""
+        if self.out_dir is not None and not self.cfg.keep_checkpoint and self.acc.is_main_process:
+            remove_checkpoint(self.out_dir)
 
     def _drop_stale_checkpoint(self) -> None:
         """Remove a checkpoint that another config, method setting or data wrote (resuming it would train on
@@ -278,23 +282,45 @@ class Engine:
             mine.sort(key=by_index.__getitem__)
         else:
             mine.sort(key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
-        out: list[tuple[int, list[float]]] = []
         bs = self.cfg.eval_batch_size
+        partial = self._partial_predictions(examples, desc, bs, mine)
+        out: list[tuple[int, list[float]]] = list(partial.rows) if partial is not None else []
+        first = partial.done if partial is not None else 0
         with inference_scope(acc.unwrap_model(model)):
-            for start in tqdm(range(0, len(mine), bs), desc=desc, leave=False,
-                              disable=self.quiet or not acc.is_main_process or len(mine) <= bs):
+            for b, start in enumerate(tqdm(range(0, len(mine), bs), desc=desc, leave=False,
+                                           disable=self.quiet or not acc.is_main_process or len(mine) <= bs)):
+                if b < first:  # saved by an earlier, interrupted evaluation of the same weights and examples
+                    continue
                 chunk = mine[start:start + bs]
                 batch = {k: v.to(acc.device) for k, v in self.prepared.collate([examples[i] for i in chunk]).items()}
                 with acc.autocast():
                     logits = model(**batch).float()
                 scores = logits if self.spec.regression else logits.softmax(-1)
-                out.extend(zip(chunk, scores.cpu().tolist(), strict=True))
+                rows = list(zip(chunk, scores.cpu().tolist(), strict=True))
+                out.extend(rows)
+                if partial is not None:
+                    partial.add(rows)
+        if partial is not None:
+            partial.remove()
         if world > 1:
             out = gather_object(out)
         out.sort(key=lambda t: t[0])
         scores = np.asarray([s for _, s in out], dtype=np.float64)
         preds = scores if self.spec.regression else scores.argmax(-1)
         return preds, scores
+
+    def _partial_predictions(self, examples: Sequence[Example], desc: str, batch_size: int,
+                             order: list[int]) -> PartialPredictions | None:
+        """The saved batches of this evaluation, where checkpointing is on (one process, an output folder, an
+        evaluation of more than one batch); None where it is off."""
+        if (self.out_dir is None or not self.cfg.checkpoint_every or self.acc.num_processes > 1
+                or len(order) <= batch_size):
+            return None
+        key = evaluation_key(self.acc.unwrap_model(self.model), examples, desc, batch_size, order)
+        partial = PartialPredictions(self.out_dir, desc, key)
+        if self.resume:
+            partial.load()
+        return partial
 
     def evaluate(self, examples: Sequence[Example], desc: str = "eval") -> Predictions:
         t0 = time.perf_counter()
