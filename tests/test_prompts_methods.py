@@ -406,3 +406,35 @@ def test_the_eval_memo_key_follows_weights_options_and_test_set(tmp_path: Path) 
     assert memo().key != base.key and memo().load() is None
     base.path.write_text("{not json")
     assert base.load() is None  # unreadable: evaluate afresh
+
+
+@pytest.mark.parametrize("lm", ["tiny_mlm", "tiny_llama"])
+def test_prompt_finetune_with_demonstrations_killed_in_its_test_evaluation_resumes(
+        lm: str, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> None:
+    from transferlm.training import eval_resume
+
+    monkeypatch.setattr(eval_resume, "EVERY_SECONDS", 0.0)
+    model = request.getfixturevalue(lm)
+
+    def cfg(out: Path | None):  # a RunConfig
+        c = prompt_cfg(model, toy_data, "prompt-finetune", demonstrations=True, demo_eval_samples=2)
+        c.train.max_steps, c.train.checkpoint_every, c.train.eval_batch_size = 8, 4, 3
+        c.output = str(out) if out else None
+        return c
+
+    whole = run(cfg(None)).results
+    real_add = eval_resume.PartialPredictions.add
+
+    def dying(self, rows):
+        real_add(self, rows)
+        if self.path.stem == "test" and self.done == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(eval_resume.PartialPredictions, "add", dying)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg(tmp_path / "o"))
+    again = run(cfg(tmp_path / "o")).results
+    assert again["resumed_from_step"] == 8
+    assert again["metrics"] == whole["metrics"] and again["dev_metrics"] == whole["dev_metrics"]
