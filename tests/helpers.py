@@ -46,3 +46,25 @@ def save_task(folder: Path, model_path: Path, method: str, args: dict, spec, *, 
     folder.mkdir(parents=True)
     prepared.save(folder)
     return prepared.model.eval(), backbone.tokenizer
+
+
+def run_killed_in_test_evaluation(monkeypatch, cfg, batches: int) -> None:
+    """Run ``cfg`` (a RunConfig) and stop it, as a kill would, once its test evaluation has saved ``batches``
+    batches (saving after every batch)."""
+    import pytest
+
+    from transferlm.protocol.run import run
+    from transferlm.training import eval_resume
+
+    real_add = eval_resume.PartialPredictions.add
+
+    def dying(self, rows):
+        real_add(self, rows)
+        if self.path.stem == "test" and self.done == batches:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(eval_resume, "EVERY_SECONDS", 0.0)
+        m.setattr(eval_resume.PartialPredictions, "add", dying)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)

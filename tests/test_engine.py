@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from helpers import cli_env, run_cli, toy_run_args
+from helpers import cli_env, run_cli, run_killed_in_test_evaluation, toy_run_args
 from transferlm.config import RunConfig
 from transferlm.errors import CheckpointError
 from transferlm.protocol.run import run
@@ -269,17 +269,8 @@ def test_saved_predictions_of_other_weights_are_not_reused(tiny_bert: Path, toy_
 
     monkeypatch.setattr(eval_resume, "EVERY_SECONDS", 0.0)
     out = tmp_path / "o"
-    real_add = eval_resume.PartialPredictions.add
-
-    def dying(self, rows):
-        real_add(self, rows)
-        if self.path.stem == "test" and self.done == 2:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(eval_resume.PartialPredictions, "add", dying)
-        with pytest.raises(KeyboardInterrupt):
-            run(_cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4, eval_batch_size=2))
+    run_killed_in_test_evaluation(monkeypatch, _cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4,
+                                                    eval_batch_size=2), 2)
     shutil.rmtree(out / "checkpoint")  # the rerun trains again under another learning rate: other weights
     with caplog.at_level("INFO", logger="transferlm.training.eval_resume"):
         other = run(_cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4, eval_batch_size=2,

@@ -412,9 +412,8 @@ def test_the_eval_memo_key_follows_weights_options_and_test_set(tmp_path: Path) 
 def test_prompt_finetune_with_demonstrations_killed_in_its_test_evaluation_resumes(
         lm: str, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         request: pytest.FixtureRequest) -> None:
-    from transferlm.training import eval_resume
+    from helpers import run_killed_in_test_evaluation
 
-    monkeypatch.setattr(eval_resume, "EVERY_SECONDS", 0.0)
     model = request.getfixturevalue(lm)
 
     def cfg(out: Path | None):  # a RunConfig
@@ -424,17 +423,7 @@ def test_prompt_finetune_with_demonstrations_killed_in_its_test_evaluation_resum
         return c
 
     whole = run(cfg(None)).results
-    real_add = eval_resume.PartialPredictions.add
-
-    def dying(self, rows):
-        real_add(self, rows)
-        if self.path.stem == "test" and self.done == 2:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(eval_resume.PartialPredictions, "add", dying)
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg(tmp_path / "o"))
+    run_killed_in_test_evaluation(monkeypatch, cfg(tmp_path / "o"), 2)
     again = run(cfg(tmp_path / "o")).results
     assert again["resumed_from_step"] == 8
     assert again["metrics"] == whole["metrics"] and again["dev_metrics"] == whole["dev_metrics"]
