@@ -284,7 +284,7 @@ class Engine:
             mine.sort(key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
         bs = self.cfg.eval_batch_size
         partial = self._partial_predictions(examples, desc, bs, mine)
-        out: list[tuple[int, list[float]]] = list(partial.rows) if partial is not None else []
+        out: list[tuple[int, list[float]]] = partial.rows if partial is not None else []  # one list: it saves it
         first = partial.done if partial is not None else 0
         with inference_scope(acc.unwrap_model(model)):
             for b, start in enumerate(tqdm(range(0, len(mine), bs), desc=desc, leave=False,
@@ -297,9 +297,10 @@ class Engine:
                     logits = model(**batch).float()
                 scores = logits if self.spec.regression else logits.softmax(-1)
                 rows = list(zip(chunk, scores.cpu().tolist(), strict=True))
-                out.extend(rows)
                 if partial is not None:
-                    partial.add(rows)
+                    partial.add(rows)  # extends ``out``
+                else:
+                    out.extend(rows)
         if partial is not None:
             partial.remove()
         if world > 1:
@@ -316,8 +317,9 @@ class Engine:
         if (self.out_dir is None or not self.cfg.checkpoint_every or self.acc.num_processes > 1
                 or len(order) <= batch_size):
             return None
-        key = evaluation_key(self.acc.unwrap_model(self.model), examples, desc, batch_size, order)
-        partial = PartialPredictions(self.out_dir, desc, key)
+        model = self.acc.unwrap_model(self.model)
+        partial = PartialPredictions(self.out_dir, desc,
+                                     lambda: evaluation_key(model, examples, desc, batch_size, order))
         if self.resume:
             partial.load()
         return partial

@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -43,12 +43,20 @@ def evaluation_key(model: torch.nn.Module, examples: Sequence[Example], desc: st
 class PartialPredictions:
     """The saved part of one evaluation; ``done`` batches of ``rows`` (index, scores) so far."""
 
-    def __init__(self, out_dir: Path, desc: str, key: str) -> None:
+    def __init__(self, out_dir: Path, desc: str, key: Callable[[], str]) -> None:
         self.path = out_dir / EVAL_DIR / f"{desc}.safetensors"
-        self.key = key
+        self._make_key, self._key = key, None
         self.done = 0
         self.rows: list[tuple[int, list[float]]] = []
         self._saved_at = time.monotonic()
+
+    @property
+    def key(self) -> str:
+        """Computed on first use (it hashes every weight): an evaluation that never saves, and finds no file,
+        never pays for it (most dev evaluations during training)."""
+        if self._key is None:
+            self._key = self._make_key()
+        return self._key
 
     def load(self) -> None:
         """Take the saved batches if the file is of this evaluation (else start over, and say why)."""
