@@ -55,6 +55,8 @@ class PeftBackbone(nn.Module):
     extends_context: ClassVar[bool] = False
     # Why train.layer_decay cannot apply to the method (its weights feed every layer at once), or None.
     no_layer_decay: ClassVar[str | None] = None
+    # The file of a saved adapter's weights (methods saved in PEFT's own layout name PEFT's).
+    weights_file: ClassVar[str] = OWN_WEIGHTS
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, train_lm_head: bool = False) -> None:
         super().__init__()
@@ -210,7 +212,7 @@ class PeftBackbone(nn.Module):
         self.check_name(name)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter_state(name).items()},
-                  str(folder / OWN_WEIGHTS))
+                  str(folder / self.weights_file))
         self.write_meta(folder, self.saved_config(name))
 
     def write_meta(self, folder: Path, cfg: Any) -> None:
@@ -245,7 +247,7 @@ class PeftBackbone(nn.Module):
     def read_adapter(cls, folder: Path) -> SavedAdapter:
         """The adapter saved in ``folder``, read and parsed; no model is touched (any thread may call it)."""
         cfg, base = cls.read_config(folder)
-        return SavedAdapter(folder, cfg, base, load_file(str(folder / OWN_WEIGHTS)))
+        return SavedAdapter(folder, cfg, base, load_file(str(folder / cls.weights_file)))
 
     def attach_adapter(self, name: str, saved: SavedAdapter) -> None:
         """Add ``saved`` to this base model as adapter ``name`` (the part of a load that edits the model)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ....errors import ConfigError
@@ -24,6 +24,7 @@ class PromptTuningBackbone(PeftBackbone):
     of one batch use different tasks' prompts. Saved in PEFT's prompt-tuning format.
     """
 
+    weights_file = PEFT_WEIGHTS  # saved in PEFT's layout (adapter_model.safetensors)
     method = "prompt-tuning"
     extends_context = True
 
@@ -123,14 +124,9 @@ class PromptTuningBackbone(PeftBackbone):
                            num_transformer_submodules=1, num_attention_heads=a.num_heads, num_layers=a.num_layers,
                            inference_mode=True, base_model_name_or_path=getattr(a.config, "_name_or_path", None)
                            or None).save_pretrained(str(folder))
-        save_file({"prompt_embeddings": self.prompts[name].detach().cpu().contiguous()}, str(folder / PEFT_WEIGHTS),
+        save_file({"prompt_embeddings": self.prompts[name].detach().cpu().contiguous()}, str(folder / self.weights_file),
                   metadata={"format": "pt"})
         self.write_meta(folder, self.configs[name])
-
-    @classmethod
-    def read_adapter(cls, folder: Path) -> SavedAdapter:
-        cfg, base = cls.read_config(folder)
-        return SavedAdapter(folder, cfg, base, load_file(str(folder / PEFT_WEIGHTS)))
 
     def attach_adapter(self, name: str, saved: SavedAdapter) -> None:
         self.check_signature(saved.base, str(saved.folder))
