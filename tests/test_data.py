@@ -221,3 +221,57 @@ def test_regression_labels_must_be_finite(tmp_path: Path, bad: str) -> None:
     with pytest.raises(DataError) as e:
         read_examples(p, spec)
     assert f"{p}:3: label '{bad}' is not a finite number" in _one_line(e)
+
+
+# --- the user's column/label settings on a task folder ------------------------------------------
+
+
+def _run_data(task: str, **data: object):
+    from transferlm.config import RunConfig
+    from transferlm.protocol.run import load_run_data
+
+    return load_run_data(RunConfig.from_dict({"task": task, "data": data}))
+
+
+def test_labels_on_an_unknown_task_folder_keep_its_files(tmp_path: Path) -> None:
+    # Was a KeyError traceback: the overrides replaced the folder's inferred file names with none.
+    kdir = tmp_path / "mine" / "k-shot" / "2-13"
+    kdir.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        (kdir / f"{split}.csv").write_text("0,bad movie\n0,awful\n1,great\n1,fine film\n")
+    spec, data = _run_data("mine", data_dir=str(tmp_path), shots=2, labels=["1", "0"])
+    assert spec.labels == ("1", "0") and spec.files["train"] == "train.csv"
+    assert data.sizes() == {"train": 4, "dev": 4, "test": 4}
+    assert [e.label for e in data.train] == [1, 1, 0, 0]
+
+
+def test_text_columns_on_an_unknown_tsv_folder(tmp_path: Path) -> None:
+    (tmp_path / "rev").mkdir()
+    for split in ("train", "dev", "test"):
+        (tmp_path / "rev" / f"{split}.tsv").write_text("review\tstars\ngood\t1\nbad\t0\nfine\t1\nawful\t0\n")
+    spec, data = _run_data("rev", data_dir=str(tmp_path), shots=None, text_columns=["review"],
+                           label_column="stars")
+    assert spec.text_columns == ("review",) and len(data.train) == 4 and data.test[1].text_a == "bad"
+
+
+def test_overrides_on_a_registry_task_named_in_other_case(data_dir: Path) -> None:
+    spec, data = _run_data("sst-2", data_dir=str(data_dir), shots=16, labels=["0", "1"])
+    assert spec.name == "SST-2" and data.sizes() == {"train": 32, "dev": 32, "test": 872}
+
+
+@pytest.mark.parametrize("key", ["dev_file", "test_file"])
+def test_dev_or_test_file_without_train_file_is_an_error(data_dir: Path, tmp_path: Path, key: str) -> None:
+    # Was silently ignored: the run scored the task's own test split, not the file the user named.
+    other = tmp_path / "mine.tsv"
+    other.write_text("sentence\tlabel\nok\t1\n")
+    with pytest.raises(DataError) as e:
+        load_task("SST-2", data_dir, DataOptions(**{key: str(other)}))
+    assert key in _one_line(e) and "--train-file" in str(e.value)
+
+
+def test_empty_tsv_in_an_unknown_folder_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "train.tsv").write_text("")
+    with pytest.raises(DataError) as e:
+        load_task("t", tmp_path, DataOptions(shots=None))
+    assert "empty" in _one_line(e)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .example import Example, TaskData
 from .hub import is_hub_task, load_hub_task
 from .readers import cell, iter_rows, read_examples
 from .sampling import holdout, sample_kshot
-from .tasks import TASKS, TaskSpec
+from .tasks import TASKS, Column, TaskSpec
 
 DATA_ENV = "TRANSFERLM_DATA"
 
@@ -57,8 +58,10 @@ def find_task_dir(name: str, root: Path) -> Path:
                     "check --data-dir and the task name (see `transferlm tasks`)")
 
 
-def infer_spec(name: str, task_dir: Path) -> TaskSpec:
-    """Describe a task folder the registry does not know, from its files."""
+def infer_spec(name: str, task_dir: Path, overrides: dict[str, Any] | None = None) -> TaskSpec:
+    """Describe a task folder the registry does not know, from its files; ``overrides`` (the user's
+    columns, labels, ...) replace what is inferred."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     sample = _first_existing(task_dir, ["k-shot/*/train.*", "original/train.*", "train.*"])
     if sample is None:
         raise DataError(f"{task_dir}: no train file found (expected k-shot/<K>-<seed>/train.*, original/train.* "
@@ -68,13 +71,21 @@ def infer_spec(name: str, task_dir: Path) -> TaskSpec:
         # LM-BFF csv layout: label,text without a header.
         spec = TaskSpec(name=name, text_columns=(1,), label_column=0, format="csv", header=False, family="user")
     elif fmt == "tsv":
-        header = sample.read_text(encoding="utf-8-sig").splitlines()[0].split("\t")
+        try:
+            lines = sample.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{sample}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+        if not lines:
+            raise DataError(f"{sample} is empty; put a header line and data rows in it")
+        header = lines[0].split("\t")
         if "sentence1" in header and "sentence2" in header:
-            text: tuple[str, ...] = ("sentence1", "sentence2")
+            text: tuple[Column, ...] = ("sentence1", "sentence2")
         elif "sentence" in header:
             text = ("sentence",)
         elif "text" in header:
             text = ("text",)
+        elif "text_columns" in overrides:
+            text = tuple(overrides["text_columns"])
         else:
             raise DataError(f"{sample}: cannot tell the text column from header {header}; "
                             "pass --text-columns (and --label-column)")
@@ -86,7 +97,27 @@ def infer_spec(name: str, task_dir: Path) -> TaskSpec:
         raise DataError(f"{sample}: unsupported file type; use tsv, csv, jsonl or json")
     ext = f".{fmt}"
     return spec.with_overrides(files={"train": f"train{ext}", "dev": f"dev{ext}", "test": f"test{ext}"},
-                               original={"train": f"train{ext}", "test": f"test{ext}"})
+                               original={"train": f"train{ext}", "test": f"test{ext}"}, **overrides)
+
+
+def known_task(name: str) -> TaskSpec | None:
+    """The registry's spec for ``name`` (case-insensitive, as ``--task sst-2`` finds SST-2), else None."""
+    return TASKS.get(name) or next((t for t in TASKS.values() if t.name.lower() == name.lower()), None)
+
+
+def spec_with_overrides(name: str, data_dir: str | os.PathLike[str] | None, options: DataOptions,
+                        overrides: dict[str, Any]) -> TaskSpec:
+    """The spec of task ``name`` with the user's column/label/format settings on top.
+
+    A task folder the registry does not know is described from its files first (file names, format), so
+    ``--labels`` or ``--text-columns`` on such a folder only change what they name.
+    """
+    known = known_task(name)
+    if known is not None:
+        return known.with_overrides(**overrides)
+    if options.train_file or is_hub_task(name):
+        return TaskSpec(name=name, family="user", format=overrides.get("format") or "").with_overrides(**overrides)
+    return infer_spec(name, find_task_dir(name, resolve_data_dir(data_dir)), overrides)
 
 
 def _first_existing(task_dir: Path, patterns: list[str]) -> Path | None:
@@ -126,7 +157,7 @@ def resolve_spec(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None,
         return spec, None
     root = resolve_data_dir(data_dir)
     name = spec.name if spec else task
-    known = TASKS.get(name) or next((t for t in TASKS.values() if t.name.lower() == str(name).lower()), None)
+    known = known_task(str(name))
     task_dir = find_task_dir(known.name if known else name, root)
     if spec is None:
         spec = known or infer_spec(name, task_dir)
@@ -160,6 +191,11 @@ def limit_test(data: TaskData, max_test: int | None) -> TaskData:
 def _load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None,
                options: DataOptions) -> tuple[TaskSpec, TaskData]:
     name = task.name if isinstance(task, TaskSpec) else task
+    if (options.dev_file or options.test_file) and not options.train_file:
+        # Without a train file the task's own splits are read: the named file would be silently unused.
+        named = "data.dev_file (--dev-file)" if options.dev_file else "data.test_file (--test-file)"
+        raise DataError(f"{named} is read only together with data.train_file: pass --train-file too, or drop it "
+                        f"to use task {name}'s own splits")
     if is_hub_task(name) and not options.train_file:
         return load_hub_task(name, options.shots, options.seed, task if isinstance(task, TaskSpec) else None)
     spec, task_dir = resolve_spec(task, data_dir, options)

@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__
 from ..config import RunConfig
-from ..data.loading import DataOptions, load_task
+from ..data.loading import DataOptions, load_task, spec_with_overrides
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
 from ..io import atomic_dir, write_json
@@ -75,10 +75,7 @@ def load_run_data(cfg: RunConfig):
     overrides = {k: v for k, v in task_overrides(cfg).items() if v is not None}
     task: str | TaskSpec = cfg.task
     if overrides:
-        from ..data.tasks import TASKS
-
-        base = TASKS.get(cfg.task) or TaskSpec(name=cfg.task, family="user", format=d.format or "")
-        task = base.with_overrides(**overrides)
+        task = spec_with_overrides(cfg.task, d.data_dir, options, overrides)
     return load_task(task, d.data_dir, options)
 
 
