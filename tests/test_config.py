@@ -109,3 +109,38 @@ def test_null_method_options_are_one_line_errors(method: str, options: dict, fie
     with pytest.raises(ConfigError, match=f"{field} is empty \\(null\\)") as e:
         get_method(method).parse_config(options)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv", [["--set", "data.shots=full"], ["--set", "data.shots=0"], ["--shots", "full"]])
+def test_full_shots_from_set_as_from_the_flag(argv: list[str]) -> None:
+    # `--set data.shots=full` was "must be int, got 'full'" though the flag and the YAML take it.
+    from transferlm.cli import build_parser, build_run_dict
+
+    args = build_parser().parse_args(["run", "--task", "SST-2", "--output", "x", *argv])
+    assert RunConfig.from_dict(build_run_dict(args)["run"]).data.shots is None
+
+
+def test_full_shots_in_every_config_that_has_shots() -> None:
+    from transferlm.config import from_dict as build
+    from transferlm.protocol.compare import _apply
+    from transferlm.protocol.multitask import MultitaskConfig
+
+    from_dict = RunConfig.from_dict
+    assert from_dict({"intermediate": {"task": "MNLI", "shots": "full"}}).intermediate.shots is None
+    assert from_dict({"data": {"shots": "8"}}).data.shots == 8
+    # a grid over K, and multitask's YAML (which does not go through run's flag parsing)
+    assert _apply(RunConfig(), {"data.shots": "full"}).data.shots is None
+    assert build(MultitaskConfig, {"tasks": ["cr", "mr"], "data": {"shots": "full"}}).data.shots is None
+    for bad in ("lots", -2, 2.5):
+        with pytest.raises(ConfigError, match=r"^config\.data\.shots must be a positive integer, 0 or 'full'"):
+            from_dict({"data": {"shots": bad}})
+
+
+def test_set_into_a_null_or_scalar_section() -> None:
+    from transferlm.config import set_dotted
+
+    d: dict = {"intermediate": None, "seed": 13}
+    set_dotted(d, "intermediate.task", "MNLI")  # `intermediate: null` in the YAML, then --intermediate-task
+    assert d["intermediate"] == {"task": "MNLI"}
+    with pytest.raises(ConfigError, match=r"^cannot set seed\.x: seed is 13, not a section"):
+        set_dotted(d, "seed.x", 1)

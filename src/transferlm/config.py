@@ -86,7 +86,8 @@ class DataConfig:
     """How to read the task's data beyond its registry entry."""
 
     data_dir: str | None = None
-    shots: int | None = 16  # None / "full" / 0: the whole training set
+    # None / "full" / 0: the whole training set; from_dict reads it with parse_shots (YAML, --set, grids).
+    shots: int | None = field(default=16, metadata={"parse": "shots"})
     empty_text: str | None = None
     train_file: str | None = None
     dev_file: str | None = None
@@ -107,7 +108,7 @@ class IntermediateConfig:
     """Sequential supervised transfer: fine-tune on a related task first, then on the target."""
 
     task: str = "MNLI"
-    shots: int | None = 16
+    shots: int | None = field(default=16, metadata={"parse": "shots"})  # as DataConfig.shots
     data_dir: str | None = None  # default: the target's data dir
     max_steps: int | None = None  # default: the target's train settings
     learning_rate: float | None = None
@@ -159,17 +160,24 @@ class CompareConfig:
     output: str | None = None
 
 
-def parse_shots(value: Any) -> int | None:
+def parse_shots(value: Any, where: str = "--shots") -> int | None:
     """``16`` -> 16; ``full``/``0``/None -> None (whole training set)."""
-    if value is None or (isinstance(value, str) and value.lower() in ("full", "all", "0")) or value == 0:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("full", "all", "0")) or value == 0:
         return None
+    bad = ConfigError(f"{where} must be a positive integer, 0 or 'full', got {value!r}")
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise bad
     try:
         shots = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"--shots must be a positive integer, 0 or 'full', got {value!r}") from None
+        raise bad from None
     if shots < 0:
-        raise ConfigError(f"--shots must be a positive integer, 0 or 'full', got {value!r}")
+        raise bad
     return shots
+
+
+# Fields whose values have their own spelling (``shots: full``), named in the field's metadata "parse".
+_PARSERS = {"shots": parse_shots}
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -257,7 +265,9 @@ def from_dict(cls: type[T], d: dict[str, Any], source: str = "config") -> T:
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(hints[k], v, f"{source}.{k}") for k, v in d.items()}
+    parsers = {f.name: f.metadata["parse"] for f in fields(cls) if "parse" in f.metadata}  # type: ignore[arg-type]
+    kwargs = {k: _PARSERS[parsers[k]](v, f"{source}.{k}") if k in parsers else _coerce(hints[k], v, f"{source}.{k}")
+              for k, v in d.items()}
     return cls(**kwargs)
 
 
@@ -277,6 +287,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     """Set ``train.learning_rate``-style keys in a nested dict."""
     parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
+    for i, p in enumerate(parts[:-1]):
+        if d.get(p) is None:  # absent, or `intermediate: null` in the YAML: a section starts empty
+            d[p] = {}
+        d = d[p]
+        if not isinstance(d, dict):
+            section = ".".join(parts[: i + 1])
+            raise ConfigError(f"cannot set {key}: {section} is {d!r}, not a section of keys; "
+                              f"set {section} itself, or make it a mapping")
     d[parts[-1]] = value
