@@ -194,3 +194,31 @@ def test_multitask_takes_the_engines_schedule_epochs_and_batch_sizes(tiny_bert: 
 def test_multitask_refuses_engine_options_it_does_not_implement(two_tasks: Path, name: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"^train\.{name} is not supported by multitask"):
         multitask(_mt(two_tasks, **{name: value}))
+
+
+@pytest.mark.parametrize("name,value", [("train_file", "train.csv"), ("test_file", "test.csv"), ("labels", ["0", "1"]),
+                                        ("text_columns", [1])])
+def test_multitask_refuses_per_task_data_options(two_tasks: Path, name: str, value: object) -> None:
+    # They were silently ignored: every task was read from its folder as if they were not set.
+    cfg = _mt(two_tasks)
+    setattr(cfg.data, name, value)
+    with pytest.raises(ConfigError, match=rf"^data\.{name} is not supported by multitask"):
+        multitask(cfg)
+
+
+def test_multitask_honours_max_test_and_empty_text(tiny_bert: Path, two_tasks: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlm.protocol import multitask as mt
+
+    sizes: dict[str, list[int]] = {}
+    real_eval = mt._evaluate
+    monkeypatch.setattr(mt, "_evaluate", lambda model, task, spec, ex, collate, bs, acc:
+                        sizes.setdefault(task, []).append(len(ex)) or real_eval(model, task, spec, ex, collate, bs, acc))
+    cfg = _mt(two_tasks, max_steps=1)
+    cfg.model, cfg.data.max_test = str(tiny_bert), 5
+    multitask(cfg)
+    # dev (4 per class), then test: the toy tasks have 16 test examples, data.max_test keeps 5
+    assert sizes == {"toy": [8, 8, 5], "toy2": [8, 8, 5]}
+    cfg.data.max_test, cfg.data.empty_text = None, "nonsense"
+    with pytest.raises(Exception, match="empty_text must be one of"):
+        multitask(cfg)

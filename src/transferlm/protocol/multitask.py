@@ -89,6 +89,20 @@ def _check_supported(train: TrainConfig) -> None:
                               f"task); drop it, or train the tasks one at a time with `transferlm run`")
 
 
+# data options that describe one task's own files or columns: with several tasks they have no single meaning.
+PER_TASK_DATA = ("train_file", "dev_file", "test_file", "text_columns", "label_column", "labels", "format", "header")
+
+
+def data_options(cfg: MultitaskConfig) -> DataOptions:
+    """What every task is loaded with; a per-task file or column setting is an error, not silently unused."""
+    for name in PER_TASK_DATA:
+        if getattr(cfg.data, name) is not None:
+            raise ConfigError(f"data.{name} is not supported by multitask (it describes one task's files, and "
+                              "there are several); drop it, or give each task a folder under the data directory")
+    return DataOptions(shots=cfg.data.shots, seed=cfg.seed, empty_text=cfg.data.empty_text,
+                       max_test=cfg.data.max_test)
+
+
 def total_steps(train: TrainConfig, sizes: list[int]) -> int:
     """max_steps, or ``epochs`` passes over all tasks' training batches together."""
     if train.epochs is None:
@@ -99,11 +113,12 @@ def total_steps(train: TrainConfig, sizes: list[int]) -> int:
 def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     cfg.validate()
     _check_supported(cfg.train)
+    options = data_options(cfg)
     acc = get_accelerator(cfg.train.mixed_precision)
     if acc.num_processes > 1:  # each step draws one task: a per-process split of it is not implemented
         raise ConfigError("multitask runs in one process; start it with python, not torchrun/accelerate launch")
     set_seed(cfg.seed)
-    loaded = {t: load_task(t, cfg.data.data_dir, DataOptions(shots=cfg.data.shots, seed=cfg.seed)) for t in cfg.tasks}
+    loaded = {t: load_task(t, cfg.data.data_dir, options) for t in cfg.tasks}
     backbone = load_backbone(cfg.model)
     pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
     torch.manual_seed(cfg.seed)
