@@ -195,3 +195,19 @@ def test_a_model_folder_rewritten_since_the_run_is_another_model(tiny_bert: Path
     # Identical bytes written again (a new mtime) are the same model.
     (model / "model.safetensors").write_bytes(original)
     assert cached_result(Path(cfg.output), cfg) is not None
+
+
+def test_a_checkpoint_of_a_model_folder_rewritten_since_is_not_resumed(tiny_bert: Path, tmp_path: Path) -> None:
+    # The checkpoint fingerprint left the model out: a killed run resumed its old weights after the folder
+    # behind the model name was trained again (compare's cache already compared the model's files).
+    import shutil
+
+    from transferlm.protocol.run import training_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    cfg = RunConfig.from_dict({"task": "toy", "model": str(model)})
+    before = training_fingerprint(cfg, {}, {"train": "x"})
+    assert training_fingerprint(cfg, {}, {"train": "x"}) == before
+    (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes() + b" ")
+    assert training_fingerprint(cfg, {}, {"train": "x"}) != before

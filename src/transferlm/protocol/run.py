@@ -51,14 +51,15 @@ LOCATION = ("data_dir", "train_file", "dev_file", "test_file")
 
 def training_fingerprint(cfg: RunConfig, method_settings: dict[str, Any], digests: dict[str, str]) -> str:
     """A digest of what a run's training depends on: its config, the method's settings after ``resolve``
-    (an automatic search's choice included), and the digests of the data it reads."""
+    (an automatic search's choice included), the digests of the data it reads and the model's files (a
+    checkpoint of a model folder rewritten since, e.g. a pretrain output, is not resumed)."""
     config = cfg.to_dict()
     for key in IGNORED:
         config.pop(key, None)
     config["train"] = {k: v for k, v in (config.get("train") or {}).items() if k not in IGNORED_TRAIN}
     config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k not in LOCATION}
-    payload = json.dumps({"config": config, "method": method_settings, "data": digests}, sort_keys=True,
-                         default=str)
+    payload = json.dumps({"config": config, "method": method_settings, "data": digests,
+                          "model": model_digest(cfg.model)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
