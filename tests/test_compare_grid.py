@@ -79,3 +79,16 @@ def test_a_selected_candidate_recorded_without_test_is_trained_again_and_evaluat
     (again,) = compare(cfg)["rows"]
     assert again["per_seed"] == row["per_seed"] and len(test_evaluations) == 1
     assert "test_deferred" not in json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("methods,seeds,named", [(["finetune"], [13, 21, 13], "seeds 13"),
+                                                 (["finetune", "finetune"], [13], "methods finetune")])
+def test_a_repeated_seed_or_method_is_an_error(tmp_path: Path, methods: list[str], seeds: list[int],
+                                               named: str) -> None:
+    # A repeated seed ran once (one run dir) but counted twice in the mean and the std.
+    from transferlm.errors import ConfigError
+
+    run_cfg = RunConfig.from_dict({"task": "toy", "data": {"data_dir": str(tmp_path / "absent")}})
+    cfg = CompareConfig(run=run_cfg, methods=methods, seeds=seeds, output=str(tmp_path / "cmp"))
+    with pytest.raises(ConfigError, match=rf"^compare: {named} listed more than once"):
+        compare(cfg)

@@ -50,6 +50,11 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         raise ConfigError("compare needs --output (a folder for the runs and summary.json)")
     if not cfg.methods or not cfg.seeds:
         raise ConfigError("compare needs at least one method (--methods) and one seed (--seeds)")
+    for name, values in (("seeds", cfg.seeds), ("methods", cfg.methods)):
+        # A repeat would reuse one run dir and count that run twice in the mean (std).
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"compare: {name} {', '.join(repeated)} listed more than once; list each once")
     for m in cfg.methods:
         get_method(m)  # fail fast on a typo, before any training
     points = grid_points(cfg.grid)
