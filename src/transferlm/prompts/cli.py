@@ -73,7 +73,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     spec, data = load_run_data(cfg)
     if (args.auto or args.rank_on == "dev") and not data.dev:
         what = "--auto selects fine-tuned candidates on dev" if args.auto else "ranking on dev"
-        raise ConfigError(f"{what}, but task {spec.name} has no dev split here; pass --dev-file "
+        raise ConfigError(f"{what}, but task {spec.name} has no dev split here; pass --dev-file with --train-file "
                           "(or --rank-on train without --auto)")
     if not data.train:
         raise ConfigError(f"task {spec.name}: empty training split")
