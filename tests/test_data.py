@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from transferlm.data.loading import DataOptions, load_task
@@ -48,6 +49,22 @@ def test_in_memory_sampler_reproduces_the_paper_split(data_dir: Path) -> None:
     _, paper = load_task("SST-2", data_dir, DataOptions(shots=16, seed=87))
     assert [e.text_a for e in train] == [e.text_a for e in paper.train]
     assert [e.text_a for e in dev] == [e.text_a for e in paper.dev]
+
+
+def test_sampler_leaves_numpy_global_state_alone() -> None:
+    from transferlm.data.example import Example
+
+    pool = [Example(text_a=f"t{i}", label=i % 2) for i in range(40)]
+    np.random.seed(0)
+    expected = np.random.rand()
+    np.random.seed(0)
+    train, _ = sample_kshot(pool, 4, 13)
+    assert np.random.rand() == expected  # the caller's draw is the one it seeded
+    # ... and the split is still the paper's seed-13 stream.
+    order = list(pool)
+    np.random.RandomState(13).shuffle(order)
+    assert [e.text_a for e in train] == [e.text_a for e in order if e.label == order[0].label][:4] + \
+        [e.text_a for e in order if e.label != order[0].label][:4]
 
 
 def test_other_k_and_full_data(data_dir: Path) -> None:

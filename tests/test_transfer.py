@@ -71,6 +71,22 @@ def test_probe_reports_every_layer(tiny_bert: Path, toy_data: Path, tmp_path: Pa
     assert all(r["trainable_params"] == 2 * 32 + 2 for r in report["layers"])
 
 
+@pytest.mark.parametrize("layers", [",", "0,7"])
+def test_probe_rejects_empty_or_missing_layers(tiny_bert: Path, toy_data: Path, tmp_path: Path, layers: str) -> None:
+    proc = run_cli("probe", "--task", "toy", "--data-dir", str(toy_data), "--model", str(tiny_bert),
+                   "--layers", layers, "--output", str(tmp_path / "p"), "--quiet")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "name layers between 0 (embeddings) and 2" in proc.stderr
+
+
+def test_format_probe_without_dev_scores() -> None:
+    from transferlm.protocol.probe import format_probe
+
+    text = format_probe({"primary_metric": "accuracy", "best_layer": None,
+                         "layers": [{"layer": 0, "dev": None, "test": 0.5}, {"layer": 1, "dev": None, "test": None}]})
+    assert text.splitlines()[1].split() == ["0", "-", "50.0"] and "best" not in text
+
+
 @pytest.mark.parametrize("max_grad_norm,clips", [(0.0, False), (1.0, True)])
 def test_multitask_max_grad_norm_zero_turns_clipping_off(tiny_bert: Path, two_tasks: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch, max_grad_norm: float,

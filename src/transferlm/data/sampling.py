@@ -27,8 +27,8 @@ def sample_kshot(pool: list[Example], k: int, seed: int, *, regression: bool = F
     if k <= 0:
         raise DataError(f"--shots must be a positive number of examples per class or 'full', got {k}")
     shuffled = list(pool)
-    np.random.seed(seed)
-    np.random.shuffle(shuffled)
+    # The paper's np.random.seed + shuffle stream, without reseeding numpy's global generator for everyone else.
+    np.random.RandomState(seed).shuffle(shuffled)
     groups: dict[object, list[Example]] = {}
     for ex in shuffled:
         groups.setdefault(_group_key(ex, regression), []).append(ex)

@@ -13,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..io import write_json
 from ..models.loading import load_backbone
 from ..training.layers import num_layers
@@ -22,6 +23,10 @@ from .run import run
 def probe(cfg: RunConfig, layers: list[int] | None = None) -> dict[str, Any]:
     depth = num_layers(load_backbone(cfg.model).model)
     layers = list(range(depth + 1)) if layers is None else layers
+    bad = [k for k in layers if not 0 <= k <= depth]
+    if not layers or bad:
+        raise ConfigError(f"--layers {','.join(map(str, layers)) or '(empty)'}: name layers between 0 (embeddings) "
+                          f"and {depth} for {cfg.model}, or omit --layers to probe them all")
     rows = []
     for k in tqdm(layers, desc="probe layers", disable=cfg.quiet):
         rc = copy.deepcopy(cfg)
@@ -31,9 +36,11 @@ def probe(cfg: RunConfig, layers: list[int] | None = None) -> dict[str, Any]:
         metric = res["primary_metric"]
         rows.append({"layer": k, "dev": res["dev_metrics"].get(metric), "test": res["metrics"].get(metric),
                      "trainable_params": res["trainable_params"], "train_seconds": res["train_seconds"]})
-    best = max(rows, key=lambda r: r["dev"] if r["dev"] is not None else -1.0)
-    report = {"task": cfg.task, "model": cfg.model, "seed": cfg.seed, "layers": rows, "best_layer": best["layer"],
-              "primary_metric": metric, "selection": "dev"}
+    scored = [r for r in rows if r["dev"] is not None]
+    # Without dev scores nothing can be selected: say so rather than crown an arbitrary layer.
+    best = max(scored, key=lambda r: r["dev"])["layer"] if scored else None
+    report = {"task": cfg.task, "model": cfg.model, "seed": cfg.seed, "layers": rows, "best_layer": best,
+              "primary_metric": metric, "selection": "dev" if scored else "none (no dev metric)"}
     if cfg.output:
         write_json(Path(cfg.output) / "probe.json", report)
     return report
@@ -43,6 +50,6 @@ def format_probe(report: dict[str, Any]) -> str:
     lines = [f"layer  dev {report['primary_metric']}  test {report['primary_metric']}"]
     for r in report["layers"]:
         mark = "  <- best on dev" if r["layer"] == report["best_layer"] else ""
-        test = f"{100 * r['test']:.1f}" if r["test"] is not None else "-"
-        lines.append(f"{r['layer']:>5}  {100 * r['dev']:>7.1f}  {test:>8}{mark}")
+        dev, test = (f"{100 * r[s]:.1f}" if r[s] is not None else "-" for s in ("dev", "test"))
+        lines.append(f"{r['layer']:>5}  {dev:>7}  {test:>8}{mark}")
     return "\n".join(lines)
