@@ -126,6 +126,31 @@ def test_regression_is_the_expected_value_between_two_poles(mlm) -> None:
     assert 0.0 <= float(predict_scores(with_demos, pairs[:1])[0]) <= 5.0
 
 
+def test_regression_demonstrations_show_the_word_of_the_half_they_were_drawn_from(mlm) -> None:
+    # Scores mostly low: the median (1.25) is below the poles' middle (2.5). Drawn one per half, the
+    # demonstrations must show one "No" and one "Yes", whichever threshold splits the halves.
+    spec = TaskSpec(name="STS-B", text_columns=("sentence1", "sentence2"), regression=True, metric="pearson")
+    pool = [Example(f"a cat {w}", "the dog", v) for w, v in zip(("good", "bad", "fun", "fine", "love", "hate"),
+                                                                  (0.0, 0.5, 1.0, 1.5, 2.0, 4.5), strict=True)]
+    for split in (None, 2.5):
+        sampler = DemoSampler(pool, num_labels=1, per_class=True, regression=True, seed=0, split=split)
+        setup = build_prompt(mlm, spec, template=None, label_words=None, max_length=96, sampler=sampler,
+                             eval_samples=8)
+        setup.model.eval()
+        batch = setup.collate([Example("good movie", "bad film", 3.0)])
+        tok = mlm.tokenizer
+        for r in range(batch["input_ids"].shape[0]):
+            row = tok.convert_ids_to_tokens(batch["input_ids"][r].tolist())
+            assert sorted(t for t in row if t in ("no", "yes")) == ["no", "yes"], (split, row)
+    # prompt-finetune splits them as LM-BFF does: at the middle of the poles (2.5 on STS-B).
+    method = get_method("prompt-finetune")
+    cfg = method.parse_config({"demonstrations": True, "demo_selection": "random"})
+    prepared = method.prepare(mlm, spec, cfg, max_length=96, train=pool)
+    assert prepared.collate.sampler.split == 2.5
+    assert [[pool[i].label for i in c] for c in prepared.collate.sampler.classes] == [[0.0, 0.5, 1.0, 1.5, 2.0],
+                                                                                      [4.5]]
+
+
 def test_lmbff_demonstrations_one_per_class_from_the_most_similar_half() -> None:
     pool = demo_pool()
     sampler = DemoSampler(pool, num_labels=2, strategy="similar", per_class=True, seed=1, embedder=FakeEmbedder())
