@@ -107,6 +107,17 @@ def test_calibrated_model_divides_by_the_content_free_prior(mlm) -> None:
     assert torch.allclose(got, (p - prior).log_softmax(-1), atol=1e-5)
 
 
+def test_sampled_answers_do_not_depend_on_the_batch(mlm) -> None:
+    # answer_search=sample draws each input's answer from its own seed: the same whatever shares its batch.
+    examples = [Example(f"{a} {b}") for a in ("good", "bad", "fun", "boring") for b in ("movie", "plot", "cat")]
+    setup = build_prompt(mlm, SPEC, max_length=32, search="sample", seed=3, **PROMPT)
+    whole = predict_scores(setup, examples, batch_size=len(examples))
+    assert set(np.unique(whole)) <= {0.0, -1e4} and (whole == 0).sum(1).tolist() == [1] * len(examples)
+    for size in (1, 5):
+        assert np.array_equal(predict_scores(setup, examples, batch_size=size), whole), size
+    assert np.array_equal(predict_scores(setup, examples[::-1], batch_size=7)[::-1], whole)
+
+
 def test_regression_is_the_expected_value_between_two_poles(mlm) -> None:
     spec = TaskSpec(name="STS-B", text_columns=("sentence1", "sentence2"), regression=True, metric="pearson")
     setup = build_prompt(mlm, spec, template=None, label_words=None, max_length=32)
