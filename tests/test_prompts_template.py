@@ -176,3 +176,22 @@ def test_causal_demonstrations_render_like_the_whole_text(bpe_tok) -> None:
     row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
     assert row == bpe_tok("bad film It was terrible.\ngood movie It was", add_special_tokens=False)["input_ids"]
     assert int(batch["positions"][0, 0]) == len(row) - 1
+
+
+@pytest.mark.parametrize("sep, text", [
+    (" | ", "bad film It was terrible. | good movie It was"),  # the spaces around "|" stay
+    ("| ", "bad film It was terrible.| good movie It was"),
+    ("\n\n", "bad film It was terrible.\n\ngood movie It was"),
+])
+def test_a_written_demonstration_separator_renders_like_the_whole_text(bpe_tok, sep: str, text: str) -> None:
+    from transferlm.prompts.demonstrations import DemoSampler
+    from transferlm.prompts.inputs import PromptCollator
+    from transferlm.prompts.verbalizer import Verbalizer
+
+    enc = TemplateEncoder(Template.parse("{sentence} It was {answer}."), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    collate = PromptCollator(enc, verb, kind="causal", max_length=64, pad_id=0, demo_separator=sep,
+                             sampler=DemoSampler([Example("bad film", label=0)], num_labels=2, k=1))
+    batch = collate([Example("good movie")])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert row == bpe_tok(text, add_special_tokens=False)["input_ids"]

@@ -13,7 +13,7 @@ import torch
 
 from ..data.example import Example
 from .demonstrations import DemoSampler, DropLog
-from .template import TemplateEncoder
+from .template import TemplateEncoder, split_spaces
 from .verbalizer import Verbalizer
 
 Batch = dict[str, torch.Tensor]
@@ -35,9 +35,11 @@ class PromptCollator:
         # Causal LMs read demonstrations first (GPT-3); masked LMs after the input (LM-BFF).
         sep = demo_separator if demo_separator is not None else ("\n" if kind == "causal" else " ")
         # A blank separator is the leading space of what follows; any other ("\n", " | ") is its own
-        # tokens, and what follows it starts fresh (after a newline a word has no leading space).
-        self.sep_ids = encoder.ids(sep.strip(" ")) if sep.strip(" ") else []
-        self.after_sep_at_start = bool(sep.strip(" "))
+        # tokens, and what follows it starts fresh (after a newline a word has no leading space). One space at
+        # either edge goes with the neighbouring word, as in template text (" | " reads "Ġ|", then "Ġword").
+        body, lead, trail = split_spaces(sep) if sep.strip(" ") else ("", True, True)
+        self.sep_ids = encoder.ids((" " if lead else "") + body) if body else []
+        self.after_sep_at_start = not trail
         # Which label's word a demonstration shows (regression: the nearer pole).
         self.demo_max_tokens, self.demo_label = demo_max_tokens, demo_label
         self.drops = DropLog(max_length, on_overflow)
