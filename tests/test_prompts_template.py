@@ -195,3 +195,27 @@ def test_a_written_demonstration_separator_renders_like_the_whole_text(bpe_tok, 
     batch = collate([Example("good movie")])
     row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
     assert row == bpe_tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_template_opening_with_text_keeps_the_space_after_a_blank_separator(bpe_tok) -> None:
+    from transferlm.prompts.demonstrations import DemoSampler
+    from transferlm.prompts.inputs import PromptCollator
+    from transferlm.prompts.verbalizer import Verbalizer
+
+    ids = lambda text: bpe_tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    sampler = DemoSampler([Example("bad film", label=0)], num_labels=2, k=1)
+    # Causal: "... terrible. Review: good movie", not "... terrible.Review: ...".
+    enc = TemplateEncoder(Template.parse("Review: {sentence} It was {answer}."), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    collate = PromptCollator(enc, verb, kind="causal", max_length=64, pad_id=0, demo_separator=" ", sampler=sampler)
+    batch = collate([Example("good movie")])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert row == ids("Review: bad film It was terrible. Review: good movie It was")
+    # Masked LM (blank separator by default): the demonstration after the input opens with " It", not "It".
+    enc = TemplateEncoder(Template.parse("It was {answer}! {sentence}"), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    collate = PromptCollator(enc, verb, kind="mlm", max_length=64, pad_id=0, mask_id=1, sampler=sampler)
+    batch = collate([Example("good movie")])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    demo = ids(" It was terrible! bad film")
+    assert row[-len(demo):] == demo and row[:-len(demo)] == ids("It was") + [1] + ids("! good movie")

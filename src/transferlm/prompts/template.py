@@ -207,6 +207,8 @@ class TemplateEncoder:
             if body:
                 # Nothing before it yet (the answer slot counts: a word will stand there).
                 first = not any(kind == "answer" or ids for kind, ids in pieces)
+                # Opening text after something (a blank demonstration separator) takes its space, as an input does.
+                lead = lead or (first and not at_start)
                 pieces.append((seg.kind, self.ids((" " if lead and not (first and at_start) else "") + body)))
             pending_space = trail
         return pieces
