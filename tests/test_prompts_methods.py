@@ -369,6 +369,21 @@ def test_auto_search_ranks_under_the_runs_max_length(auto: str, searcher: str, t
     assert seen == [40]
 
 
+def test_regression_poles_are_settled_before_the_run_and_recorded(mlm) -> None:
+    # A regression task without default poles takes them from the training labels, which differ by seed:
+    # the resolved config must say so (the eval memo of seed-free zero-shot keys on it).
+    method = get_method("prompt-zero-shot")
+    spec = TaskSpec(name="my-scores", text_columns=("sentence",), regression=True, metric="pearson")
+    cfg = method.parse_config({"template": "{sentence} it was {answer} .", "label_words": ["bad", "good"]})
+    a = method.resolve(cfg, mlm, spec, [Example("x", label=1.0), Example("y", label=3.0)], [])
+    b = method.resolve(cfg, mlm, spec, [Example("x", label=0.0), Example("y", label=4.0)], [])
+    assert a.poles == [1.0, 3.0] and b.poles == [0.0, 4.0] and a.to_dict() != b.to_dict()
+    assert cfg.poles is None  # the parsed options are left as given
+    assert method.resolve(cfg, mlm, SPEC, EXAMPLES, []).poles is None  # classification: no poles
+    setup = method.setup(mlm, spec, a, max_length=32, train=[])
+    assert setup.model.poles == (1.0, 3.0)
+
+
 def test_auto_without_a_dev_split_is_an_error(mlm) -> None:
     method = get_method("prompt-finetune")
     cfg = method.parse_config({**PROMPT, "auto": "both"})
