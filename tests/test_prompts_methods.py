@@ -153,6 +153,12 @@ def test_regression_demonstrations_show_the_word_of_the_half_they_were_drawn_fro
         for r in range(batch["input_ids"].shape[0]):
             row = tok.convert_ids_to_tokens(batch["input_ids"][r].tolist())
             assert sorted(t for t in row if t in ("no", "yes")) == ["no", "yes"], (split, row)
+    # k in-context examples (no classes to balance) show the nearer pole's word: 1.5 and 2.0 are "No",
+    # though 2.0 is above their median.
+    icl = build_prompt(mlm, spec, template=None, label_words=None, max_length=96,
+                       sampler=DemoSampler(pool[3:5], num_labels=1, k=2, regression=True))
+    row = mlm.tokenizer.convert_ids_to_tokens(icl.collate([Example("good movie", "bad film", 3.0)])["input_ids"][0])
+    assert [t for t in row if t in ("no", "yes")] == ["no", "no"]
     # prompt-finetune splits them as LM-BFF does: at the middle of the poles (2.5 on STS-B).
     method = get_method("prompt-finetune")
     cfg = method.parse_config({"demonstrations": True, "demo_selection": "random"})
