@@ -224,11 +224,12 @@ def test_a_template_opening_with_text_keeps_the_space_after_a_blank_separator(bp
 @pytest.fixture(scope="module")
 def dummy_prefix_tok():
     """A SentencePiece-style tokenizer (Llama 2, Mistral, T5): a "▁" before any text it is given."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     t = Tokenizer(models.BPE(unk_token="<unk>"))
     t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     t.train_from_iterator(["good movie It was great . \n bad film It was terrible . a cat ? Yes , the dog"] * 20,
                           trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"],
                                               initial_alphabet=list("\n.?,"), show_progress=False))
@@ -262,3 +263,15 @@ def test_piecewise_rendering_matches_whole_text_for_a_tokenizer_with_a_dummy_pre
         batch = collate([Example("good movie")])
         row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
         assert row == whole(f"bad film It was terrible.{sep}good movie It was"), repr(sep)
+
+
+def test_label_search_candidates_are_the_words_the_slot_reads(dummy_prefix_tok) -> None:
+    # Label-word search scores one vocabulary entry per candidate: it must be the id the verbalizer reads
+    # for that word in the slot, also where the slot follows text directly ("\n{answer}").
+    from transferlm.prompts.search import candidate_words
+
+    for template in ("{sentence} It was {answer}.", "{sentence}\n{answer}"):
+        enc = TemplateEncoder(Template.parse(template), dummy_prefix_tok)
+        cands = candidate_words(dummy_prefix_tok, enc)
+        assert cands, template
+        assert all(enc.word_ids(word) == [i] for i, word in cands.items()), template

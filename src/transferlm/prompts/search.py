@@ -62,8 +62,11 @@ def candidate_words(tokenizer: Any, enc: TemplateEncoder) -> dict[int, str]:
     decoded = tokenizer.batch_decode([[i] for i in ids])
     words = {i: w.strip() for i, w in zip(ids, decoded, strict=True) if len(w.strip()) > 1 and w.strip().isalpha()}
     ids, texts = list(words), list(words.values())
-    prefix = " " if enc.space_before_answer else ""
-    encoded = tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
+    if enc.space_before_answer or not enc.glues:
+        prefix = " " if enc.space_before_answer else ""
+        encoded = tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
+    else:  # a dummy-prefix tokenizer and a slot right after text: the word as the verbalizer will read it
+        encoded = [enc.word_ids(t) for t in texts]
     return {i: t for i, t, e in zip(ids, texts, encoded, strict=True) if list(e) == [i]}
 
 

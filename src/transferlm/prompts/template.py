@@ -189,6 +189,11 @@ class TemplateEncoder:
         nl, nl_dot = self.ids("\n"), self.ids("\n.")
         return nl if nl and nl_dot[:len(nl)] == nl and nl_dot[len(nl):] != self.ids(".") else None
 
+    @property
+    def glues(self) -> bool:
+        """Whether text right after other text tokenises differently from text alone (see ``_glue_anchor``)."""
+        return self._anchor is not None
+
     def ids(self, text: str, glued: bool = False) -> list[int]:
         """``text``'s ids; ``glued``: as it reads right after other text (no space of its own in between)."""
         glued = glued and self._anchor is not None and bool(text) and not text.startswith(" ")
