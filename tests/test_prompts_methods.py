@@ -107,6 +107,17 @@ def test_calibrated_model_divides_by_the_content_free_prior(mlm) -> None:
     assert torch.allclose(got, (p - prior).log_softmax(-1), atol=1e-5)
 
 
+def test_sampled_answers_do_not_depend_on_the_batch(mlm) -> None:
+    # answer_search=sample draws each input's answer from its own seed: the same whatever shares its batch.
+    examples = [Example(f"{a} {b}") for a in ("good", "bad", "fun", "boring") for b in ("movie", "plot", "cat")]
+    setup = build_prompt(mlm, SPEC, max_length=32, search="sample", seed=3, **PROMPT)
+    whole = predict_scores(setup, examples, batch_size=len(examples))
+    assert set(np.unique(whole)) <= {0.0, -1e4} and (whole == 0).sum(1).tolist() == [1] * len(examples)
+    for size in (1, 5):
+        assert np.array_equal(predict_scores(setup, examples, batch_size=size), whole), size
+    assert np.array_equal(predict_scores(setup, examples[::-1], batch_size=7)[::-1], whole)
+
+
 def test_regression_is_the_expected_value_between_two_poles(mlm) -> None:
     spec = TaskSpec(name="STS-B", text_columns=("sentence1", "sentence2"), regression=True, metric="pearson")
     setup = build_prompt(mlm, spec, template=None, label_words=None, max_length=32)
@@ -124,6 +135,37 @@ def test_regression_is_the_expected_value_between_two_poles(mlm) -> None:
     row = mlm.tokenizer.convert_ids_to_tokens(with_demos.collate(pairs[:1])["input_ids"][0].tolist())
     assert sum(t in ("no", "yes") for t in row) == 2  # "No" for a low score, "Yes" for a high one
     assert 0.0 <= float(predict_scores(with_demos, pairs[:1])[0]) <= 5.0
+
+
+def test_regression_demonstrations_show_the_word_of_the_half_they_were_drawn_from(mlm) -> None:
+    # Scores mostly low: the median (1.25) is below the poles' middle (2.5). Drawn one per half, the
+    # demonstrations must show one "No" and one "Yes", whichever threshold splits the halves.
+    spec = TaskSpec(name="STS-B", text_columns=("sentence1", "sentence2"), regression=True, metric="pearson")
+    pool = [Example(f"a cat {w}", "the dog", v) for w, v in zip(("good", "bad", "fun", "fine", "love", "hate"),
+                                                                  (0.0, 0.5, 1.0, 1.5, 2.0, 4.5), strict=True)]
+    for split in (None, 2.5):
+        sampler = DemoSampler(pool, num_labels=1, per_class=True, regression=True, seed=0, split=split)
+        setup = build_prompt(mlm, spec, template=None, label_words=None, max_length=96, sampler=sampler,
+                             eval_samples=8)
+        setup.model.eval()
+        batch = setup.collate([Example("good movie", "bad film", 3.0)])
+        tok = mlm.tokenizer
+        for r in range(batch["input_ids"].shape[0]):
+            row = tok.convert_ids_to_tokens(batch["input_ids"][r].tolist())
+            assert sorted(t for t in row if t in ("no", "yes")) == ["no", "yes"], (split, row)
+    # k in-context examples (no classes to balance) show the nearer pole's word: 1.5 and 2.0 are "No",
+    # though 2.0 is above their median.
+    icl = build_prompt(mlm, spec, template=None, label_words=None, max_length=96,
+                       sampler=DemoSampler(pool[3:5], num_labels=1, k=2, regression=True))
+    row = mlm.tokenizer.convert_ids_to_tokens(icl.collate([Example("good movie", "bad film", 3.0)])["input_ids"][0])
+    assert [t for t in row if t in ("no", "yes")] == ["no", "no"]
+    # prompt-finetune splits them as LM-BFF does: at the middle of the poles (2.5 on STS-B).
+    method = get_method("prompt-finetune")
+    cfg = method.parse_config({"demonstrations": True, "demo_selection": "random"})
+    prepared = method.prepare(mlm, spec, cfg, max_length=96, train=pool)
+    assert prepared.collate.sampler.split == 2.5
+    assert [[pool[i].label for i in c] for c in prepared.collate.sampler.classes] == [[0.0, 0.5, 1.0, 1.5, 2.0],
+                                                                                      [4.5]]
 
 
 def test_lmbff_demonstrations_one_per_class_from_the_most_similar_half() -> None:
@@ -331,6 +373,21 @@ def test_auto_search_ranks_under_the_runs_max_length(auto: str, searcher: str, t
     cfg.train.max_length = 40
     run(cfg)
     assert seen == [40]
+
+
+def test_regression_poles_are_settled_before_the_run_and_recorded(mlm) -> None:
+    # A regression task without default poles takes them from the training labels, which differ by seed:
+    # the resolved config must say so (the eval memo of seed-free zero-shot keys on it).
+    method = get_method("prompt-zero-shot")
+    spec = TaskSpec(name="my-scores", text_columns=("sentence",), regression=True, metric="pearson")
+    cfg = method.parse_config({"template": "{sentence} it was {answer} .", "label_words": ["bad", "good"]})
+    a = method.resolve(cfg, mlm, spec, [Example("x", label=1.0), Example("y", label=3.0)], [])
+    b = method.resolve(cfg, mlm, spec, [Example("x", label=0.0), Example("y", label=4.0)], [])
+    assert a.poles == [1.0, 3.0] and b.poles == [0.0, 4.0] and a.to_dict() != b.to_dict()
+    assert cfg.poles is None  # the parsed options are left as given
+    assert method.resolve(cfg, mlm, SPEC, EXAMPLES, []).poles is None  # classification: no poles
+    setup = method.setup(mlm, spec, a, max_length=32, train=[])
+    assert setup.model.poles == (1.0, 3.0)
 
 
 def test_auto_without_a_dev_split_is_an_error(mlm) -> None:

@@ -107,6 +107,26 @@ def test_t5_span_filling_proposes_parseable_templates(tmp_path: Path, tiny_mlm: 
     assert all(Template.parse(p).validate_for(is_pair=True) for p in pair)
 
 
+def test_t5_span_filling_keeps_the_sentinels_of_long_inputs(tmp_path: Path) -> None:
+    t5, tok = _tiny_t5(tmp_path / "t5")
+    inputs: list[list[int]] = []
+    real = t5.generate
+
+    def spy(**kw):
+        inputs.append(kw["input_ids"][0].tolist())
+        return real(**kw)
+
+    t5.generate = spy
+    long = " ".join(["good movie"] * 200)  # 400 tokens, over T5's 256 here
+    t5_templates(t5, tok, [Example(long, label=1)], ["bad", "good"], is_pair=False, beams=2, max_new_tokens=2)
+    t5_templates(t5, tok, [Example(long, long, label=0)], ["bad", "good"], is_pair=True, beams=2, max_new_tokens=2)
+    sentinels = tok.convert_tokens_to_ids(["<extra_id_0>", "<extra_id_1>"])
+    assert len(inputs) == 3
+    for ids in inputs:
+        assert len(ids) <= 256 and all(s in ids for s in sentinels)
+        assert ids.count(tok.convert_tokens_to_ids("movie")) > 50  # the inputs were cut, not dropped
+
+
 def test_template_ranking_skips_what_the_lm_cannot_use(tiny_llama: Path) -> None:
     backbone = load_backbone(str(tiny_llama), head="causal")
     cands = ["{sentence} it was {answer} .", "{answer} ! {sentence}", "{sentence} is {answer}"]

@@ -176,3 +176,102 @@ def test_causal_demonstrations_render_like_the_whole_text(bpe_tok) -> None:
     row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
     assert row == bpe_tok("bad film It was terrible.\ngood movie It was", add_special_tokens=False)["input_ids"]
     assert int(batch["positions"][0, 0]) == len(row) - 1
+
+
+@pytest.mark.parametrize("sep, text", [
+    (" | ", "bad film It was terrible. | good movie It was"),  # the spaces around "|" stay
+    ("| ", "bad film It was terrible.| good movie It was"),
+    ("\n\n", "bad film It was terrible.\n\ngood movie It was"),
+])
+def test_a_written_demonstration_separator_renders_like_the_whole_text(bpe_tok, sep: str, text: str) -> None:
+    from transferlm.prompts.demonstrations import DemoSampler
+    from transferlm.prompts.inputs import PromptCollator
+    from transferlm.prompts.verbalizer import Verbalizer
+
+    enc = TemplateEncoder(Template.parse("{sentence} It was {answer}."), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    collate = PromptCollator(enc, verb, kind="causal", max_length=64, pad_id=0, demo_separator=sep,
+                             sampler=DemoSampler([Example("bad film", label=0)], num_labels=2, k=1))
+    batch = collate([Example("good movie")])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert row == bpe_tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_template_opening_with_text_keeps_the_space_after_a_blank_separator(bpe_tok) -> None:
+    from transferlm.prompts.demonstrations import DemoSampler
+    from transferlm.prompts.inputs import PromptCollator
+    from transferlm.prompts.verbalizer import Verbalizer
+
+    ids = lambda text: bpe_tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    sampler = DemoSampler([Example("bad film", label=0)], num_labels=2, k=1)
+    # Causal: "... terrible. Review: good movie", not "... terrible.Review: ...".
+    enc = TemplateEncoder(Template.parse("Review: {sentence} It was {answer}."), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    collate = PromptCollator(enc, verb, kind="causal", max_length=64, pad_id=0, demo_separator=" ", sampler=sampler)
+    batch = collate([Example("good movie")])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert row == ids("Review: bad film It was terrible. Review: good movie It was")
+    # Masked LM (blank separator by default): the demonstration after the input opens with " It", not "It".
+    enc = TemplateEncoder(Template.parse("It was {answer}! {sentence}"), bpe_tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    collate = PromptCollator(enc, verb, kind="mlm", max_length=64, pad_id=0, mask_id=1, sampler=sampler)
+    batch = collate([Example("good movie")])
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    demo = ids(" It was terrible! bad film")
+    assert row[-len(demo):] == demo and row[:-len(demo)] == ids("It was") + [1] + ids("! good movie")
+
+
+@pytest.fixture(scope="module")
+def dummy_prefix_tok():
+    """A SentencePiece-style tokenizer (Llama 2, Mistral, T5): a "▁" before any text it is given."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    t.train_from_iterator(["good movie It was great . \n bad film It was terrible . a cat ? Yes , the dog"] * 20,
+                          trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"],
+                                              initial_alphabet=list("\n.?,"), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.pad_token = "</s>"
+    return tok
+
+
+def test_piecewise_rendering_matches_whole_text_for_a_tokenizer_with_a_dummy_prefix(dummy_prefix_tok) -> None:
+    from transferlm.prompts.demonstrations import DemoSampler
+    from transferlm.prompts.inputs import PromptCollator
+    from transferlm.prompts.verbalizer import Verbalizer
+
+    tok = dummy_prefix_tok
+    whole = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert whole(".") != whole("good.")[-1:]  # alone "▁.", after a word "." : the case at hand
+    for template, ex, word, text in [
+        ("{sentence} It was {answer}.", Example("good movie"), "great", "good movie It was great."),
+        ("{sentence1|no_punct}? {answer}, {sentence2|lower_first}", Example("a cat.", "The dog"), "Yes",
+         "a cat? Yes, the dog"),
+        ("{sentence}\n{answer}", Example("bad film"), "terrible", "bad film\nterrible"),
+    ]:
+        enc = TemplateEncoder(Template.parse(template), tok)
+        q = enc.encode(ex, max_tokens=50)
+        assert q.before + enc.word_ids(word) + q.after == whole(text), template
+    enc = TemplateEncoder(Template.parse("{sentence} It was {answer}."), tok)
+    verb = Verbalizer([["terrible"], ["great"]], enc.word_ids, label_names=["neg", "pos"])
+    for sep in ("\n", " "):  # after a newline the next demonstration or input has no "▁"
+        collate = PromptCollator(enc, verb, kind="causal", max_length=64, pad_id=0, demo_separator=sep,
+                                 sampler=DemoSampler([Example("bad film", label=0)], num_labels=2, k=1))
+        batch = collate([Example("good movie")])
+        row = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+        assert row == whole(f"bad film It was terrible.{sep}good movie It was"), repr(sep)
+
+
+def test_label_search_candidates_are_the_words_the_slot_reads(dummy_prefix_tok) -> None:
+    # Label-word search scores one vocabulary entry per candidate: it must be the id the verbalizer reads
+    # for that word in the slot, also where the slot follows text directly ("\n{answer}").
+    from transferlm.prompts.search import candidate_words
+
+    for template in ("{sentence} It was {answer}.", "{sentence}\n{answer}"):
+        enc = TemplateEncoder(Template.parse(template), dummy_prefix_tok)
+        cands = candidate_words(dummy_prefix_tok, enc)
+        assert cands, template
+        assert all(enc.word_ids(word) == [i] for i, word in cands.items()), template

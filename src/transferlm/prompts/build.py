@@ -113,7 +113,10 @@ def assemble_prompt(backbone: Any, spec: TaskSpec, parts: PromptParts, *, max_le
                         prefix_cache_mb=prefix_cache_mb, pad_id=tok.pad_token_id or 0)
     demo_label = (lambda e: int(e.label))  # type: ignore[arg-type]  # noqa: E731
     if pole_values is not None:
-        middle = sum(pole_values) / 2
+        # One per class: the word a demonstration shows must be that of the class it was drawn from. Otherwise
+        # (k in-context examples) the nearer pole's.
+        split = sampler.split if sampler is not None and sampler.per_class else None
+        middle = split if split is not None else sum(pole_values) / 2
         demo_label = (lambda e: int(float(e.label) > middle))  # type: ignore[arg-type]  # noqa: E731
     collate = PromptCollator(parts.encoder, verb, kind=parts.kind, max_length=max_length, pad_id=tok.pad_token_id,
                              mask_id=tok.mask_token_id, sampler=sampler, eval_samples=eval_samples,

@@ -69,7 +69,7 @@ class DemoSampler:
 
     def __init__(self, train: Sequence[Example], *, num_labels: int, strategy: str = "random", k: int = 1,
                  per_class: bool = False, top_fraction: float = 0.5, seed: int = 0,
-                 embedder: Embedder | None = None, regression: bool = False) -> None:
+                 embedder: Embedder | None = None, regression: bool = False, split: float | None = None) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(f"demonstration selection must be one of {STRATEGIES}, got '{strategy}'")
         if not 0 < top_fraction <= 1:
@@ -82,11 +82,13 @@ class DemoSampler:
         self.k, self.per_class, self.top_fraction, self.seed = k, per_class, top_fraction, seed
         self.strategy = strategy
         self.embedder = embedder or (SbertEmbedder() if strategy == "similar" else None)
+        # Regression: two "classes", above and below ``split`` (LM-BFF: 2.5 on STS-B, the poles' middle; the
+        # median where none is given). A demonstration shows the word of its class (PromptCollator.demo_label).
+        self.split: float | None = None
         if regression:
-            # LM-BFF splits regression examples at the median into two "classes" for sampling.
-            median = float(np.median([float(e.label) for e in self.pool]))  # type: ignore[arg-type]
-            self.classes = [[i for i, e in enumerate(self.pool) if (float(e.label) > median) == bool(c)]  # type: ignore[arg-type]
-                            for c in (0, 1)]
+            values = [float(e.label) for e in self.pool]  # type: ignore[arg-type]
+            self.split = float(split) if split is not None else float(np.median(values))
+            self.classes = [[i for i, v in enumerate(values) if (v > self.split) == bool(c)] for c in (0, 1)]
         else:
             self.classes = [[i for i, e in enumerate(self.pool) if e.label == c] for c in range(num_labels)]
         self._where: dict[tuple[str, str | None], set[int]] = {}

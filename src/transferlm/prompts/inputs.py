@@ -13,7 +13,7 @@ import torch
 
 from ..data.example import Example
 from .demonstrations import DemoSampler, DropLog
-from .template import TemplateEncoder
+from .template import TemplateEncoder, split_spaces
 from .verbalizer import Verbalizer
 
 Batch = dict[str, torch.Tensor]
@@ -35,9 +35,11 @@ class PromptCollator:
         # Causal LMs read demonstrations first (GPT-3); masked LMs after the input (LM-BFF).
         sep = demo_separator if demo_separator is not None else ("\n" if kind == "causal" else " ")
         # A blank separator is the leading space of what follows; any other ("\n", " | ") is its own
-        # tokens, and what follows it starts fresh (after a newline a word has no leading space).
-        self.sep_ids = encoder.ids(sep.strip(" ")) if sep.strip(" ") else []
-        self.after_sep_at_start = bool(sep.strip(" "))
+        # tokens, and what follows it starts fresh (after a newline a word has no leading space). One space at
+        # either edge goes with the neighbouring word, as in template text (" | " reads "Ġ|", then "Ġword").
+        body, lead, trail = split_spaces(sep) if sep.strip(" ") else ("", True, True)
+        self.sep_ids = encoder.ids((" " if lead else "") + body, glued=not lead) if body else []
+        self.after_sep_at_start = not trail
         # Which label's word a demonstration shows (regression: the nearer pole).
         self.demo_max_tokens, self.demo_label = demo_max_tokens, demo_label
         self.drops = DropLog(max_length, on_overflow)
@@ -52,13 +54,14 @@ class PromptCollator:
             sampler.per_class or sampler.strategy == "similar")
 
     # -- one unit -----------------------------------------------------------------------------------
-    def _demo_ids(self, demo: Example, at_start: bool) -> list[int]:
-        key = (demo.text_a, demo.text_b, demo.label, at_start)
+    def _demo_ids(self, demo: Example, at_start: bool, fresh: bool = False) -> list[int]:
+        key = (demo.text_a, demo.text_b, demo.label, at_start, fresh)
         if key not in self._demo_cache:
             words = self.verb.first_word_ids(self.demo_label(demo))
             cap = self.demo_max_tokens or self.max_length
             limit = "method_args.demo_max_tokens" if self.demo_max_tokens else "train.max_length"
-            self._demo_cache[key] = self.enc.filled(demo, words, max_tokens=cap, at_start=at_start, limit=limit)
+            self._demo_cache[key] = self.enc.filled(demo, words, max_tokens=cap, at_start=at_start, limit=limit,
+                                                    fresh=fresh)
         return self._demo_cache[key]
 
     def _fit(self, demos: Sequence[Example], room: int, first_at_start: bool
@@ -71,7 +74,7 @@ class PromptCollator:
         for d in demos:
             follows = bool(out) or not first_at_start  # something precedes it: separate, then start fresh
             ids = (self.sep_ids if follows else []) + self._demo_ids(
-                d, at_start=self.after_sep_at_start if follows else True)
+                d, at_start=self.after_sep_at_start if follows else True, fresh=follows)
             if len(out) + len(ids) <= room:
                 out += ids
                 ends.append(len(out))
@@ -96,9 +99,10 @@ class PromptCollator:
                     for n in self.groups]
             return rows, [self.groups.index(n) for n in self.verb.lengths], dropped, []  # type: ignore[list-item]
         room = self.max_length - len(sb) - (self.width - 1)
-        q = self.enc.encode(ex, max_tokens=room, at_start=not demos or self.after_sep_at_start, causal=True)
+        q = self.enc.encode(ex, max_tokens=room, at_start=not demos or self.after_sep_at_start, causal=True,
+                            fresh=bool(demos))
         demo_ids, ends, dropped = self._fit(demos, room - len(q.before) - len(self.sep_ids), first_at_start=True)
-        if demos and not ends and not self.after_sep_at_start:
+        if demos and not ends:  # none fit: the input opens the row after all
             q = self.enc.encode(ex, max_tokens=room, at_start=True, causal=True)
         prefix = sb + demo_ids + (self.sep_ids if ends and self.sep_ids else []) + q.before
         # The last level takes the separator before the input along: it is the same for every input.

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import compat
+from .demonstrations import stable_seed
 from .prefix_cache import (
     Layers,
     PrefixCache,
@@ -209,8 +210,12 @@ class PromptModel(nn.Module):
             lo, hi = self.poles
             return lo + (hi - lo) * scores[:, -1].exp()  # expected value between the two poles
         if self.search == "sample" and not self.training:
-            g = torch.Generator().manual_seed(self.seed + int(input_ids.sum()))
-            picked = answer_search(scores, "sample", g)
+            # One generator per input, seeded by its own first row: its answer does not depend on which
+            # other inputs share its batch (batch size, length-sorted batching).
+            first = word_rows[::s, 0].tolist()
+            picked = torch.cat([answer_search(scores[n:n + 1], "sample", torch.Generator().manual_seed(
+                stable_seed(self.seed, *input_ids[r][attention_mask[r].bool()].tolist()) % 2**63))
+                for n, r in enumerate(first)])
             scores = torch.full_like(scores, -1e4).scatter(1, picked[:, None], 0.0)
         return scores
 

@@ -62,8 +62,11 @@ def candidate_words(tokenizer: Any, enc: TemplateEncoder) -> dict[int, str]:
     decoded = tokenizer.batch_decode([[i] for i in ids])
     words = {i: w.strip() for i, w in zip(ids, decoded, strict=True) if len(w.strip()) > 1 and w.strip().isalpha()}
     ids, texts = list(words), list(words.values())
-    prefix = " " if enc.space_before_answer else ""
-    encoded = tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
+    if enc.space_before_answer or not enc.glues:
+        prefix = " " if enc.space_before_answer else ""
+        encoded = tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
+    else:  # a dummy-prefix tokenizer and a slot right after text: the word as the verbalizer will read it
+        encoded = [enc.word_ids(t) for t in texts]
     return {i: t for i, t, e in zip(ids, texts, encoded, strict=True) if list(e) == [i]}
 
 
@@ -170,17 +173,28 @@ def t5_templates(t5: Any, t5_tokenizer: Any, examples: Sequence[Example], words:
     forms = ([("{sentence1} ", " {sentence2}")] if is_pair else [("{sentence} ", ""), ("", " {sentence}")])
     scores: dict[str, float] = {}
     t5.eval()
+    limit = 256
+
+    def cut(text: str, n: int) -> str:
+        ids = t5_tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= n else t5_tokenizer.decode(ids[:n], skip_special_tokens=True)
+
     for ex in examples:
         word = words[int(ex.label)]  # type: ignore[arg-type]
+        middle = f"{s0} {word} {s1}"
+        # Long inputs are cut, never the sentinels around the label word (right-truncating the whole text
+        # would drop them when an input follows, or after a long first input).
+        room = max(1, (limit - len(t5_tokenizer(middle)["input_ids"])) // (2 if is_pair else 1))
+        a, b = cut(ex.text_a, room), cut(ex.text_b or "", room)
         for before, after in forms:
-            text = f"{s0} {word} {s1}"
+            text = middle
             if before:
-                text = f"{ex.text_a} {text}"
+                text = f"{a} {text}"
             if is_pair:
-                text = f"{text} {ex.text_b}"
+                text = f"{text} {b}"
             elif after:
-                text = f"{text} {ex.text_a}"
-            enc = t5_tokenizer(text, return_tensors="pt", truncation=True, max_length=256)
+                text = f"{text} {a}"
+            enc = t5_tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
             out = t5.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], num_beams=beams, num_return_sequences=beams, max_new_tokens=max_new_tokens,
                               output_scores=True, return_dict_in_generate=True, early_stopping=True)
             seq_scores = out.sequences_scores.exp().tolist() if out.sequences_scores is not None else [1.0] * beams

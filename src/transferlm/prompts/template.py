@@ -163,7 +163,9 @@ class TemplateEncoder:
 
     def __init__(self, template: Template, tokenizer: Any) -> None:
         self.template, self.tok = template, tokenizer
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[tuple[str, bool], list[int]] = {}
+        self._anchor: list[int] | None = None
+        self._anchor = self._glue_anchor()
         # Tokenisation is cached: each input is tokenised once per run, not once per epoch.
         self._encoded: dict[tuple, Encoded] = {}
         probe = tokenizer("x", add_special_tokens=True)["input_ids"]
@@ -180,16 +182,37 @@ class TemplateEncoder:
         # demonstrations then show it as it reads after the query.
         self.space_before_answer = bool(prev is None or prev.kind != "text" or split_spaces(prev.text)[2])
 
-    def ids(self, text: str) -> list[int]:
-        if text not in self._cache:
-            self._cache[text] = list(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []
-        return self._cache[text]
+    def _glue_anchor(self) -> list[int] | None:
+        """Tokenizers that put a space before any text they are given (SentencePiece's dummy prefix: "." is
+        "▁." on its own but "." after a word) tokenise text that follows something directly after an anchor
+        ("\n"), whose ids are then dropped. None for the others (WordPiece, byte-level BPE): nothing to undo."""
+        nl, nl_dot = self.ids("\n"), self.ids("\n.")
+        return nl if nl and nl_dot[:len(nl)] == nl and nl_dot[len(nl):] != self.ids(".") else None
+
+    @property
+    def glues(self) -> bool:
+        """Whether text right after other text tokenises differently from text alone (see ``_glue_anchor``)."""
+        return self._anchor is not None
+
+    def ids(self, text: str, glued: bool = False) -> list[int]:
+        """``text``'s ids; ``glued``: as it reads right after other text (no space of its own in between)."""
+        glued = glued and self._anchor is not None and bool(text) and not text.startswith(" ")
+        if (text, glued) not in self._cache:
+            out = list(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []
+            if glued:
+                full = list(self.tok("\n" + text, add_special_tokens=False)["input_ids"])
+                n = len(self._anchor)  # type: ignore[arg-type]
+                out = full[n:] if full[:n] == self._anchor else out
+            self._cache[(text, glued)] = out
+        return self._cache[(text, glued)]
 
     def word_ids(self, word: str) -> list[int]:
         """A label word's ids as they appear in the answer slot (with a leading space if the slot has one)."""
-        return self.ids((" " if self.space_before_answer else "") + word.strip())
+        if self.space_before_answer:
+            return self.ids(" " + word.strip())
+        return self.ids(word.strip(), glued=True)
 
-    def _pieces(self, example: Example, at_start: bool) -> list[tuple[str, list[int]]]:
+    def _pieces(self, example: Example, at_start: bool, fresh: bool = False) -> list[tuple[str, list[int]]]:
         """(kind, ids) per segment; whitespace before a segment is tokenised with it (BPE's "Ġword")."""
         pieces: list[tuple[str, list[int]]] = []
         pending_space = not at_start
@@ -207,21 +230,28 @@ class TemplateEncoder:
             if body:
                 # Nothing before it yet (the answer slot counts: a word will stand there).
                 first = not any(kind == "answer" or ids for kind, ids in pieces)
-                pieces.append((seg.kind, self.ids((" " if lead and not (first and at_start) else "") + body)))
+                # Opening text after something (a blank demonstration separator) takes its space, as an input does.
+                lead = lead or (first and not at_start)
+                spaced = lead and not (first and at_start)
+                # Only the row's very first text reads as tokenised alone; the rest follows something.
+                pieces.append((seg.kind, self.ids((" " if spaced else "") + body,
+                                                  glued=not spaced and not (first and at_start and not fresh))))
             pending_space = trail
         return pieces
 
     def encode(self, example: Example, *, max_tokens: int, at_start: bool = True, causal: bool = False,
-               limit: str = "train.max_length") -> Encoded:
+               limit: str = "train.max_length", fresh: bool = False) -> Encoded:
         """Token ids around the answer slot; inputs (never template text) are cut to fit ``max_tokens``.
 
+        ``at_start``: no space before the prompt, either at the row's start or, with ``fresh``, right after a
+        separator such as "\n" (the difference matters to tokenizers with a dummy prefix, see ``ids``).
         ``causal``: only the part before the answer slot counts (the LM predicts the answer next).
         ``limit``: the setting that ``max_tokens`` comes from, named in the error when the template cannot fit.
         """
-        key = (example.text_a, example.text_b, max_tokens, at_start, causal)
+        key = (example.text_a, example.text_b, max_tokens, at_start, causal, fresh)
         if key in self._encoded:
             return self._encoded[key]
-        pieces = self._pieces(example, at_start)
+        pieces = self._pieces(example, at_start, fresh)
         if causal:
             pieces = pieces[:[k for k, _ in pieces].index("answer") + 1]
         fixed = sum(len(ids) for kind, ids in pieces if kind == "text")
@@ -245,9 +275,10 @@ class TemplateEncoder:
         return self._encoded[key]
 
     def filled(self, example: Example, word_ids: list[int], *, max_tokens: int, at_start: bool,
-               limit: str = "train.max_length") -> list[int]:
+               limit: str = "train.max_length", fresh: bool = False) -> list[int]:
         """A demonstration: the template with the answer slot holding its label word."""
-        enc = self.encode(example, max_tokens=max_tokens - len(word_ids), at_start=at_start, limit=limit)
+        enc = self.encode(example, max_tokens=max_tokens - len(word_ids), at_start=at_start, limit=limit,
+                          fresh=fresh)
         return enc.before + word_ids + enc.after
 
 

@@ -29,7 +29,8 @@ AUTO_MODES = ("labels", "templates", "both")
 
 @dataclass
 class PromptConfig(MethodConfig):
-    resolved_from_data: ClassVar[tuple[str, ...]] = ("template", "label_words")  # by auto search
+    # By auto search; the poles of a regression task without defaults, from the training labels.
+    resolved_from_data: ClassVar[tuple[str, ...]] = ("template", "label_words", "poles")
     # "{sentence} It was {answer}." etc.; default: the LM-BFF manual template of a registered task.
     template: str | None = None
     # {label: word | [words]} (label values or names as keys) or [word, ...] in class order.
@@ -126,7 +127,15 @@ class PromptMethod(Method):
 
     def resolve(self, cfg: PromptConfig, backbone: Any, spec: TaskSpec, train: Sequence[Example],  # type: ignore[override]
                 dev: Sequence[Example], *, max_length: int = 128) -> PromptConfig:
-        """``auto``: replace the label words and/or template by the best candidate on dev (LM-BFF, slides 21-22)."""
+        """``auto``: replace the label words and/or template by the best candidate on dev (LM-BFF, slides 21-22).
+
+        Regression: the poles are settled here (they may come from this seed's training labels), so the run
+        records them, and a seed-free method's memoised test metrics are not reused under other poles.
+        """
+        if spec.regression and cfg.poles is None:
+            from ...prompts.build import regression_poles
+
+            cfg = dataclasses.replace(cfg, poles=list(regression_poles(spec, train, None)))
         if not cfg.auto:
             return cfg
         if not dev:

@@ -20,6 +20,7 @@ from ...config import from_dict
 from ...data.example import Example
 from ...data.tasks import TaskSpec
 from ...errors import ConfigError
+from ...prompts.build import regression_poles
 from ...prompts.demonstrations import STRATEGIES, DemoSampler
 from ..base import MethodConfig, Prepared
 from ..registry import register
@@ -104,8 +105,11 @@ class PromptFinetune(PromptMethod):
                 train: Sequence[Example]) -> Prepared:
         sampler = None
         if cfg.demonstrations:
+            # Regression: LM-BFF splits the demonstrations' two classes at the middle of the poles (2.5 on STS-B).
+            split = sum(regression_poles(spec, train, cfg.poles)) / 2 if spec.regression else None
             sampler = DemoSampler(train, num_labels=spec.num_labels, strategy=cfg.demo_selection, per_class=True,
-                                  top_fraction=cfg.demo_top_fraction, seed=seed_of_run(), regression=spec.regression)
+                                  top_fraction=cfg.demo_top_fraction, seed=seed_of_run(), regression=spec.regression,
+                                  split=split)
         if cfg.peft:
             backbone.model = apply_peft_if_asked(backbone.model, cfg.peft)
         else:
