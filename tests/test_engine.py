@@ -262,6 +262,30 @@ def test_a_run_killed_in_its_test_evaluation_resumes_it_without_training_again(
     assert not (out / "checkpoint").exists() and not (out / "checkpoint-eval").exists(), "removed once recorded"
 
 
+def test_a_resumed_run_records_the_time_spent_before_the_interruption(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = tmp_path / "o"
+    cfg = _cfg(tiny_bert, toy_data, out, max_steps=8, checkpoint_every=4, eval_batch_size=2)
+    run_killed_in_test_evaluation(monkeypatch, cfg, 2)
+    # Both files say how long their part took; stretch them, as if it had been long, and resume.
+    state_file, eval_file = out / "checkpoint" / "state.json", out / "checkpoint-eval" / "test.safetensors"
+    state = json.loads(state_file.read_text())
+    assert state["train_seconds"] > 0
+    state_file.write_text(json.dumps({**state, "train_seconds": 1000.0}))
+    with safe_open(str(eval_file), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert float(meta["seconds"]) > 0
+    save_file(tensors, str(eval_file), metadata={**meta, "seconds": "500.0"})
+    again = run(cfg).results
+    assert again["resumed_from_step"] == 8
+    # Resumed after the last step: no training in this process, yet the run's training took 1000 s.
+    assert 1000.0 <= again["train_seconds"] < 1100.0
+    assert 500.0 <= again["eval_seconds"] < 600.0
+
+
 def test_saved_predictions_of_other_weights_are_not_reused(tiny_bert: Path, toy_data: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            caplog: pytest.LogCaptureFixture) -> None:

@@ -102,6 +102,7 @@ class Engine:
         self.acc = accelerator or get_accelerator(cfg.mixed_precision)
         self.model = prepared.model.to(self.acc.device)
         self.loss_hooks: list[Callable[..., torch.Tensor]] = []
+        self.resumed_eval_seconds = 0.0  # of the last predict: time its saved batches took before a resume
 
     # -- loss -------------------------------------------------------------------------------------------
     def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ class Engine:
         average, distill = self._ensemble()
         hooks = [*self.loss_hooks, *([distill] if distill else [])]
         start, best, best_score, best_step, history = 0, None, -math.inf, None, []
-        resumed_from = None
+        resumed_from, seconds_before = None, 0.0
         if self.out_dir is not None and self.resume:
             self._drop_stale_checkpoint()
             restored = load_checkpoint(self.out_dir, self.model, optimizer, scheduler)
@@ -173,6 +174,9 @@ class Engine:
                 state, best, extra = restored
                 start, best_score, best_step = state["step"], state["best_score"], state["best_step"]
                 history, resumed_from = state["history"], state["step"]
+                # Training time spent before the interruption: the run's time is the whole training's, not the
+                # resumed part's (a resume after the last step would otherwise record 0 s of training).
+                seconds_before = float(state.get("train_seconds", 0.0))
                 if acc.scaler is not None and "scaler" in state:
                     # fp16's loss scale, grown over the steps already taken: a fresh one would skip steps again.
                     acc.scaler.load_state_dict(state["scaler"])
@@ -234,12 +238,13 @@ class Engine:
                     save_checkpoint(self.out_dir, acc.unwrap_model(model), optimizer, scheduler,
                                     {"step": done, "best_score": best_score, "best_step": best_step,
                                      "history": history, "seed": self.seed, "fingerprint": self.fingerprint,
+                                     "train_seconds": seconds_before + time.perf_counter() - t0,
                                      **({"scaler": acc.scaler.state_dict()} if acc.scaler is not None else {})},
                                     best,
                                     average.state_tensors() if average is not None else None)
                 acc.wait_for_everyone()
         bar.close()
-        train_seconds = time.perf_counter() - t0
+        train_seconds = seconds_before + time.perf_counter() - t0
         self.model = acc.unwrap_model(model)
         if cfg.select_on_dev and best is not None:
             load_trainable(self.model, best, "best-on-dev state")
@@ -301,6 +306,8 @@ class Engine:
                     partial.add(rows)  # extends ``out``
                 else:
                     out.extend(rows)
+        # An evaluation resumed from saved batches took their time too.
+        self.resumed_eval_seconds = partial.seconds_before if partial is not None else 0.0
         if partial is not None:
             partial.remove()
         if world > 1:
@@ -329,4 +336,4 @@ class Engine:
         preds, scores = self.predict(examples, desc=desc)
         metrics = compute_metrics([e.label for e in examples], preds, regression=self.spec.regression,
                                   primary=self.spec.metric, num_labels=self.spec.num_labels)
-        return Predictions(preds, scores, metrics, time.perf_counter() - t0)
+        return Predictions(preds, scores, metrics, time.perf_counter() - t0 + self.resumed_eval_seconds)

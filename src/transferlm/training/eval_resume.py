@@ -48,7 +48,9 @@ class PartialPredictions:
         self._make_key, self._key = key, None
         self.done = 0
         self.rows: list[tuple[int, list[float]]] = []
-        self._saved_at = time.monotonic()
+        self._saved_at = self._started = time.monotonic()
+        # Seconds the saved batches took in the interrupted evaluation(s): part of this evaluation's time.
+        self.seconds_before = 0.0
 
     @property
     def key(self) -> str:
@@ -71,10 +73,12 @@ class PartialPredictions:
                     return
                 index, scores = f.get_tensor("index"), f.get_tensor("scores")
             self.done = int(meta["batches"])
+            seconds = float(meta.get("seconds", 0.0))  # absent in files of older versions
         except (OSError, KeyError, ValueError, SafetensorError) as e:
             log.warning("saved predictions in %s cannot be read (%s): evaluating from the start", self.path, e)
             return
         self.rows = list(zip(index.tolist(), scores.tolist(), strict=True))
+        self.seconds_before = seconds
         log.info("evaluation resumes after %d saved batches (%d rows) from %s", self.done, len(self.rows), self.path)
 
     def add(self, rows: list[tuple[int, list[float]]]) -> None:
@@ -90,7 +94,8 @@ class PartialPredictions:
         scores = torch.tensor([s for _, s in self.rows], dtype=torch.float64)
         with atomic_path(self.path) as tmp:
             save_file({"index": index, "scores": scores}, str(tmp),
-                      metadata={"key": self.key, "batches": str(self.done)})
+                      metadata={"key": self.key, "batches": str(self.done),
+                                "seconds": str(self.seconds_before + time.monotonic() - self._started)})
         self._saved_at = time.monotonic()
 
     def remove(self) -> None:
