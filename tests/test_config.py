@@ -144,3 +144,26 @@ def test_set_into_a_null_or_scalar_section() -> None:
     assert d["intermediate"] == {"task": "MNLI"}
     with pytest.raises(ConfigError, match=r"^cannot set seed\.x: seed is 13, not a section"):
         set_dotted(d, "seed.x", 1)
+
+
+def test_yaml_scalars_follow_yaml_1_2(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML's default) read Yes/No as booleans (RTE's label words), 013 as octal 11, 1e-5 as a string.
+    p = tmp_path / "c.yaml"
+    p.write_text("task: RTE\nseed: 013\nmethod: prompt-finetune\ntrain: {learning_rate: 1e-5}\n"
+                 "method_args: {label_words: {entailment: Yes, not_entailment: No}, calibrate: on}\n")
+    raw = load_yaml(p)
+    assert raw["method_args"]["label_words"] == {"entailment": "Yes", "not_entailment": "No"}
+    assert raw["seed"] == 13 and raw["train"]["learning_rate"] == 1e-5
+    cfg = RunConfig.from_dict(raw, source=str(p))
+    assert cfg.seed == 13 and cfg.train.learning_rate == 1e-5
+
+
+def test_set_values_follow_yaml_1_2() -> None:
+    from transferlm.cli import build_parser, build_run_dict
+
+    args = build_parser().parse_args(["run", "--task", "RTE", "--method", "prompt-finetune", "--output", "o",
+                                      "--set", "seed=013", "--set", "method_args.label_words.not_entailment=No",
+                                      "--set", "method_args.label_words.entailment=Yes"])
+    run = build_run_dict(args)["run"]
+    assert run["seed"] == 13
+    assert run["method_args"]["label_words"] == {"not_entailment": "No", "entailment": "Yes"}

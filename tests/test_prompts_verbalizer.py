@@ -37,6 +37,18 @@ def test_label_word_errors(words, message: str) -> None:
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_special_token_is_no_label_word(tiny_mlm: Path) -> None:
+    from transferlm.data.tasks import TASKS
+    from transferlm.prompts.build import prompt_parts
+
+    backbone = load_backbone(str(tiny_mlm), head="mlm")
+    with pytest.raises(ConfigError, match=r"label word '\[MASK\]' \(label 'positive'\) contains the tokenizer's special"):
+        prompt_parts(backbone, TASKS["SST-2"], template=None, label_words={"0": "terrible", "1": "[MASK]"})
+    # Ordinary words still pass.
+    assert prompt_parts(backbone, TASKS["SST-2"], template=None,
+                        label_words={"0": "terrible", "1": "great"}).verbalizer.num_labels == 2
+
+
 def test_same_word_through_the_tokenizer_is_caught(tiny_mlm: Path) -> None:
     tok = load_backbone(str(tiny_mlm), head="mlm").tokenizer  # lower-cases: "Good" == "good"
     ids = lambda w: tok(" " + w, add_special_tokens=False)["input_ids"]  # noqa: E731

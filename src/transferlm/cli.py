@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .config import CompareConfig, RunConfig, from_dict, load_yaml, parse_shots, set_dotted
+from .config import CompareConfig, RunConfig, from_dict, load_yaml, parse_shots, set_dotted, yaml_loads
 from .errors import ConfigError, TransferLMError
 
 EXAMPLES = {
@@ -102,7 +102,7 @@ def _column(v: str) -> str | int:
 
 def _yaml_value(raw: str) -> Any:
     try:
-        return yaml.safe_load(raw)
+        return yaml_loads(raw)
     except yaml.YAMLError:
         return raw
 

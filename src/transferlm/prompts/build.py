@@ -82,7 +82,7 @@ def prompt_parts(backbone: Any, spec: TaskSpec, *, template: str | None, label_w
     words = normalize_label_words(raw_words, labels, names)
     enc = TemplateEncoder(tpl, tok)
     verb = Verbalizer(words, enc.word_ids, label_names=names, unk_token_id=tok.unk_token_id,
-                      multi_token=multi_token, aggregate=aggregate)
+                      special_ids=tok.all_special_ids, multi_token=multi_token, aggregate=aggregate)
     if spec.regression and verb.num_labels != 2:
         raise ConfigError("regression prompts need exactly two label words (low and high pole)")
     pole_values = regression_poles(spec, train, poles) if spec.regression else None

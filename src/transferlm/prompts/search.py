@@ -244,7 +244,8 @@ def search_templates(backbone: Any, spec: TaskSpec, label_words: object, candida
             try:
                 tpl = Template.parse(text).validate_for(spec.is_pair, causal=kind == "causal")
                 verb = Verbalizer(words, TemplateEncoder(tpl, tok).word_ids, label_names=names,
-                                  unk_token_id=tok.unk_token_id)
+                                  unk_token_id=tok.unk_token_id,
+                                  special_ids=tok.all_special_ids)
             except ConfigError as e:  # e.g. an input after the answer slot, for a causal LM
                 _count(skipped, str(e))
                 continue

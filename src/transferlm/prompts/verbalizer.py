@@ -14,7 +14,7 @@ The pipeline (OpenPrompt's), each step a method so it can be tested and swapped 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +29,9 @@ SEARCH = ("argmax", "sample")
 class Verbalizer(nn.Module):
     def __init__(self, label_words: Sequence[Sequence[str]], tokenize: Callable[[str], list[int]], *,
                  label_names: Sequence[str], unk_token_id: int | None = None, multi_token: str = "mean",
-                 aggregate: str = "mean") -> None:
+                 aggregate: str = "mean", special_ids: Collection[int] = ()) -> None:
+        """``special_ids``: the tokenizer's special tokens ([MASK], <s>, ...), which no label word may contain
+        (the model would score its own markup, e.g. a mask in the answer slot, as the answer)."""
         super().__init__()
         if multi_token not in MULTI_TOKEN:
             raise ConfigError(f"method_args.multi_token must be one of {MULTI_TOKEN}, got '{multi_token}'")
@@ -53,6 +55,9 @@ class Verbalizer(nn.Module):
                 if not ids or (unk_token_id is not None and unk_token_id in ids):
                     raise ConfigError(f"label word {w!r} (label '{name}') is unknown to the tokenizer "
                                       "(it tokenises to the unknown token); choose a word in the model's vocabulary")
+                if special := sorted(set(ids) & set(special_ids)):
+                    raise ConfigError(f"label word {w!r} (label '{name}') contains the tokenizer's special token id(s) "
+                                      f"{', '.join(map(str, special))}; choose an ordinary word")
                 key = tuple(ids)
                 if key in owner:
                     other, ow = owner[key]
