@@ -164,6 +164,26 @@ def test_tapt_reads_the_task_training_text_only(monkeypatch: pytest.MonkeyPatch)
     assert load_phase_texts("task:toy", "text", None) == ("tapt-toy", ["train text"])
 
 
+def test_an_edited_intermediate_task_is_another_run(tiny_bert: Path, two_tasks: Path, tmp_path: Path) -> None:
+    from transferlm.protocol.run import training_fingerprint
+    from transferlm.protocol.run_cache import cached_result
+
+    cfg = _cfg(tiny_bert, two_tasks, intermediate={"task": "toy2", "shots": 8, "max_steps": 2})
+    cfg.output = str(tmp_path / "seq")
+    res = run(cfg).results
+    assert set(res["intermediate"]["digests"]) == {"train", "dev", "test"}
+    assert cached_result(Path(cfg.output), cfg) is not None
+    # The intermediate task's training file changes under the same name: the recorded run is not reused, and
+    # its checkpoint fingerprint differs too.
+    before = training_fingerprint(cfg, {}, {"intermediate": res["intermediate"]["digests"]})
+    train_csv = two_tasks / "toy2" / "original" / "train.csv"
+    train_csv.write_text(train_csv.read_text(encoding="utf-8").replace("good movie", "fine movie"), encoding="utf-8")
+    assert cached_result(Path(cfg.output), cfg) is None
+    again = run(cfg).results
+    assert again["intermediate"]["digests"]["train"] != res["intermediate"]["digests"]["train"]
+    assert training_fingerprint(cfg, {}, {"intermediate": again["intermediate"]["digests"]}) != before
+
+
 def test_intermediate_max_steps_wins_over_the_targets_epochs(tiny_bert: Path, two_tasks: Path) -> None:
     cfg = _cfg(tiny_bert, two_tasks, intermediate={"task": "toy2", "shots": 8, "max_steps": 2})
     cfg.train.epochs = 3  # the target: 3 epochs of its 16 examples (6 steps)

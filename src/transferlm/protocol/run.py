@@ -49,7 +49,7 @@ IGNORED_TRAIN = ("checkpoint_every", "keep_checkpoint")
 LOCATION = ("data_dir", "train_file", "dev_file", "test_file")
 
 
-def training_fingerprint(cfg: RunConfig, method_settings: dict[str, Any], digests: dict[str, str]) -> str:
+def training_fingerprint(cfg: RunConfig, method_settings: dict[str, Any], digests: dict[str, Any]) -> str:
     """A digest of what a run's training depends on: its config, the method's settings after ``resolve``
     (an automatic search's choice included), the digests of the data it reads and the model's files (a
     checkpoint of a model folder rewritten since, e.g. a pretrain output, is not resumed)."""
@@ -114,7 +114,8 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     out_dir = Path(cfg.output) if cfg.output else None
     digests = data.digests()  # hashes every split's examples: once per run
     engine = Engine(prepared, spec, cfg.train, seed=cfg.seed, out_dir=out_dir, quiet=cfg.quiet, resume=cfg.resume,
-                    fingerprint=training_fingerprint(cfg, method_cfg.to_dict(), digests))
+                    fingerprint=training_fingerprint(cfg, method_cfg.to_dict(), {
+                        **digests, **({"intermediate": intermediate["digests"]} if intermediate else {})}))
     fit = None
     if prepared.trains:
         fit = engine.fit(data.train, data.dev)

@@ -33,6 +33,7 @@ from ..models.zoo import model_digest
 # IGNORED, IGNORED_TRAIN, LOCATION: the options that do not change what a run computes, shared with the checkpoint
 # fingerprint (run.py). save_model is checked on its own (`_has_model`).
 from .run import IGNORED, IGNORED_TRAIN, LOCATION, RESULTS, load_run_data
+from .transfer import intermediate_config
 
 
 def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -59,6 +60,10 @@ def cached_result(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
             return None
     elif _resolved(mine_where) != _resolved(theirs_where):
         return None
+    inter_digests = (res.get("intermediate") or {}).get("digests")  # absent before it was recorded
+    if cfg.intermediate is not None and inter_digests is not None:
+        if _digests(intermediate_config(cfg)) != inter_digests:
+            return None  # the intermediate task's files changed since
     options = get_method(cfg.method).parse_config(cfg.method_args)
     # Runs recorded before "method_settings" existed have only the config after resolve() (auto search).
     recorded = res.get("method_settings", res.get("method_config", {}))

@@ -18,9 +18,8 @@ from ..training.engine import Engine
 log = logging.getLogger(__name__)
 
 
-def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig, backbone: Any) -> dict[str, Any]:
-    from .run import load_run_data  # run imports this module
-
+def intermediate_config(cfg: RunConfig) -> RunConfig:
+    """The run config of ``cfg``'s intermediate stage (its task, shots, data folder and training budget)."""
     inter = cfg.intermediate
     assert inter is not None
     icfg = copy.deepcopy(cfg)
@@ -35,6 +34,13 @@ def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig,
         icfg.train.max_steps, icfg.train.epochs = inter.max_steps, None
     if inter.learning_rate is not None:
         icfg.train.learning_rate = inter.learning_rate
+    return icfg
+
+
+def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig, backbone: Any) -> dict[str, Any]:
+    from .run import load_run_data  # run imports this module
+
+    icfg = intermediate_config(cfg)
     spec, data = load_run_data(icfg)
     prepared = method.prepare(backbone, spec, method_cfg, max_length=icfg.train.max_length, train=data.train)
     freeze_unused_parameters(prepared.model, prepared.collate(data.train[:2]))
@@ -44,5 +50,6 @@ def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig,
     for p in backbone.model.parameters():  # the target method decides what trains next
         p.requires_grad_(True)
     log.info("intermediate task %s: dev %s = %.4f", spec.name, spec.metric, fit.best_dev.get(spec.metric, float("nan")))
-    return {"task": spec.name, "shots": inter.shots, "steps": fit.steps, "dev_metrics": fit.best_dev,
-            "train_seconds": round(fit.train_seconds, 3)}
+    # The data's digests: the run cache and the checkpoint fingerprint tell an edited intermediate task apart.
+    return {"task": spec.name, "shots": icfg.data.shots, "steps": fit.steps, "dev_metrics": fit.best_dev,
+            "train_seconds": round(fit.train_seconds, 3), "digests": data.digests()}
