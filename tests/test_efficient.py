@@ -341,3 +341,12 @@ def test_lm_head_stays_frozen_unless_asked(tiny_mlm: Path, tiny_llama: Path) -> 
         asked = apply_peft(load(path, head), "lora", train_lm_head=True)
         assert all(p.requires_grad for p in asked.get_output_embeddings().parameters())
         assert count_parameters(asked)[0] > count_parameters(frozen)[0]
+
+
+@pytest.mark.parametrize("name", ["lora", "adapter"])
+def test_a_failed_train_lm_head_leaves_the_model_trainable_as_it_was(tiny_bert: Path, name: str) -> None:
+    model = load(tiny_bert)  # a bare model: no LM head to train
+    with pytest.raises(ConfigError, match="no LM head"):
+        apply_peft(model, name, train_lm_head=True)
+    assert all(p.requires_grad for p in model.parameters())
+    assert count_parameters(apply_peft(model, name))[0] > 0  # and it is still free to transform
