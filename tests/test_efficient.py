@@ -350,3 +350,18 @@ def test_a_failed_train_lm_head_leaves_the_model_trainable_as_it_was(tiny_bert: 
         apply_peft(model, name, train_lm_head=True)
     assert all(p.requires_grad for p in model.parameters())
     assert count_parameters(apply_peft(model, name))[0] > 0  # and it is still free to transform
+
+
+@pytest.mark.parametrize("name", ["prefix", "prompt-tuning"])
+def test_a_left_padded_row_of_a_decoder_equals_the_row_alone(tiny_llama: Path, name: str) -> None:
+    # A rotary model without prefix/prompt ignores left padding; the soft tokens in front must not change that.
+    peft = apply_peft(load(tiny_llama), name, options(name)).eval()
+    with torch.no_grad():
+        for p in peft.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+        x = batch()
+        x["attention_mask"][2, :3] = 0  # row 2 padded on the left
+        full = peft(**x).last_hidden_state
+        alone = peft(input_ids=x["input_ids"][2:, 3:], attention_mask=x["attention_mask"][2:, 3:]).last_hidden_state
+    torch.testing.assert_close(full[2, 3:], alone[0], atol=1e-5, rtol=1e-5)

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ....errors import ConfigError
-from ..core import PeftBackbone, copy_into, keyword_inputs
+from ..core import PeftBackbone, copy_into, keyword_inputs, pos_from_first_token
 from .config import PrefixOptions
 from .layer import PrefixEncoder
 
@@ -106,12 +106,13 @@ class PrefixBackbone(PeftBackbone):
         idx = torch.tensor([kinds.index(n) for n in names], device=table[0].device)
         return torch.stack(table)[idx].to(dtype), torch.stack(masks)[idx]
 
-    def _positions(self, ids: torch.Tensor | None, plen: torch.Tensor, length: int) -> torch.Tensor:
+    def _positions(self, ids: torch.Tensor | None, plen: torch.Tensor, length: int,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
         pos = torch.arange(length, device=plen.device).expand(plen.shape[0], length)
         if not self.arch.spec.absolute_positions:
             # Rotary models: the text follows the prefix (as with a real cache). The prefix keys carry no
             # rotation, so each row must count from its own prefix length for mixed batches to be exact.
-            return pos + plen.unsqueeze(1)
+            return pos_from_first_token(pos, mask) + plen.unsqueeze(1)
         if self.arch.spec.position_offset_from_padding:  # RoBERTa: padding_idx + 1 + index, padding at padding_idx
             pad = self.model.config.pad_token_id
             if ids is None:
@@ -141,5 +142,5 @@ class PrefixBackbone(PeftBackbone):
                 k, v = (rows_to_heads(kv[:, layer, i], a.num_kv_heads) for i in (0, 1))
                 cache.update(k, v, layer)
             if kwargs.get("position_ids") is None:
-                kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length)
+                kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length, mask)
         return self.model(**kwargs, cache=cache)

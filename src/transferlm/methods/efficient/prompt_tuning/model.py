@@ -11,7 +11,7 @@ from torch import nn
 
 from ....errors import ConfigError
 from ....models.loading import DECODER_TYPES
-from ..core import PeftBackbone, SavedAdapter, copy_into, keyword_inputs
+from ..core import PeftBackbone, SavedAdapter, copy_into, keyword_inputs, pos_from_first_token
 from ..peftlib import PEFT_WEIGHTS
 from .config import PromptTuningOptions
 
@@ -98,6 +98,8 @@ class PromptTuningBackbone(PeftBackbone):
         pos = kwargs.get("position_ids")
         if pos is None:
             pos = torch.arange(length, device=embeds.device).expand(batch, length)
+            if not self.arch.spec.absolute_positions:  # rotary: left padding must not part prompt and text
+                pos = pos_from_first_token(pos, mask)
             if self.arch.spec.position_offset_from_padding:  # RoBERTa counts from padding_idx + 1
                 pos = pos + self.model.config.pad_token_id + 1
         pos = pos.expand(batch, length)
