@@ -81,3 +81,12 @@ def test_unknown_architecture_and_method_are_clear_errors(tiny_bert: Path) -> No
         apply_peft(model, "adapter")
     with pytest.raises(ConfigError, match="already a lora transformation"):
         apply_peft(apply_peft(AutoModel.from_pretrained(tiny_bert), "lora"), "lora")
+
+
+def test_random_soft_prompts_start_at_the_scale_of_the_embeddings_gemma_sees() -> None:
+    model = _tiny_model("gemma3_text")  # Gemma's embedding module scales its table by sqrt(hidden_size)
+    emb = model.get_input_embeddings()
+    seen = emb(torch.arange(emb.num_embeddings)).std().item()
+    torch.manual_seed(0)
+    prompt = apply_peft(model, "prompt-tuning", {"length": 20, "init": "random"}).prompts["default"]
+    assert 0.7 < prompt.std().item() / seen < 1.4

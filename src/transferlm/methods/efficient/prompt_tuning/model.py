@@ -57,7 +57,9 @@ class PromptTuningBackbone(PeftBackbone):
         emb = self.model.get_input_embeddings()
         with torch.no_grad():
             if cfg.init == "random":
-                init = torch.randn(cfg.length, emb.weight.shape[1], device=emb.weight.device) * emb.weight.std()
+                # At the scale of the embeddings the model sees: Gemma's module multiplies its table by embed_scale.
+                std = emb.weight.float().std() * float(getattr(emb, "embed_scale", 1.0))
+                init = torch.randn(cfg.length, emb.weight.shape[1], device=emb.weight.device) * std
             else:  # through the module, so scaled embeddings (Gemma) come out as the model sees them
                 init = emb(self._init_ids(cfg).to(emb.weight.device))
         self.prompts[name] = nn.Parameter(init.detach().clone().to(emb.weight.dtype))
