@@ -62,7 +62,8 @@ class PrefixBackbone(PeftBackbone):
         preceded the input (after any key norm and rotary embedding): with the text's positions starting
         after the prefix, a decoder then computes what it computes for the real tokens followed by the text.
         """
-        cache = DynamicCache(config=self.model.config)
+        # No config: every layer keeps all `length` tokens (a sliding-window layer would keep only its window).
+        cache = DynamicCache()
         was_training = self.model.training
         self.model.eval()  # no dropout in the start it copies
         try:
