@@ -148,6 +148,7 @@ def test_lora_option_errors_are_one_line(tiny_bert: Path, args, match) -> None:
     ("prefix", {"length": 0}, "length"), ("prefix", {"init": "words"}, "init"),
     ("prompt-tuning", {"init": "label-words"}, "words"),
     ("prompt-tuning", {"init": "zeros"}, "init"), ("bitfit", {"pooling": "max"}, "pooling"),
+    ("lora", {"target": "qv,o_proj"}, "preset 'qv' cannot be combined"),
 ])
 def test_method_args_are_validated(name, args, match) -> None:
     with pytest.raises(ConfigError, match=match):
