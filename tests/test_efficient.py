@@ -366,3 +366,17 @@ def test_a_left_padded_row_of_a_decoder_equals_the_row_alone(tiny_llama: Path, n
         full = peft(**x).last_hidden_state
         alone = peft(input_ids=x["input_ids"][2:, 3:], attention_mask=x["attention_mask"][2:, 3:]).last_hidden_state
     torch.testing.assert_close(full[2, 3:], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_decoding_of_a_left_padded_row_continues_as_the_row_alone(tiny_llama: Path) -> None:
+    peft = apply_peft(load(tiny_llama, "causal"), "prefix", {"length": 3}).eval()
+    ids = batch(length=6)["input_ids"][:2]
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # row 1: two pads on the left
+    with torch.no_grad():
+        first = peft(input_ids=ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
+        step = peft(input_ids=ids[:, 5:], attention_mask=mask, cache=first.cache, use_cache=True)
+        alone = peft(input_ids=ids[1:, 2:], attention_mask=mask[1:, 2:]).logits
+        full = peft(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(step.logits[1, -1], alone[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

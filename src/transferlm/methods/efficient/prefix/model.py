@@ -144,4 +144,9 @@ class PrefixBackbone(PeftBackbone):
                 cache.update(k, v, layer)
             if kwargs.get("position_ids") is None:
                 kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length, mask)
+        elif kwargs.get("position_ids") is None and not self.arch.spec.absolute_positions:
+            # Continue each row's numbering (its own prefix length, from its first real token); the model's
+            # default would count the cache's slots, padding and the longest prefix included.
+            full = self._positions(None, pmask.sum(1), mask.shape[1], mask)
+            kwargs["position_ids"] = full[:, -length:]
         return self.model(**kwargs, cache=cache)
