@@ -380,3 +380,8 @@ def test_prefix_decoding_of_a_left_padded_row_continues_as_the_row_alone(tiny_ll
         full = peft(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(step.logits[1, -1], alone[0, -1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # no masks at all: every token attended, the cached ones included
+        first = peft(input_ids=ids[:, :5], use_cache=True)
+        step = peft(input_ids=ids[:, 5:], cache=first.cache, use_cache=True)
+        full = peft(input_ids=ids).logits
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

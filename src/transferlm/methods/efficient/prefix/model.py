@@ -129,14 +129,17 @@ class PrefixBackbone(PeftBackbone):
         ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
         batch, length = ref.shape[:2]
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones(batch, length, dtype=torch.long, device=ref.device)
         emb_dtype = self.model.get_input_embeddings().weight.dtype
         kv, pmask = self._prefix_rows(batch, emb_dtype)
-        kwargs = dict(kwargs, attention_mask=torch.cat([pmask.to(mask.dtype), mask], dim=1))
+        kwargs = dict(kwargs)
         cache = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
-        if cache is None or cache.get_seq_length() == 0:  # a continuing generation already holds the prefix
+        continuing = cache is not None and cache.get_seq_length() > 0  # a continuing generation holds the prefix
+        mask = kwargs.get("attention_mask")
+        if mask is None:  # every token attended: those already in the cache (after the prefix) and these
+            seen = cache.get_seq_length() - pmask.shape[1] if continuing else 0
+            mask = torch.ones(batch, seen + length, dtype=torch.long, device=ref.device)
+        kwargs["attention_mask"] = torch.cat([pmask.to(mask.dtype), mask], dim=1)
+        if not continuing:
             cache = DynamicCache(config=self.model.config)
             a = self.arch
             for layer in range(a.num_layers):
