@@ -148,6 +148,7 @@ def test_lora_option_errors_are_one_line(tiny_bert: Path, args, match) -> None:
     ("prefix", {"length": 0}, "length"), ("prefix", {"init": "words"}, "init"),
     ("prompt-tuning", {"init": "label-words"}, "words"),
     ("prompt-tuning", {"init": "zeros"}, "init"), ("bitfit", {"pooling": "max"}, "pooling"),
+    ("lora", {"target": "qv,o_proj"}, "preset 'qv' cannot be combined"),
 ])
 def test_method_args_are_validated(name, args, match) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -341,3 +342,46 @@ def test_lm_head_stays_frozen_unless_asked(tiny_mlm: Path, tiny_llama: Path) -> 
         asked = apply_peft(load(path, head), "lora", train_lm_head=True)
         assert all(p.requires_grad for p in asked.get_output_embeddings().parameters())
         assert count_parameters(asked)[0] > count_parameters(frozen)[0]
+
+
+@pytest.mark.parametrize("name", ["lora", "adapter"])
+def test_a_failed_train_lm_head_leaves_the_model_trainable_as_it_was(tiny_bert: Path, name: str) -> None:
+    model = load(tiny_bert)  # a bare model: no LM head to train
+    with pytest.raises(ConfigError, match="no LM head"):
+        apply_peft(model, name, train_lm_head=True)
+    assert all(p.requires_grad for p in model.parameters())
+    assert count_parameters(apply_peft(model, name))[0] > 0  # and it is still free to transform
+
+
+@pytest.mark.parametrize("name", ["prefix", "prompt-tuning"])
+def test_a_left_padded_row_of_a_decoder_equals_the_row_alone(tiny_llama: Path, name: str) -> None:
+    # A rotary model without prefix/prompt ignores left padding; the soft tokens in front must not change that.
+    peft = apply_peft(load(tiny_llama), name, options(name)).eval()
+    with torch.no_grad():
+        for p in peft.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+        x = batch()
+        x["attention_mask"][2, :3] = 0  # row 2 padded on the left
+        full = peft(**x).last_hidden_state
+        alone = peft(input_ids=x["input_ids"][2:, 3:], attention_mask=x["attention_mask"][2:, 3:]).last_hidden_state
+    torch.testing.assert_close(full[2, 3:], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_decoding_of_a_left_padded_row_continues_as_the_row_alone(tiny_llama: Path) -> None:
+    peft = apply_peft(load(tiny_llama, "causal"), "prefix", {"length": 3}).eval()
+    ids = batch(length=6)["input_ids"][:2]
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # row 1: two pads on the left
+    with torch.no_grad():
+        first = peft(input_ids=ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
+        step = peft(input_ids=ids[:, 5:], attention_mask=mask, cache=first.cache, use_cache=True)
+        alone = peft(input_ids=ids[1:, 2:], attention_mask=mask[1:, 2:]).logits
+        full = peft(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(step.logits[1, -1], alone[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # no masks at all: every token attended, the cached ones included
+        first = peft(input_ids=ids[:, :5], use_cache=True)
+        step = peft(input_ids=ids[:, 5:], cache=first.cache, use_cache=True)
+        full = peft(input_ids=ids).logits
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

@@ -81,3 +81,28 @@ def test_unknown_architecture_and_method_are_clear_errors(tiny_bert: Path) -> No
         apply_peft(model, "adapter")
     with pytest.raises(ConfigError, match="already a lora transformation"):
         apply_peft(apply_peft(AutoModel.from_pretrained(tiny_bert), "lora"), "lora")
+
+
+def test_random_soft_prompts_start_at_the_scale_of_the_embeddings_gemma_sees() -> None:
+    model = _tiny_model("gemma3_text")  # Gemma's embedding module scales its table by sqrt(hidden_size)
+    emb = model.get_input_embeddings()
+    seen = emb(torch.arange(emb.num_embeddings)).std().item()
+    torch.manual_seed(0)
+    prompt = apply_peft(model, "prompt-tuning", {"length": 20, "init": "random"}).prompts["default"]
+    assert 0.7 < prompt.std().item() / seen < 1.4
+
+
+def test_a_vocab_prefix_longer_than_gemmas_sliding_window() -> None:
+    from transformers import Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=41, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, head_dim=16, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention"])
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    peft = apply_peft(model, "prefix", {"length": 6, "init": "vocab", "reparam": False}).eval()
+    prefix = peft.encoders["default"].prefix
+    assert prefix.shape == (2, 2, 6, 32)  # every layer holds all 6 positions, the sliding one too
+    with torch.no_grad():
+        out = peft(**batch()).logits
+    assert out.shape == (3, 7, 41) and torch.isfinite(out).all()

@@ -104,11 +104,12 @@ def apply_peft(backbone: Any, name: str, cfg: EfficientConfig | dict[str, Any] |
         wrapped = info.backbone(model, tokenizer=tokenizer, train_lm_head=train_lm_head)
         wrapped.add_adapter(adapter_name, cfg)
     except Exception:
-        # A failed transformation leaves the model as it was (reusable, trainability unchanged).
+        # A failed transformation leaves the model as it was (reusable, trainability unchanged). The flags are
+        # restored even when no marker was set: the wrapper freezes the model before train_lm_head can fail.
         if model.__dict__.get(HOST_ATTR) is not prior:
             model.__dict__.pop(HOST_ATTR, None)
-            for p, flag in zip(model.parameters(), flags, strict=True):
-                p.requires_grad_(flag)
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
         raise
     return wrapped
 

@@ -294,6 +294,14 @@ def keyword_inputs(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"input_ids": args[0], **kwargs}
 
 
+def pos_from_first_token(pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``pos`` (0..T-1 per row) counted from each row's first attended token: left padding gets 0, right padding
+    keeps counting. A rotary model ignores left padding; soft tokens in front must not make it matter."""
+    if mask is None:
+        return pos
+    return (pos - mask.long().argmax(1, keepdim=True)).clamp(min=0)
+
+
 def copy_into(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``state`` into ``params`` (same keys and shapes) or raise a one-line CheckpointError."""
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))

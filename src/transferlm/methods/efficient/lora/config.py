@@ -32,6 +32,10 @@ class LoraOptions(EfficientConfig):
             raise ConfigError(f"method_args.dropout must be in [0, 1), got {self.dropout}")
         if not self.target:
             raise ConfigError(f"method_args.target must be one of {', '.join(PRESETS)} or module names")
+        mixed = [t for t in self.target if t in PRESETS]
+        if mixed and len(self.target) > 1:  # a preset is not a module name: it would match nothing
+            raise ConfigError(f"method_args.target: preset '{mixed[0]}' cannot be combined with other targets "
+                              f"(got {','.join(self.target)}); use the preset alone or list module names only")
 
     @property
     def preset(self) -> str | None:

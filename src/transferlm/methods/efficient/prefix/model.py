@@ -8,7 +8,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ....errors import ConfigError
-from ..core import PeftBackbone, copy_into, keyword_inputs
+from ..core import PeftBackbone, copy_into, keyword_inputs, pos_from_first_token
 from .config import PrefixOptions
 from .layer import PrefixEncoder
 
@@ -62,7 +62,8 @@ class PrefixBackbone(PeftBackbone):
         preceded the input (after any key norm and rotary embedding): with the text's positions starting
         after the prefix, a decoder then computes what it computes for the real tokens followed by the text.
         """
-        cache = DynamicCache(config=self.model.config)
+        # No config: every layer keeps all `length` tokens (a sliding-window layer would keep only its window).
+        cache = DynamicCache()
         was_training = self.model.training
         self.model.eval()  # no dropout in the start it copies
         try:
@@ -106,12 +107,13 @@ class PrefixBackbone(PeftBackbone):
         idx = torch.tensor([kinds.index(n) for n in names], device=table[0].device)
         return torch.stack(table)[idx].to(dtype), torch.stack(masks)[idx]
 
-    def _positions(self, ids: torch.Tensor | None, plen: torch.Tensor, length: int) -> torch.Tensor:
+    def _positions(self, ids: torch.Tensor | None, plen: torch.Tensor, length: int,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
         pos = torch.arange(length, device=plen.device).expand(plen.shape[0], length)
         if not self.arch.spec.absolute_positions:
             # Rotary models: the text follows the prefix (as with a real cache). The prefix keys carry no
             # rotation, so each row must count from its own prefix length for mixed batches to be exact.
-            return pos + plen.unsqueeze(1)
+            return pos_from_first_token(pos, mask) + plen.unsqueeze(1)
         if self.arch.spec.position_offset_from_padding:  # RoBERTa: padding_idx + 1 + index, padding at padding_idx
             pad = self.model.config.pad_token_id
             if ids is None:
@@ -127,19 +129,27 @@ class PrefixBackbone(PeftBackbone):
         ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
         batch, length = ref.shape[:2]
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones(batch, length, dtype=torch.long, device=ref.device)
         emb_dtype = self.model.get_input_embeddings().weight.dtype
         kv, pmask = self._prefix_rows(batch, emb_dtype)
-        kwargs = dict(kwargs, attention_mask=torch.cat([pmask.to(mask.dtype), mask], dim=1))
+        kwargs = dict(kwargs)
         cache = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
-        if cache is None or cache.get_seq_length() == 0:  # a continuing generation already holds the prefix
+        continuing = cache is not None and cache.get_seq_length() > 0  # a continuing generation holds the prefix
+        mask = kwargs.get("attention_mask")
+        if mask is None:  # every token attended: those already in the cache (after the prefix) and these
+            seen = cache.get_seq_length() - pmask.shape[1] if continuing else 0
+            mask = torch.ones(batch, seen + length, dtype=torch.long, device=ref.device)
+        kwargs["attention_mask"] = torch.cat([pmask.to(mask.dtype), mask], dim=1)
+        if not continuing:
             cache = DynamicCache(config=self.model.config)
             a = self.arch
             for layer in range(a.num_layers):
                 k, v = (rows_to_heads(kv[:, layer, i], a.num_kv_heads) for i in (0, 1))
                 cache.update(k, v, layer)
             if kwargs.get("position_ids") is None:
-                kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length)
+                kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length, mask)
+        elif kwargs.get("position_ids") is None and not self.arch.spec.absolute_positions:
+            # Continue each row's numbering (its own prefix length, from its first real token); the model's
+            # default would count the cache's slots, padding and the longest prefix included.
+            full = self._positions(None, pmask.sum(1), mask.shape[1], mask)
+            kwargs["position_ids"] = full[:, -length:]
         return self.model(**kwargs, cache=cache)

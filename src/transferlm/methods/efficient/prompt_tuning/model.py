@@ -11,7 +11,7 @@ from torch import nn
 
 from ....errors import ConfigError
 from ....models.loading import DECODER_TYPES
-from ..core import PeftBackbone, SavedAdapter, copy_into, keyword_inputs
+from ..core import PeftBackbone, SavedAdapter, copy_into, keyword_inputs, pos_from_first_token
 from ..peftlib import PEFT_WEIGHTS
 from .config import PromptTuningOptions
 
@@ -57,7 +57,9 @@ class PromptTuningBackbone(PeftBackbone):
         emb = self.model.get_input_embeddings()
         with torch.no_grad():
             if cfg.init == "random":
-                init = torch.randn(cfg.length, emb.weight.shape[1], device=emb.weight.device) * emb.weight.std()
+                # At the scale of the embeddings the model sees: Gemma's module multiplies its table by embed_scale.
+                std = emb.weight.float().std() * float(getattr(emb, "embed_scale", 1.0))
+                init = torch.randn(cfg.length, emb.weight.shape[1], device=emb.weight.device) * std
             else:  # through the module, so scaled embeddings (Gemma) come out as the model sees them
                 init = emb(self._init_ids(cfg).to(emb.weight.device))
         self.prompts[name] = nn.Parameter(init.detach().clone().to(emb.weight.dtype))
@@ -98,6 +100,8 @@ class PromptTuningBackbone(PeftBackbone):
         pos = kwargs.get("position_ids")
         if pos is None:
             pos = torch.arange(length, device=embeds.device).expand(batch, length)
+            if not self.arch.spec.absolute_positions:  # rotary: left padding must not part prompt and text
+                pos = pos_from_first_token(pos, mask)
             if self.arch.spec.position_offset_from_padding:  # RoBERTa counts from padding_idx + 1
                 pos = pos + self.model.config.pad_token_id + 1
         pos = pos.expand(batch, length)
