@@ -171,3 +171,19 @@ def test_tricks_run_end_to_end_and_record_config(tiny_bert: Path, toy_data: Path
     assert res["config"]["train"]["self_distill"] == 1.0 and res["metrics"]["accuracy"] >= 0
     base = run(_cfg(tiny_bert, toy_data)).results
     assert [h["loss"] for h in res["history"]] != [h["loss"] for h in base["history"]]
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_a_window_ensemble_that_would_never_take_a_snapshot_is_an_error(tiny_bert: Path, toy_data: Path,
+                                                                         distill: float) -> None:
+    # 4 steps, a snapshot every 10: nothing would be averaged (and a teacher would stay the initial model).
+    spec, data, prepared = _prepared(tiny_bert, toy_data)
+    cfg = TrainConfig(max_steps=4, checkpoint_every=0, self_ensemble="window", ensemble_every=10,
+                      self_distill=distill)
+    with pytest.raises(ConfigError, match=r"train.ensemble_every=10 exceeds the run's 4 training steps"):
+        Engine(prepared, spec, cfg, seed=1, quiet=True).fit(data.train, data.dev)
+    # At the limit one snapshot is taken, and it is what the run deploys.
+    engine = Engine(prepared, spec, TrainConfig(max_steps=4, checkpoint_every=0, eval_every=0, select_on_dev=False,
+                                                self_ensemble="window", ensemble_every=4), seed=1, quiet=True)
+    engine.fit(data.train, data.dev)
+    assert engine.average.updates == 1

@@ -30,6 +30,7 @@ from ..compat import new_accelerator, slow_bf16_warning
 from ..config import TrainConfig
 from ..data.example import Example
 from ..data.tasks import TaskSpec
+from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
 from ..methods.base import Prepared
 from .checkpoint import (
@@ -130,13 +131,19 @@ class Engine:
         groups = [g for g in groups if g["params"]]
         return adamw(groups, lr=self.cfg.learning_rate)
 
-    def _ensemble(self) -> tuple[ParameterAverage | None, SelfDistillation | None]:
+    def _ensemble(self, total: int) -> tuple[ParameterAverage | None, SelfDistillation | None]:
         cfg = self.cfg
         kind = cfg.self_ensemble
         if kind == "none" and cfg.self_distill > 0:
             kind = "ema"  # distillation needs a self-ensemble teacher
         if kind == "none":
             return None, None
+        if kind == "window" and cfg.ensemble_every > total:
+            # No snapshot would ever be taken: the run would silently deploy the raw model, and a
+            # self-distillation teacher would stay the initial model for the whole run.
+            raise ConfigError(f"train.ensemble_every={cfg.ensemble_every} exceeds the run's {total} training steps, "
+                              "so the window self-ensemble would never take a snapshot; set train.ensemble_every "
+                              f"to at most {total}")
         average = ParameterAverage(self.model, kind, cfg.ensemble_window, cfg.ema_decay)
         distill = SelfDistillation(self.model, average, cfg.self_distill) if cfg.self_distill > 0 else None
         return average, distill
@@ -163,7 +170,7 @@ class Engine:
         total = self.total_steps(len(train))
         optimizer = self._optimizer()
         scheduler = linear_schedule(optimizer, total, cfg.warmup_ratio)
-        average, distill = self._ensemble()
+        average, distill = self._ensemble(total)
         hooks = [*self.loss_hooks, *([distill] if distill else [])]
         start, best, best_score, best_step, history = 0, None, -math.inf, None, []
         resumed_from, seconds_before = None, 0.0
