@@ -58,6 +58,20 @@ def test_dev_selection_keeps_the_best_step(tiny_bert: Path, toy_data: Path) -> N
     assert res["dev_metrics"]["accuracy"] == dev_scores[res["best_step"]]
 
 
+@pytest.mark.parametrize("select", [True, False])
+def test_best_step_is_the_deployed_state(tiny_bert: Path, toy_data: Path, monkeypatch: pytest.MonkeyPatch,
+                                         select: bool) -> None:
+    # Scripted dev scores: the best is at step 4, the last evaluation at step 12. Without select_on_dev the
+    # last state is deployed, so best_step and the reported dev metrics must be step 12's.
+    from transferlm.training.engine import Engine
+
+    scores = iter([0.9, 0.5, 0.7])
+    monkeypatch.setattr(Engine, "_eval_dev", lambda self, dev, average: {"accuracy": next(scores)})
+    res = run(_cfg(tiny_bert, toy_data, None, select_on_dev=select)).results
+    assert [h["dev"]["accuracy"] for h in res["history"] if "dev" in h] == [0.9, 0.5, 0.7]
+    assert res["best_step"] == (4 if select else 12)
+
+
 def test_resume_after_a_real_kill(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
     args = ["--steps", "400", "--set", "train.checkpoint_every=20", "--set", "train.eval_every=100"]
     ref = run_cli(*toy_run_args(tiny_bert, toy_data, tmp_path / "ref", *args), check=True)

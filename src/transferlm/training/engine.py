@@ -258,6 +258,10 @@ class Engine:
         elif average is not None and cfg.self_ensemble != "none" and average.updates:
             load_into(self.model, average.averaged())
         self.average = average
+        if not cfg.select_on_dev:
+            # The last state is deployed, not the best on dev: report its step and dev metrics (the intermediate
+            # task's report and results.json's best_step would otherwise describe weights that were not kept).
+            best_step = next((h["step"] for h in reversed(history) if "dev" in h), None)
         best_dev = next((h["dev"] for h in history if h["step"] == best_step and "dev" in h), {})
         return FitResult(steps=total, best_step=best_step, best_dev=best_dev, history=history,
                          train_seconds=train_seconds, resumed_from=resumed_from)
