@@ -157,6 +157,20 @@ def _killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch, cfg: RunConfig, st
     assert json.loads((Path(cfg.output) / "checkpoint" / "state.json").read_text())["step"] == step
 
 
+def test_a_kill_between_the_checkpoint_renames_resumes_from_the_replaced_one(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # atomic_dir moves the old checkpoint aside, then renames the new one into place: killed in between, only
+    # the (complete) old one is there, and the run must resume from it rather than train again from step 0.
+    out = tmp_path / "o"
+    _killed_after_checkpoint(monkeypatch, _cfg(tiny_bert, toy_data, out, checkpoint_every=8), 8)
+    (out / "checkpoint").rename(out / ".checkpoint.old")
+    resumed = run(_cfg(tiny_bert, toy_data, out, checkpoint_every=8)).results
+    whole = run(_cfg(tiny_bert, toy_data, None)).results
+    assert resumed["resumed_from_step"] == 8
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert not list(out.glob("*checkpoint*"))  # the finished run removed both
+
+
 def test_a_checkpoint_of_another_config_is_not_resumed(tiny_bert: Path, toy_data: Path, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
