@@ -187,3 +187,14 @@ def test_a_window_ensemble_that_would_never_take_a_snapshot_is_an_error(tiny_ber
                                                 self_ensemble="window", ensemble_every=4), seed=1, quiet=True)
     engine.fit(data.train, data.dev)
     assert engine.average.updates == 1
+
+
+@pytest.mark.parametrize("field", ["ensemble_every", "ensemble_window"])
+def test_a_bad_ensemble_setting_names_its_field_and_value(field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^train\.{field} must be >= 1, got 0$"):
+        TrainConfig(**{field: 0}).validate()
+
+
+def test_freezing_more_layers_than_the_model_has_says_the_range(tiny_bert: Path, toy_data: Path) -> None:
+    with pytest.raises(ConfigError, match=r"freeze_layers=3 exceeds the model's 2 layers; use 0\.\.2"):
+        _prepared(tiny_bert, toy_data, freeze_layers=3)

@@ -111,7 +111,7 @@ def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
 def freeze_lower_layers(model: nn.Module, n: int, depth: int) -> None:
     """Freeze the embeddings and blocks 1..n of the backbone (the head stays trainable)."""
     if n > depth:
-        raise ConfigError(f"method_args.freeze_layers={n} exceeds the model's {depth} layers")
+        raise ConfigError(f"method_args.freeze_layers={n} exceeds the model's {depth} layers; use 0..{depth}")
     for name, p in model.named_parameters():
         k = layer_of(name)
         if name.startswith("backbone.") and k is not None and k <= n:
