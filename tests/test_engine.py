@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -249,6 +250,33 @@ def test_fp16_loss_scale_survives_a_resume(tiny_bert: Path, toy_data: Path, tmp_
     assert made[-1].scaler.get_scale() == grown  # a fresh scaler would have restarted from 2.0
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in whole.results["history"]])
     assert whole.results["environment"]["precision"] == "fp16"
+
+
+def test_steps_the_fp16_loss_scaler_skips_do_not_advance_the_schedule(tiny_bert: Path, toy_data: Path,
+                                                                       tmp_path: Path) -> None:
+    # NaN gradients at steps 0 and 1: the scaler skips those updates, so the linear schedule must have taken 4 of
+    # its 6 steps, not 6 (which would leave the run's remaining steps at learning rate 0 sooner).
+    import torch
+
+    from transferlm.config import TrainConfig
+    from transferlm.data.loading import DataOptions, load_task
+    from transferlm.methods import get_method
+    from transferlm.models.loading import load_backbone
+    from transferlm.training.engine import Engine, new_accelerator
+
+    spec, data = load_task("toy", toy_data, DataOptions(shots=8, seed=13))
+    method = get_method("finetune")
+    prepared = method.prepare(load_backbone(str(tiny_bert)), spec, method.parse_config({}), max_length=32,
+                              train=data.train)
+    acc = new_accelerator("fp16", cpu=True)
+    acc.native_amp = True
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=100)
+    cfg = TrainConfig(max_steps=6, learning_rate=3e-3, eval_every=0, checkpoint_every=6, mixed_precision="fp16")
+    engine = Engine(prepared, spec, cfg, seed=1, quiet=True, out_dir=tmp_path / "o", accelerator=acc)
+    engine.loss_hooks.append(lambda *, step, logits, **_: logits[:, 0] * math.nan if step < 2 else 0.0)
+    engine.fit(data.train, [])
+    assert acc.scaler.get_scale() == 0.5  # halved at each of the two skipped steps
+    assert json.loads((tmp_path / "o" / "checkpoint" / "state.json").read_text())["scheduler"]["last_epoch"] == 4
 
 
 def test_fp16_on_cpu_says_it_trains_in_fp32(tiny_bert: Path, toy_data: Path, caplog: pytest.LogCaptureFixture) -> None:
