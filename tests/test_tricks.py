@@ -198,3 +198,12 @@ def test_a_bad_ensemble_setting_names_its_field_and_value(field: str) -> None:
 def test_freezing_more_layers_than_the_model_has_says_the_range(tiny_bert: Path, toy_data: Path) -> None:
     with pytest.raises(ConfigError, match=r"freeze_layers=3 exceeds the model's 2 layers; use 0\.\.2"):
         _prepared(tiny_bert, toy_data, freeze_layers=3)
+
+
+def test_cls_pooling_on_a_decoder_is_an_error(tiny_llama: Path, tiny_bert: Path, toy_data: Path) -> None:
+    # A causal model's first position sees only the first token: the same features for every input.
+    with pytest.raises(ConfigError, match="pooling=cls on a decoder-only model"):
+        _prepared(tiny_llama, toy_data, pooling="cls")
+    _, data, prepared = _prepared(tiny_llama, toy_data, pooling="last")
+    assert prepared.model(**prepared.collate(data.train[:3])).shape == (3, 2)
+    assert _prepared(tiny_bert, toy_data, pooling="cls")[2].model.pooling == "cls"  # an encoder's [CLS] is fine

@@ -143,6 +143,11 @@ class Finetune(Method):
     def prepare(self, backbone, spec: TaskSpec, cfg: FinetuneConfig, *, max_length: int,
                 train: Sequence[Example]) -> Prepared:
         pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
+        if pooling == "cls" and backbone.is_decoder:
+            # Causal attention: the first position has seen only the first token (BOS or padding), the same
+            # for every input, so the head would get no information about the input.
+            raise ConfigError("method_args.pooling=cls on a decoder-only model pools a first token that has seen "
+                              "nothing of the input; use pooling last (or auto)")
         model = SequenceClassifier(backbone.model, backbone.hidden_size, spec.num_labels, pooling, cfg.dropout,
                                    layers=cfg.layers, combine=cfg.layer_combine)
         for p in model.parameters():
