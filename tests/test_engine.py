@@ -358,3 +358,31 @@ def test_saved_predictions_of_other_weights_are_not_reused(tiny_bert: Path, toy_
     assert "of other weights or examples: evaluating from the start" in caplog.text
     fresh = run(_cfg(tiny_bert, toy_data, None, max_steps=8, eval_batch_size=2, learning_rate=1e-4)).results
     assert other["metrics"] == fresh["metrics"]
+
+
+def test_saved_predictions_of_another_config_are_not_reused(tiny_mlm: Path, toy_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A method that does not train never reaches fit's check of the checkpoint's config, and another template of
+    # the same length gives the same weights, examples and order: the saved test batches of the first template
+    # must not stand in for the second's.
+    from transferlm.training import eval_resume
+
+    def cfg(template: str) -> RunConfig:
+        return RunConfig.from_dict({
+            "task": "toy", "model": str(tiny_mlm), "method": "prompt-zero-shot", "output": str(tmp_path / "o"),
+            "quiet": True, "data": {"data_dir": str(toy_data), "shots": 8},
+            "method_args": {"template": template, "label_words": {"0": "bad", "1": "good"}},
+            "train": {"eval_batch_size": 4, "checkpoint_every": 1}})
+
+    run_killed_in_test_evaluation(monkeypatch, cfg("{sentence} It was {answer}."), 2)
+    first: list[int] = []
+    real_add = eval_resume.PartialPredictions.add
+
+    def add(self, rows):
+        real_add(self, rows)
+        if self.path.stem == "test" and not first:
+            first.append(self.done)
+
+    monkeypatch.setattr(eval_resume.PartialPredictions, "add", add)
+    run(cfg("{sentence} It is {answer}."))
+    assert first == [1], "the evaluation of the other template started from the saved batches"

@@ -342,7 +342,7 @@ class Engine:
             return None
         model = self.acc.unwrap_model(self.model)
         partial = PartialPredictions(self.out_dir, desc,
-                                     lambda: evaluation_key(model, examples, desc, batch_size, order))
+                                     lambda: evaluation_key(model, examples, desc, batch_size, order, self.fingerprint))
         if self.resume:
             partial.load()
         return partial
