@@ -207,3 +207,21 @@ def test_cls_pooling_on_a_decoder_is_an_error(tiny_llama: Path, tiny_bert: Path,
     _, data, prepared = _prepared(tiny_llama, toy_data, pooling="last")
     assert prepared.model(**prepared.collate(data.train[:3])).shape == (3, 2)
     assert _prepared(tiny_bert, toy_data, pooling="cls")[2].model.pooling == "cls"  # an encoder's [CLS] is fine
+
+
+def test_ia3_rescaling_vectors_get_no_weight_decay(tiny_bert: Path, toy_data: Path) -> None:
+    # (IA)³ multiplies activations by learned vectors that start at 1 (peft stores them 2-d): decaying them
+    # would pull every adapted activation toward 0. LoRA's matrices and the head keep their decay.
+    spec, data = load_task("toy", toy_data, DataOptions(shots=8, seed=13))
+    decay = {}
+    for name in ("ia3", "lora"):
+        method = get_method(name)
+        prepared = method.prepare(load_backbone(str(tiny_bert)), spec, method.parse_config({}), max_length=32,
+                                  train=data.train)
+        decay |= {n: g["weight_decay"] for g in build_param_groups(prepared.model, prepared.model.backbone, 1e-3, 0.01)
+                  for n in g["names"]}
+    ia3 = [n for n in decay if ".ia3_l." in n]
+    lora = [n for n in decay if ".lora_" in n]
+    assert ia3 and lora and "head.weight" in decay
+    assert all(decay[n] == 0.0 for n in ia3)
+    assert all(decay[n] == 0.01 for n in lora) and decay["head.weight"] == 0.01
