@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -56,6 +57,20 @@ def test_dev_selection_keeps_the_best_step(tiny_bert: Path, toy_data: Path) -> N
     assert dev_scores[res["best_step"]] == max(dev_scores.values())
     # The reported dev metric is that of the restored best state.
     assert res["dev_metrics"]["accuracy"] == dev_scores[res["best_step"]]
+
+
+@pytest.mark.parametrize("select", [True, False])
+def test_best_step_is_the_deployed_state(tiny_bert: Path, toy_data: Path, monkeypatch: pytest.MonkeyPatch,
+                                         select: bool) -> None:
+    # Scripted dev scores: the best is at step 4, the last evaluation at step 12. Without select_on_dev the
+    # last state is deployed, so best_step and the reported dev metrics must be step 12's.
+    from transferlm.training.engine import Engine
+
+    scores = iter([0.9, 0.5, 0.7])
+    monkeypatch.setattr(Engine, "_eval_dev", lambda self, dev, average: {"accuracy": next(scores)})
+    res = run(_cfg(tiny_bert, toy_data, None, select_on_dev=select)).results
+    assert [h["dev"]["accuracy"] for h in res["history"] if "dev" in h] == [0.9, 0.5, 0.7]
+    assert res["best_step"] == (4 if select else 12)
 
 
 def test_resume_after_a_real_kill(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
@@ -143,6 +158,20 @@ def _killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch, cfg: RunConfig, st
     assert json.loads((Path(cfg.output) / "checkpoint" / "state.json").read_text())["step"] == step
 
 
+def test_a_kill_between_the_checkpoint_renames_resumes_from_the_replaced_one(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # atomic_dir moves the old checkpoint aside, then renames the new one into place: killed in between, only
+    # the (complete) old one is there, and the run must resume from it rather than train again from step 0.
+    out = tmp_path / "o"
+    _killed_after_checkpoint(monkeypatch, _cfg(tiny_bert, toy_data, out, checkpoint_every=8), 8)
+    (out / "checkpoint").rename(out / ".checkpoint.old")
+    resumed = run(_cfg(tiny_bert, toy_data, out, checkpoint_every=8)).results
+    whole = run(_cfg(tiny_bert, toy_data, None)).results
+    assert resumed["resumed_from_step"] == 8
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert not list(out.glob("*checkpoint*"))  # the finished run removed both
+
+
 def test_a_checkpoint_of_another_config_is_not_resumed(tiny_bert: Path, toy_data: Path, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,6 +250,33 @@ def test_fp16_loss_scale_survives_a_resume(tiny_bert: Path, toy_data: Path, tmp_
     assert made[-1].scaler.get_scale() == grown  # a fresh scaler would have restarted from 2.0
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in whole.results["history"]])
     assert whole.results["environment"]["precision"] == "fp16"
+
+
+def test_steps_the_fp16_loss_scaler_skips_do_not_advance_the_schedule(tiny_bert: Path, toy_data: Path,
+                                                                       tmp_path: Path) -> None:
+    # NaN gradients at steps 0 and 1: the scaler skips those updates, so the linear schedule must have taken 4 of
+    # its 6 steps, not 6 (which would leave the run's remaining steps at learning rate 0 sooner).
+    import torch
+
+    from transferlm.config import TrainConfig
+    from transferlm.data.loading import DataOptions, load_task
+    from transferlm.methods import get_method
+    from transferlm.models.loading import load_backbone
+    from transferlm.training.engine import Engine, new_accelerator
+
+    spec, data = load_task("toy", toy_data, DataOptions(shots=8, seed=13))
+    method = get_method("finetune")
+    prepared = method.prepare(load_backbone(str(tiny_bert)), spec, method.parse_config({}), max_length=32,
+                              train=data.train)
+    acc = new_accelerator("fp16", cpu=True)
+    acc.native_amp = True
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=100)
+    cfg = TrainConfig(max_steps=6, learning_rate=3e-3, eval_every=0, checkpoint_every=6, mixed_precision="fp16")
+    engine = Engine(prepared, spec, cfg, seed=1, quiet=True, out_dir=tmp_path / "o", accelerator=acc)
+    engine.loss_hooks.append(lambda *, step, logits, **_: logits[:, 0] * math.nan if step < 2 else 0.0)
+    engine.fit(data.train, [])
+    assert acc.scaler.get_scale() == 0.5  # halved at each of the two skipped steps
+    assert json.loads((tmp_path / "o" / "checkpoint" / "state.json").read_text())["scheduler"]["last_epoch"] == 4
 
 
 def test_fp16_on_cpu_says_it_trains_in_fp32(tiny_bert: Path, toy_data: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -302,3 +358,31 @@ def test_saved_predictions_of_other_weights_are_not_reused(tiny_bert: Path, toy_
     assert "of other weights or examples: evaluating from the start" in caplog.text
     fresh = run(_cfg(tiny_bert, toy_data, None, max_steps=8, eval_batch_size=2, learning_rate=1e-4)).results
     assert other["metrics"] == fresh["metrics"]
+
+
+def test_saved_predictions_of_another_config_are_not_reused(tiny_mlm: Path, toy_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A method that does not train never reaches fit's check of the checkpoint's config, and another template of
+    # the same length gives the same weights, examples and order: the saved test batches of the first template
+    # must not stand in for the second's.
+    from transferlm.training import eval_resume
+
+    def cfg(template: str) -> RunConfig:
+        return RunConfig.from_dict({
+            "task": "toy", "model": str(tiny_mlm), "method": "prompt-zero-shot", "output": str(tmp_path / "o"),
+            "quiet": True, "data": {"data_dir": str(toy_data), "shots": 8},
+            "method_args": {"template": template, "label_words": {"0": "bad", "1": "good"}},
+            "train": {"eval_batch_size": 4, "checkpoint_every": 1}})
+
+    run_killed_in_test_evaluation(monkeypatch, cfg("{sentence} It was {answer}."), 2)
+    first: list[int] = []
+    real_add = eval_resume.PartialPredictions.add
+
+    def add(self, rows):
+        real_add(self, rows)
+        if self.path.stem == "test" and not first:
+            first.append(self.done)
+
+    monkeypatch.setattr(eval_resume.PartialPredictions, "add", add)
+    run(cfg("{sentence} It is {answer}."))
+    assert first == [1], "the evaluation of the other template started from the saved batches"

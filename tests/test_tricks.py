@@ -171,3 +171,57 @@ def test_tricks_run_end_to_end_and_record_config(tiny_bert: Path, toy_data: Path
     assert res["config"]["train"]["self_distill"] == 1.0 and res["metrics"]["accuracy"] >= 0
     base = run(_cfg(tiny_bert, toy_data)).results
     assert [h["loss"] for h in res["history"]] != [h["loss"] for h in base["history"]]
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_a_window_ensemble_that_would_never_take_a_snapshot_is_an_error(tiny_bert: Path, toy_data: Path,
+                                                                         distill: float) -> None:
+    # 4 steps, a snapshot every 10: nothing would be averaged (and a teacher would stay the initial model).
+    spec, data, prepared = _prepared(tiny_bert, toy_data)
+    cfg = TrainConfig(max_steps=4, checkpoint_every=0, self_ensemble="window", ensemble_every=10,
+                      self_distill=distill)
+    with pytest.raises(ConfigError, match=r"train.ensemble_every=10 exceeds the run's 4 training steps"):
+        Engine(prepared, spec, cfg, seed=1, quiet=True).fit(data.train, data.dev)
+    # At the limit one snapshot is taken, and it is what the run deploys.
+    engine = Engine(prepared, spec, TrainConfig(max_steps=4, checkpoint_every=0, eval_every=0, select_on_dev=False,
+                                                self_ensemble="window", ensemble_every=4), seed=1, quiet=True)
+    engine.fit(data.train, data.dev)
+    assert engine.average.updates == 1
+
+
+@pytest.mark.parametrize("field", ["ensemble_every", "ensemble_window"])
+def test_a_bad_ensemble_setting_names_its_field_and_value(field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^train\.{field} must be >= 1, got 0$"):
+        TrainConfig(**{field: 0}).validate()
+
+
+def test_freezing_more_layers_than_the_model_has_says_the_range(tiny_bert: Path, toy_data: Path) -> None:
+    with pytest.raises(ConfigError, match=r"freeze_layers=3 exceeds the model's 2 layers; use 0\.\.2"):
+        _prepared(tiny_bert, toy_data, freeze_layers=3)
+
+
+def test_cls_pooling_on_a_decoder_is_an_error(tiny_llama: Path, tiny_bert: Path, toy_data: Path) -> None:
+    # A causal model's first position sees only the first token: the same features for every input.
+    with pytest.raises(ConfigError, match="pooling=cls on a decoder-only model"):
+        _prepared(tiny_llama, toy_data, pooling="cls")
+    _, data, prepared = _prepared(tiny_llama, toy_data, pooling="last")
+    assert prepared.model(**prepared.collate(data.train[:3])).shape == (3, 2)
+    assert _prepared(tiny_bert, toy_data, pooling="cls")[2].model.pooling == "cls"  # an encoder's [CLS] is fine
+
+
+def test_ia3_rescaling_vectors_get_no_weight_decay(tiny_bert: Path, toy_data: Path) -> None:
+    # (IA)³ multiplies activations by learned vectors that start at 1 (peft stores them 2-d): decaying them
+    # would pull every adapted activation toward 0. LoRA's matrices and the head keep their decay.
+    spec, data = load_task("toy", toy_data, DataOptions(shots=8, seed=13))
+    decay = {}
+    for name in ("ia3", "lora"):
+        method = get_method(name)
+        prepared = method.prepare(load_backbone(str(tiny_bert)), spec, method.parse_config({}), max_length=32,
+                                  train=data.train)
+        decay |= {n: g["weight_decay"] for g in build_param_groups(prepared.model, prepared.model.backbone, 1e-3, 0.01)
+                  for n in g["names"]}
+    ia3 = [n for n in decay if ".ia3_l." in n]
+    lora = [n for n in decay if ".lora_" in n]
+    assert ia3 and lora and "head.weight" in decay
+    assert all(decay[n] == 0.0 for n in ia3)
+    assert all(decay[n] == 0.01 for n in lora) and decay["head.weight"] == 0.01

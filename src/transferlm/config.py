@@ -72,8 +72,9 @@ class TrainConfig:
             raise ConfigError(f"train.layer_decay (ξ) must be in (0, 1], got {self.layer_decay}")
         if self.self_ensemble not in ("none", "window", "ema"):
             raise ConfigError(f"train.self_ensemble must be none, window or ema, got '{self.self_ensemble}'")
-        if self.ensemble_every < 1 or self.ensemble_window < 1:
-            raise ConfigError("train.ensemble_every and train.ensemble_window must be >= 1")
+        for name in ("ensemble_every", "ensemble_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.self_distill < 0:

@@ -111,7 +111,7 @@ def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
 def freeze_lower_layers(model: nn.Module, n: int, depth: int) -> None:
     """Freeze the embeddings and blocks 1..n of the backbone (the head stays trainable)."""
     if n > depth:
-        raise ConfigError(f"method_args.freeze_layers={n} exceeds the model's {depth} layers")
+        raise ConfigError(f"method_args.freeze_layers={n} exceeds the model's {depth} layers; use 0..{depth}")
     for name, p in model.named_parameters():
         k = layer_of(name)
         if name.startswith("backbone.") and k is not None and k <= n:
@@ -143,6 +143,11 @@ class Finetune(Method):
     def prepare(self, backbone, spec: TaskSpec, cfg: FinetuneConfig, *, max_length: int,
                 train: Sequence[Example]) -> Prepared:
         pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
+        if pooling == "cls" and backbone.is_decoder:
+            # Causal attention: the first position has seen only the first token (BOS or padding), the same
+            # for every input, so the head would get no information about the input.
+            raise ConfigError("method_args.pooling=cls on a decoder-only model pools a first token that has seen "
+                              "nothing of the input; use pooling last (or auto)")
         model = SequenceClassifier(backbone.model, backbone.hidden_size, spec.num_labels, pooling, cfg.dropout,
                                    layers=cfg.layers, combine=cfg.layer_combine)
         for p in model.parameters():

@@ -22,6 +22,15 @@ from ..io import atomic_dir
 
 CHECKPOINT_DIR = "checkpoint"
 EVAL_DIR = "checkpoint-eval"  # the saved part of an interrupted evaluation (eval_resume)
+# Where io.atomic_dir moves the previous checkpoint while it renames the new one into place.
+REPLACED_DIR = f".{CHECKPOINT_DIR}.old"
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    """The checkpoint folder; or, where a kill landed between atomic_dir's two renames (the new one never
+    appeared), the complete one it was replacing: resuming from it beats training again from step 0."""
+    ck, replaced = out_dir / CHECKPOINT_DIR, out_dir / REPLACED_DIR
+    return replaced if not ck.is_dir() and (replaced / "state.json").is_file() else ck
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,7 +100,7 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
                     scheduler: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None,
                                              dict[str, torch.Tensor] | None] | None:
     """Restore model/optimizer/scheduler in place; return (state, best weights, extra tensors) or None."""
-    ck = out_dir / CHECKPOINT_DIR
+    ck = checkpoint_dir(out_dir)
     if not ck.is_dir():
         return None
     try:
@@ -113,14 +122,16 @@ def checkpoint_state(out_dir: Path) -> dict[str, Any] | None:
     """The checkpoint's ``state.json`` (step, fingerprint, ...) without loading any tensor; None if there is
     none or it cannot be read (``load_checkpoint`` then says what is wrong with it)."""
     try:
-        state = json.loads((out_dir / CHECKPOINT_DIR / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((checkpoint_dir(out_dir) / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
 
 
 def remove_checkpoint(out_dir: Path) -> None:
-    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-    shutil.rmtree(out_dir / EVAL_DIR, ignore_errors=True)
+    # The replaced and temporary folders first: a kill in here must not leave a half-removed replaced folder
+    # that checkpoint_dir would take for the checkpoint.
     for stale in out_dir.glob(f".{CHECKPOINT_DIR}.*"):
         shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(out_dir / EVAL_DIR, ignore_errors=True)

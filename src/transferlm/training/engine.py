@@ -30,6 +30,7 @@ from ..compat import new_accelerator, slow_bf16_warning
 from ..config import TrainConfig
 from ..data.example import Example
 from ..data.tasks import TaskSpec
+from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
 from ..methods.base import Prepared
 from .checkpoint import (
@@ -130,13 +131,19 @@ class Engine:
         groups = [g for g in groups if g["params"]]
         return adamw(groups, lr=self.cfg.learning_rate)
 
-    def _ensemble(self) -> tuple[ParameterAverage | None, SelfDistillation | None]:
+    def _ensemble(self, total: int) -> tuple[ParameterAverage | None, SelfDistillation | None]:
         cfg = self.cfg
         kind = cfg.self_ensemble
         if kind == "none" and cfg.self_distill > 0:
             kind = "ema"  # distillation needs a self-ensemble teacher
         if kind == "none":
             return None, None
+        if kind == "window" and cfg.ensemble_every > total:
+            # No snapshot would ever be taken: the run would silently deploy the raw model, and a
+            # self-distillation teacher would stay the initial model for the whole run.
+            raise ConfigError(f"train.ensemble_every={cfg.ensemble_every} exceeds the run's {total} training steps, "
+                              "so the window self-ensemble would never take a snapshot; set train.ensemble_every "
+                              f"to at most {total}")
         average = ParameterAverage(self.model, kind, cfg.ensemble_window, cfg.ema_decay)
         distill = SelfDistillation(self.model, average, cfg.self_distill) if cfg.self_distill > 0 else None
         return average, distill
@@ -163,7 +170,7 @@ class Engine:
         total = self.total_steps(len(train))
         optimizer = self._optimizer()
         scheduler = linear_schedule(optimizer, total, cfg.warmup_ratio)
-        average, distill = self._ensemble()
+        average, distill = self._ensemble(total)
         hooks = [*self.loss_hooks, *([distill] if distill else [])]
         start, best, best_score, best_step, history = 0, None, -math.inf, None, []
         resumed_from, seconds_before = None, 0.0
@@ -210,8 +217,13 @@ class Engine:
             acc.backward(loss)
             if cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            scale = acc.scaler.get_scale() if acc.scaler is not None else None
             optimizer.step()
-            scheduler.step()
+            # fp16: a step the loss scaler skipped (inf/NaN gradients; it then lowers the scale) updated nothing, so
+            # the schedule does not advance, as accelerate's scheduler wrapper and HF Trainer do. (accelerate's
+            # optimizer_step_was_skipped cannot tell: a fused optimizer's step is always called.)
+            if scale is None or acc.scaler.get_scale() >= scale:
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             done = step + 1
@@ -251,6 +263,10 @@ class Engine:
         elif average is not None and cfg.self_ensemble != "none" and average.updates:
             load_into(self.model, average.averaged())
         self.average = average
+        if not cfg.select_on_dev:
+            # The last state is deployed, not the best on dev: report its step and dev metrics (the intermediate
+            # task's report and results.json's best_step would otherwise describe weights that were not kept).
+            best_step = next((h["step"] for h in reversed(history) if "dev" in h), None)
         best_dev = next((h["dev"] for h in history if h["step"] == best_step and "dev" in h), {})
         return FitResult(steps=total, best_step=best_step, best_dev=best_dev, history=history,
                          train_seconds=train_seconds, resumed_from=resumed_from)
@@ -326,7 +342,7 @@ class Engine:
             return None
         model = self.acc.unwrap_model(self.model)
         partial = PartialPredictions(self.out_dir, desc,
-                                     lambda: evaluation_key(model, examples, desc, batch_size, order))
+                                     lambda: evaluation_key(model, examples, desc, batch_size, order, self.fingerprint))
         if self.resume:
             partial.load()
         return partial

@@ -32,11 +32,13 @@ EVERY_SECONDS = 120.0
 
 
 def evaluation_key(model: torch.nn.Module, examples: Sequence[Example], desc: str, batch_size: int,
-                   order: Sequence[int]) -> str:
-    """What the predictions depend on: every weight, the examples, their batching and the evaluation's name."""
+                   order: Sequence[int], fingerprint: str | None = None) -> str:
+    """What the predictions depend on: every weight, the examples, their batching, the evaluation's name and the
+    run's ``fingerprint`` (its config and method settings: a template or demonstrations change the inputs, not
+    the weights; a method that does not train never has its checkpoint's config checked by ``fit``)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([weights_digest(model), examples_digest(list(examples)), desc, batch_size,
-                         list(order)]).encode())
+                         list(order), fingerprint]).encode())
     return h.hexdigest()
 
 

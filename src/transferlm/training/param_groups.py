@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def _no_decay(name: str, ndim: int) -> bool:
-    return ndim < 2 or "norm" in name.lower()
+    # Biases, and gains that start at 1: LayerNorm weights and (IA)³'s rescaling vectors (peft stores those 2-d,
+    # ``...ia3_l.<adapter>``). Decay pulls toward 0, i.e. toward switching activations off, not toward the base model.
+    return ndim < 2 or "norm" in name.lower() or ".ia3_l." in name
 
 
 def peft_blocks(model: nn.Module) -> dict[int, int | None]:
