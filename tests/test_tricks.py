@@ -209,6 +209,17 @@ def test_cls_pooling_on_a_decoder_is_an_error(tiny_llama: Path, tiny_bert: Path,
     assert _prepared(tiny_bert, toy_data, pooling="cls")[2].model.pooling == "cls"  # an encoder's [CLS] is fine
 
 
+
+@pytest.mark.parametrize("method", ["lora", "bitfit"])
+def test_cls_pooling_on_a_decoder_is_an_error_for_peft_methods_too(tiny_llama: Path, toy_data: Path,
+                                                                     method: str) -> None:
+    spec, data = load_task("toy", toy_data, DataOptions(shots=8, seed=13))
+    m = get_method(method)
+    with pytest.raises(ConfigError, match="pooling=cls on a decoder-only model"):
+        m.prepare(load_backbone(str(tiny_llama)), spec, m.parse_config({"pooling": "cls"}), max_length=32,
+                  train=data.train)
+
+
 def test_ia3_rescaling_vectors_get_no_weight_decay(tiny_bert: Path, toy_data: Path) -> None:
     # (IA)³ multiplies activations by learned vectors that start at 1 (peft stores them 2-d): decaying them
     # would pull every adapted activation toward 0. LoRA's matrices and the head keep their decay.

@@ -135,6 +135,18 @@ def make_collate(tokenizer, spec: TaskSpec, max_length: int):
     return collate
 
 
+def resolve_pooling(pooling: str, backbone: Any) -> str:
+    """The pooling to use: ``auto`` is ``last`` on decoders and ``mean`` on encoders; ``cls`` on a decoder is an
+    error (causal attention: the first position has seen only the first token, BOS or padding, the same for
+    every input, so the head would get no information about the input)."""
+    if pooling == "auto":
+        return "last" if backbone.is_decoder else "mean"
+    if pooling == "cls" and backbone.is_decoder:
+        raise ConfigError("method_args.pooling=cls on a decoder-only model pools a first token that has seen "
+                          "nothing of the input; use pooling last (or auto)")
+    return pooling
+
+
 @register("finetune")
 class Finetune(Method):
     config_cls = FinetuneConfig
@@ -142,12 +154,7 @@ class Finetune(Method):
 
     def prepare(self, backbone, spec: TaskSpec, cfg: FinetuneConfig, *, max_length: int,
                 train: Sequence[Example]) -> Prepared:
-        pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
-        if pooling == "cls" and backbone.is_decoder:
-            # Causal attention: the first position has seen only the first token (BOS or padding), the same
-            # for every input, so the head would get no information about the input.
-            raise ConfigError("method_args.pooling=cls on a decoder-only model pools a first token that has seen "
-                              "nothing of the input; use pooling last (or auto)")
+        pooling = resolve_pooling(cfg.pooling, backbone)
         model = SequenceClassifier(backbone.model, backbone.hidden_size, spec.num_labels, pooling, cfg.dropout,
                                    layers=cfg.layers, combine=cfg.layer_combine)
         for p in model.parameters():

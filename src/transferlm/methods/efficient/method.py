@@ -12,7 +12,7 @@ from ...data.example import Example
 from ...data.tasks import TaskSpec
 from ...io import write_json
 from ..base import Method, Prepared
-from ..finetune import SequenceClassifier, make_collate
+from ..finetune import SequenceClassifier, make_collate, resolve_pooling
 from .config import EfficientConfig
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class EfficientMethod(Method):
                 train: Sequence[Example]) -> Prepared:
         from . import apply_peft
 
-        pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
+        pooling = resolve_pooling(cfg.pooling, backbone)
         peft = apply_peft(backbone, self.name, cfg)
         max_length = _fit_positions(peft, cfg, max_length)
         model = SequenceClassifier(peft, backbone.hidden_size, spec.num_labels, pooling, cfg.head_dropout)
