@@ -29,13 +29,13 @@ def _vocab() -> dict[str, int]:
     return {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", *WORDS])}
 
 
-def make_tiny_bert(folder: Path, *, mlm: bool = False, dropout: float = 0.0) -> Path:
+def make_tiny_bert(folder: Path, *, mlm: bool = False, dropout: float = 0.0, positions: int = 128) -> Path:
     from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = BertTokenizerFast(vocab=_vocab(), do_lower_case=True)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                     intermediate_size=64, max_position_embeddings=positions, hidden_dropout_prob=dropout,
                      attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
     model = BertForMaskedLM(cfg) if mlm else BertModel(cfg)

@@ -106,3 +106,19 @@ def test_a_vocab_prefix_longer_than_gemmas_sliding_window() -> None:
     with torch.no_grad():
         out = peft(**batch()).logits
     assert out.shape == (3, 7, 41) and torch.isfinite(out).all()
+
+
+def test_soft_prompts_cut_inputs_to_the_position_table_and_prefixes_do_not() -> None:
+    from transferlm.methods.efficient.method import fit_positions
+
+    roberta = _tiny_model("roberta")  # 512 positions, counted from padding_idx + 1 = 2
+    peft = apply_peft(roberta, "prompt-tuning", {"length": 20, "init": "random"}).eval()
+    cfg = peft.configs["default"]
+    assert fit_positions(peft, "prompt-tuning", cfg, 512) == fit_positions(roberta, "prompt-tuning", cfg, 512) == 490
+    assert fit_positions(peft, "prompt-tuning", cfg, 128) == 128
+    with torch.no_grad():  # the longest input that is kept takes the last position
+        assert peft(input_ids=torch.full((1, 490), 7)).logits.shape == (1, 490, 41)
+    prefix = apply_peft(_tiny_model("roberta"), "prefix", {"length": 20})
+    assert fit_positions(prefix, "prefix", prefix.configs["default"], 512) == 512  # the text keeps its positions
+    qwen = apply_peft(_tiny_model("qwen2"), "prompt-tuning", {"length": 20, "init": "random"})
+    assert fit_positions(qwen, "prompt-tuning", qwen.configs["default"], 10**6) == 10**6  # rotary: no table

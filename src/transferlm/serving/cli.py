@@ -45,7 +45,8 @@ def add_serve_command(subparsers: Any) -> None:
                    help="seconds a request's headers may take to arrive before 408 and close (default 10)")
     p.add_argument("--max-inputs", type=int, help="inputs per request (default 64)")
     p.add_argument("--max-chars", type=int, help="characters per input (default 4000)")
-    p.add_argument("--max-length", type=int, help="tokens per input (default: each task's training max_length)")
+    p.add_argument("--max-length", type=int, help="tokens per input (default: what each task's run cut inputs "
+                   "to); never more than a soft prompt leaves room for")
     p.add_argument("--admin-token", help="bearer token for POST /v1/tasks (better: $TRANSFERLM_ADMIN_TOKEN)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch threads for the forward pass")

@@ -100,6 +100,12 @@ class ClassifierHost:
 
         return read_task_adapter(folder)
 
+    def max_length_of(self, prepared: Any, max_length: int) -> int:
+        """The tokens per input of a prepared task: ``max_length`` cut as its run cut it (a soft prompt's room)."""
+        from ..methods.efficient.method import fit_positions
+
+        return fit_positions(self.backbone.model, self.method, prepared.adapter.config, max_length)
+
     def attach(self, adapter: str, prepared: Any) -> None:
         """Put a prepared task on the base model as ``adapter`` (inference thread)."""
         from ..methods.efficient import attach_task_adapter
@@ -169,6 +175,9 @@ class FinetuneHost(ClassifierHost):
 
     def prepare(self, folder: Path, meta: dict[str, Any], *, max_length: int) -> Any:
         return None  # the whole model was read when this host was made
+
+    def max_length_of(self, prepared: Any, max_length: int) -> int:
+        return max_length
 
     def attach(self, adapter: str, prepared: Any) -> None:
         if self.task is not None:
@@ -271,7 +280,14 @@ class PromptHost:
                              poles=cfg.get("poles"))
         options = {"calibrate": bool(cfg.get("calibrate", False)), "content_free": cfg.get("content_free", "N/A"),
                    "search": cfg.get("answer_search", "argmax")}
+        if saved is not None:  # a soft prompt takes positions: cut inputs as the run did
+            from ..methods.efficient.method import fit_positions
+
+            max_length = fit_positions(self.backbone.model, self.method, saved.config, max_length)
         return _PreparedPrompt(spec, parts, saved, max_length, options)
+
+    def max_length_of(self, prepared: _PreparedPrompt, max_length: int) -> int:
+        return prepared.max_length
 
     def attach(self, adapter: str, prepared: _PreparedPrompt) -> None:
         """Load the prepared adapter onto the LM and hook the task's verbalizer on its head (inference thread)."""

@@ -263,10 +263,14 @@ class Registry:
         recorded = run_cfg.get("model") or None
         if _on_shared_base(method, meta):
             self._check_base(name, folder, recorded, allow_base_mismatch)
-        max_length = int(self.max_length or (run_cfg.get("train") or {}).get("max_length") or DEFAULT_MAX_LENGTH)
+        # What the run cut inputs to (method.json; older folders: train.max_length, which the host cuts as the run
+        # did for a soft prompt); the host also keeps a --max-length override within the position table.
+        max_length = int(self.max_length or meta.get("max_length") or (run_cfg.get("train") or {}).get("max_length")
+                         or DEFAULT_MAX_LENGTH)
         version = adapter_version(folder)
         kind, host, key = self._host_for(folder, method, meta, self.model or recorded)
         task = host.prepare(folder, meta, max_length=max_length)
+        max_length = host.max_length_of(task, max_length)
         return PreparedLoad(name=name, folder=folder, replace=replace, method=method, kind=kind, spec=spec,
                             max_length=max_length, version=version, model=recorded, key=key, host=host, task=task)
 

@@ -27,7 +27,7 @@ class EfficientMethod(Method):
 
         pooling = resolve_pooling(cfg.pooling, backbone)
         peft = apply_peft(backbone, self.name, cfg)
-        max_length = _fit_positions(peft, cfg, max_length)
+        max_length = fit_positions(peft, self.name, cfg, max_length)
         model = SequenceClassifier(peft, backbone.hidden_size, spec.num_labels, pooling, cfg.head_dropout)
 
         def save(folder: Path) -> None:
@@ -37,7 +37,9 @@ class EfficientMethod(Method):
                       str(folder / HEAD_FILE))
             write_json(folder / METHOD_FILE, {"method": self.name, "config": cfg.to_dict(), "pooling": pooling,
                                               "task": spec.to_dict(), "base": peft.signature,
-                                              "num_labels": spec.num_labels})
+                                              "num_labels": spec.num_labels,
+                                              # what inputs were cut to (soft prompts take positions): serving too
+                                              "max_length": max_length})
             if getattr(cfg, "merge", False):
                 merged = peft.merged_copy()
                 merged.save_pretrained(folder / "merged")
@@ -47,14 +49,26 @@ class EfficientMethod(Method):
                         extras={"peft": peft})
 
 
-def _fit_positions(peft, cfg: EfficientConfig, max_length: int) -> int:
-    """Soft prompts take positions: keep prompt + text within an absolute-position model's table."""
-    table = getattr(peft.config, "max_position_embeddings", None)
-    k = getattr(cfg, "length", 0) if peft.method == "prompt-tuning" else 0
-    if k and table and peft.arch.spec.absolute_positions:
-        room = table - k - (peft.config.pad_token_id + 1 if peft.arch.spec.position_offset_from_padding else 0)
-        if max_length > room:
-            log.warning("prompt-tuning: truncating inputs to %d tokens so %d soft tokens fit in %d positions",
-                        room, k, table)
-            return room
+def fit_positions(model, method: str, options, max_length: int) -> int:
+    """``max_length`` cut so ``method``'s soft prompt + the text fit an absolute-position model's table.
+
+    One place for the run (``prepare``, also nested under prompt-finetune) and the server, which must tokenise
+    alike. ``model`` is the Hugging Face model or its PEFT wrapper; ``options`` the method's config.
+    """
+    model = getattr(getattr(model, "arch", None), "model", model)  # a PeftBackbone: the model it wraps
+    config = model.config
+    table = getattr(config, "max_position_embeddings", None)
+    k = getattr(options, "length", 0) if method == "prompt-tuning" else 0  # prefixes take no positions
+    if not (k and table):
+        return max_length
+    from .arch import resolve_arch
+
+    spec = resolve_arch(model).spec
+    if not spec.absolute_positions:  # rotary: no table to overrun
+        return max_length
+    room = table - k - (config.pad_token_id + 1 if spec.position_offset_from_padding else 0)
+    if max_length > room:
+        log.warning("prompt-tuning: truncating inputs to %d tokens so %d soft tokens fit in %d positions",
+                    room, k, table)
+        return room
     return max_length

@@ -189,7 +189,9 @@ class PromptMethod(Method):
                                                           strict=True))}
 
     def write_description(self, folder: Path, setup: PromptSetup, cfg: MethodConfig, spec: TaskSpec) -> None:
-        write_json(folder / "method.json", {**self.describe(setup, cfg), "task": spec.to_dict()})
+        # max_length: what the run cut inputs to (a nested soft prompt takes positions); serving uses it too.
+        write_json(folder / "method.json", {**self.describe(setup, cfg), "task": spec.to_dict(),
+                                            "max_length": setup.collate.max_length})
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

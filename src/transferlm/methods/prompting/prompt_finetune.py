@@ -96,6 +96,16 @@ def apply_peft_if_asked(lm: torch.nn.Module, peft: dict[str, Any] | None) -> tor
     return out if isinstance(out, torch.nn.Module) else lm
 
 
+def fit_soft_prompt(lm: torch.nn.Module, max_length: int) -> int:
+    """``max_length`` cut so a nested prompt-tuning's soft tokens fit beside the prompt in the position table."""
+    configs, active = getattr(lm, "configs", None), getattr(lm, "active", None)
+    if not configs or active is None:  # not a PEFT wrapper (or one with no adapter yet)
+        return max_length
+    from ..efficient.method import fit_positions
+
+    return fit_positions(lm, lm.method, configs[active], max_length)
+
+
 @register("prompt-finetune")
 class PromptFinetune(PromptMethod):
     config_cls = PromptFinetuneConfig
@@ -112,6 +122,7 @@ class PromptFinetune(PromptMethod):
                                   split=split)
         if cfg.peft:
             backbone.model = apply_peft_if_asked(backbone.model, cfg.peft)
+            max_length = fit_soft_prompt(backbone.model, max_length)
         else:
             for p in backbone.model.parameters():
                 p.requires_grad_(True)
