@@ -45,3 +45,34 @@ def test_fused_update_matches_reference(weight_decay: float) -> None:
     assert not torch.equal(fused[0], _params(1)[0])  # the update moved the weights
     for p, q in zip(fused, ref, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_step_leaves_the_schedule_when_the_fp16_scaler_skips() -> None:
+    # Shared by the engine and multitask: a step whose scale dropped (skipped update) does not move the schedule.
+    from types import SimpleNamespace
+
+    from transferlm.training.optim import linear_schedule, optimizer_step
+
+    class Scaler:
+        def __init__(self) -> None:
+            self.scale = 4.0
+
+        def get_scale(self) -> float:
+            return self.scale
+
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = linear_schedule(opt, 10, 0.0)
+    scaler = Scaler()
+    real_step = opt.step
+
+    def skipping_step() -> None:  # what GradScaler does on inf/NaN gradients: no update, a lower scale
+        scaler.scale /= 2
+
+    opt.step = skipping_step  # type: ignore[method-assign]
+    optimizer_step(SimpleNamespace(scaler=scaler), opt, sched)
+    assert sched.last_epoch == 0
+    opt.step = real_step  # type: ignore[method-assign]
+    optimizer_step(SimpleNamespace(scaler=scaler), opt, sched)
+    optimizer_step(SimpleNamespace(scaler=None), opt, sched)
+    assert sched.last_epoch == 2

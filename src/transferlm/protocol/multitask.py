@@ -30,7 +30,7 @@ from ..methods.finetune import make_collate, pool
 from ..models.loading import load_backbone
 from ..training.checkpoint import trainable_state
 from ..training.engine import effective_precision, get_accelerator
-from ..training.optim import adamw, linear_schedule
+from ..training.optim import adamw, linear_schedule, optimizer_step
 from ..training.seeding import set_seed, step_seed
 
 
@@ -160,8 +160,7 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
         acc.backward(loss)
         if cfg.train.max_grad_norm > 0:  # 0 turns clipping off, as in the engine (clipping to 0 zeroes the step)
             acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(acc, optimizer, scheduler)  # fp16: a skipped step leaves the schedule where it was
         optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": step + 1, "task": task, "loss": float(loss.detach())}
         if (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0) or step + 1 == total:

@@ -43,7 +43,7 @@ from .checkpoint import (
 )
 from .ensemble import ParameterAverage, SelfDistillation, load_into
 from .eval_resume import PartialPredictions, evaluation_key
-from .optim import adamw, linear_schedule
+from .optim import adamw, linear_schedule, optimizer_step
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
 
@@ -217,13 +217,7 @@ class Engine:
             acc.backward(loss)
             if cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scale = acc.scaler.get_scale() if acc.scaler is not None else None
-            optimizer.step()
-            # fp16: a step the loss scaler skipped (inf/NaN gradients; it then lowers the scale) updated nothing, so
-            # the schedule does not advance, as accelerate's scheduler wrapper and HF Trainer do. (accelerate's
-            # optimizer_step_was_skipped cannot tell: a fused optimizer's step is always called.)
-            if scale is None or acc.scaler.get_scale() >= scale:
-                scheduler.step()
+            optimizer_step(acc, optimizer, scheduler)  # fp16: a skipped step leaves the schedule where it was
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             done = step + 1

@@ -39,3 +39,17 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: 
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(acc: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """One optimizer step, then the schedule's, unless fp16's loss scaler skipped the update.
+
+    A step the scaler skipped (inf/NaN gradients; it then lowers the scale) updated nothing, so the schedule does
+    not advance, as accelerate's scheduler wrapper and HF Trainer do. (accelerate's optimizer_step_was_skipped
+    cannot tell: a fused optimizer's step is always called.)
+    """
+    scaler = getattr(acc, "scaler", None)
+    scale = scaler.get_scale() if scaler is not None else None
+    optimizer.step()
+    if scale is None or scaler.get_scale() >= scale:
+        scheduler.step()
