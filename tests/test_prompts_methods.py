@@ -268,6 +268,20 @@ def test_demonstration_ensemble_averages_probabilities(mlm) -> None:
     assert int(setup.collate(EXAMPLES[:2])["n_samples"]) == 1
 
 
+def test_demonstration_ensemble_of_logits_as_lm_bff(mlm) -> None:
+    # LM-BFF averages the raw label-word logits over the sets: the argmax of the mean log-probability.
+    sampler = DemoSampler(demo_pool(), num_labels=2, per_class=True, seed=0)
+    setup = build_prompt(mlm, SPEC, max_length=64, sampler=sampler, eval_samples=3, ensemble="logit", **PROMPT)
+    setup.model.eval()
+    batch = setup.collate(EXAMPLES[:2])
+    with torch.no_grad():
+        avg = setup.model(**batch)
+        single = setup.model(**{**batch, "n_samples": torch.tensor(1)})
+    assert torch.allclose(avg, single.view(2, 3, 2).mean(1).log_softmax(-1), atol=1e-5)
+    with pytest.raises(ConfigError, match="demo_ensemble must be one of prob, logit, got 'median'"):
+        build_prompt(mlm, SPEC, max_length=64, sampler=sampler, eval_samples=3, ensemble="median", **PROMPT)
+
+
 def test_the_three_methods_run_through_the_protocol(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
     zs = run(prompt_cfg(tiny_llama, toy_data, "prompt-zero-shot")).results
     assert zs["trainable_params"] == 0 and zs["steps"] == 0 and "accuracy" in zs["metrics"]

@@ -93,24 +93,27 @@ def build_prompt(backbone: Any, spec: TaskSpec, *, template: str | None, label_w
                  train: Sequence[Example] = (), calibrate: bool = False, content_free: str = "N/A",
                  multi_token: str = "mean", aggregate: str = "mean", search: str = "argmax",
                  poles: Sequence[float] | None = None, sampler: DemoSampler | None = None, eval_samples: int = 1,
+                 ensemble: str = "prob",
                  demo_separator: str | None = None, demo_max_tokens: int | None = None,
                  demo_overflow: str = "drop", seed: int = 0, prefix_cache_mb: int = 1024) -> PromptSetup:
     parts = prompt_parts(backbone, spec, template=template, label_words=label_words, train=train,
                          multi_token=multi_token, aggregate=aggregate, poles=poles)
     return assemble_prompt(backbone, spec, parts, max_length=max_length, calibrate=calibrate,
                            content_free=content_free, search=search, sampler=sampler, eval_samples=eval_samples,
+                           ensemble=ensemble,
                            demo_separator=demo_separator, demo_max_tokens=demo_max_tokens,
                            demo_overflow=demo_overflow, seed=seed, prefix_cache_mb=prefix_cache_mb)
 
 
 def assemble_prompt(backbone: Any, spec: TaskSpec, parts: PromptParts, *, max_length: int, calibrate: bool = False,
                     content_free: str = "N/A", search: str = "argmax", sampler: DemoSampler | None = None,
-                    eval_samples: int = 1, demo_separator: str | None = None, demo_max_tokens: int | None = None,
+                    eval_samples: int = 1, ensemble: str = "prob", demo_separator: str | None = None,
+                    demo_max_tokens: int | None = None,
                     demo_overflow: str = "drop", seed: int = 0, prefix_cache_mb: int = 1024) -> PromptSetup:
     """The prompt model on ``backbone``'s LM (it hooks the LM head) and its collate function."""
     tok, verb, pole_values = parts.encoder.tok, parts.verbalizer, parts.poles
     model = PromptModel(backbone.model, verb, search=search, seed=seed, poles=pole_values,
-                        prefix_cache_mb=prefix_cache_mb, pad_id=tok.pad_token_id or 0)
+                        prefix_cache_mb=prefix_cache_mb, pad_id=tok.pad_token_id or 0, ensemble=ensemble)
     demo_label = (lambda e: int(e.label))  # type: ignore[arg-type]  # noqa: E731
     if pole_values is not None:
         # One per class: the word a demonstration shows must be that of the class it was drawn from. Otherwise

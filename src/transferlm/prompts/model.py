@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import compat
+from ..errors import ConfigError
 from .demonstrations import stable_seed
 from .prefix_cache import (
     Layers,
@@ -41,11 +42,19 @@ from .verbalizer import Verbalizer, answer_search
 log = logging.getLogger(__name__)
 
 
+# How predictions over several demonstration sets combine: the mean probability, or the mean log-probability
+# (LM-BFF's mean of the raw label-word logits, up to a constant per set).
+ENSEMBLES = ("prob", "logit")
+
+
 class PromptModel(nn.Module):
     def __init__(self, lm: nn.Module, verbalizer: Verbalizer | None, *, poles: tuple[float, float] | None = None,
                  search: str = "argmax", seed: int = 0, eval_chunk: int = 64, prefix_cache_mb: int = 1024,
-                 pad_id: int = 0) -> None:
+                 pad_id: int = 0, ensemble: str = "prob") -> None:
         super().__init__()
+        if ensemble not in ENSEMBLES:
+            raise ConfigError(f"method_args.demo_ensemble must be one of {', '.join(ENSEMBLES)}, got '{ensemble}'")
+        self.ensemble = ensemble
         # Named "backbone" so optimiser helpers (layer-wise learning rates) find the transformer.
         self.backbone = lm
         self.verbalizer = verbalizer
@@ -204,8 +213,14 @@ class PromptModel(nn.Module):
         logits = self.answer_logits(input_ids, attention_mask, positions, prefix_bounds)
         scores = self.verbalizer(logits, word_rows, prior_rows, prior_index)  # [units, C] log-probs
         s = int(n_samples)
-        if s > 1:  # LM-BFF's ensemble over demonstration sets: the mean of the probabilities
-            scores = scores.view(-1, s, scores.shape[-1]).logsumexp(1) - math.log(s)
+        if s > 1:  # the ensemble over demonstration sets (LM-BFF: 16), as log-probabilities
+            per_set = scores.view(-1, s, scores.shape[-1])
+            if self.ensemble == "logit" and self.poles is None:
+                # LM-BFF averages the raw label-word logits: up to a constant per set, these log-probabilities,
+                # so the same argmax; renormalised to log-probabilities over the labels.
+                scores = per_set.mean(1).log_softmax(-1)
+            else:  # the mean of the probabilities (regression: of the high pole's, its expected value)
+                scores = per_set.logsumexp(1) - math.log(s)
         if self.poles is not None:
             lo, hi = self.poles
             return lo + (hi - lo) * scores[:, -1].exp()  # expected value between the two poles

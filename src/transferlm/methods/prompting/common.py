@@ -171,13 +171,14 @@ class PromptMethod(Method):
         return dataclasses.replace(cfg, template=template, label_words=words)
 
     def setup(self, backbone: Any, spec: TaskSpec, cfg: PromptConfig, *, max_length: int,
-              train: Sequence[Example], sampler: DemoSampler | None = None, eval_samples: int = 1
-              ) -> PromptSetup:
+              train: Sequence[Example], sampler: DemoSampler | None = None, eval_samples: int = 1,
+              ensemble: str = "prob") -> PromptSetup:
         demo = cfg if isinstance(cfg, DemoConfig) else DemoConfig()
         return build_prompt(backbone, spec, template=cfg.template, label_words=cfg.label_words,
                             max_length=max_length, train=train, calibrate=cfg.calibrate,
                             content_free=cfg.content_free, multi_token=cfg.multi_token, aggregate=cfg.aggregate,
                             search=cfg.answer_search, poles=cfg.poles, sampler=sampler, eval_samples=eval_samples,
+                            ensemble=ensemble,
                             demo_separator=demo.demo_separator, demo_max_tokens=demo.demo_max_tokens,
                             demo_overflow=demo.demo_overflow, seed=seed_of_run(),
                             prefix_cache_mb=demo.prefix_cache_mb)

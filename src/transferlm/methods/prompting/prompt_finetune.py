@@ -3,7 +3,9 @@
 The engine's cross-entropy over the PromptModel's label-word log-probabilities is LM-BFF's objective.
 With ``demonstrations: true`` (LM-BFF "+ demonstrations"), each input gets one demonstration per class,
 drawn from the 50% of that class most similar by SBERT: a fresh draw every training step, and at
-inference the mean prediction over ``demo_eval_samples`` draws (LM-BFF uses 16).
+inference the mean prediction over ``demo_eval_samples`` draws (LM-BFF uses 16): the mean of the probabilities
+(``demo_ensemble: prob``, the default) or of the label words' log-probabilities (``logit``: LM-BFF's own rule,
+which averages the raw label-word logits; a per-draw constant apart, the same thing, so the same argmax).
 ``peft: {name: lora, r: 8, ...}`` trains a PEFT transformation of the LM instead of all its weights.
 """
 
@@ -22,6 +24,7 @@ from ...data.tasks import TaskSpec
 from ...errors import ConfigError
 from ...prompts.build import regression_poles
 from ...prompts.demonstrations import STRATEGIES, DemoSampler
+from ...prompts.model import ENSEMBLES
 from ..base import MethodConfig, Prepared
 from ..registry import register
 from .common import DemoConfig, PromptMethod, seed_of_run
@@ -33,6 +36,7 @@ class PromptFinetuneConfig(DemoConfig):
     demo_selection: str = "similar"  # LM-BFF; "random": any example of the class
     demo_top_fraction: float = 0.5
     demo_eval_samples: int = 16
+    demo_ensemble: str = "prob"  # how draws combine: "prob" (mean probability) or "logit" (LM-BFF's mean logit)
     peft: dict[str, Any] | None = None
 
     def validate(self) -> None:
@@ -44,6 +48,9 @@ class PromptFinetuneConfig(DemoConfig):
             raise ConfigError(f"method_args.demo_top_fraction must be in (0, 1], got {self.demo_top_fraction}")
         if self.demo_eval_samples < 1:
             raise ConfigError(f"method_args.demo_eval_samples must be >= 1, got {self.demo_eval_samples}")
+        if self.demo_ensemble not in ENSEMBLES:
+            raise ConfigError(f"method_args.demo_ensemble must be one of {', '.join(ENSEMBLES)}, "
+                              f"got '{self.demo_ensemble}'")
         if self.peft is not None and not (isinstance(self.peft, dict) and self.peft.get("name")):
             raise ConfigError("method_args.peft must be a mapping with a name, e.g. {name: lora, r: 8}")
 
@@ -127,7 +134,7 @@ class PromptFinetune(PromptMethod):
             for p in backbone.model.parameters():
                 p.requires_grad_(True)
         setup = self.setup(backbone, spec, cfg, max_length=max_length, train=train, sampler=sampler,
-                           eval_samples=cfg.demo_eval_samples)
+                           eval_samples=cfg.demo_eval_samples, ensemble=cfg.demo_ensemble)
 
         def save(folder: Path) -> None:
             # A reloadable model: the tuned LM (or its adapter) in its own format, plus the prompt.
