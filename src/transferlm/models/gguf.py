@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import logging
@@ -98,6 +99,8 @@ def convert_gguf(
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
         raise ModelError(f"GGUF file not found: {', '.join(missing)}")
+    # Before joining and hashing hundreds of MB: transformers would fail late, with a multi-line ImportError.
+    _require_gguf_package(label or parts[0].name)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir.with_name(out_dir.name + ".lock"), out_dir):
@@ -195,6 +198,23 @@ def _write_source(folder: Path, parts: list[Path], sha256: str | None) -> None:
 
 
 # --- transformers / gguf version-sensitive calls ----------------------------------------
+
+GGUF_REQUIREMENT = "gguf>=0.10"  # what transformers needs to read GGUF files
+
+
+def _require_gguf_package(label: str) -> None:
+    try:
+        version = importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    if version is None or importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"converting {label} from GGUF needs the package gguf: pip install '{GGUF_REQUIREMENT}'")
+    from packaging.version import InvalidVersion, Version
+
+    with contextlib.suppress(InvalidVersion):
+        if Version(version) < Version(GGUF_REQUIREMENT.split(">=")[1]):
+            raise ModelError(f"converting {label} from GGUF needs {GGUF_REQUIREMENT} (installed: gguf {version}): "
+                             f"pip install -U '{GGUF_REQUIREMENT}'")
 
 
 def load_gguf(gguf_file: Path) -> tuple[Any, Any]:
