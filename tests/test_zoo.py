@@ -459,3 +459,33 @@ def test_missing_gguf_package_is_one_line_with_the_install_command(
         gguf.convert_gguf(_parts(tmp_path, b"GGUF"), tmp_path / "cache" / "m", label="smol")
     assert "\n" not in str(info.value)
     assert calls == [] and not (tmp_path / "cache").exists()
+
+
+def test_a_left_padding_tokenizer_is_loaded_right_padding(tmp_path: Path) -> None:
+    # A decoder folder whose tokenizer saved padding_side="left" (common for chat models): with absolute
+    # positions, left padding would give a short text another representation in a batch than alone.
+    import torch
+    from transformers import BertTokenizerFast, GPT2Config, GPT2Model
+
+    from conftest import _vocab
+    from transferlm.methods.finetune import pool
+    from transferlm.models.loading import load_backbone
+
+    folder = tmp_path / "gpt2"
+    tok = BertTokenizerFast(vocab=_vocab(), do_lower_case=True, bos_token="<s>", eos_token="</s>",
+                            padding_side="left")
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    GPT2Model(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+    backbone = load_backbone(str(folder))
+    assert backbone.is_decoder and backbone.tokenizer.padding_side == "right"
+    texts = ["good", "good movie bad film fun"]
+    batch = backbone.tokenizer(texts, padding=True, return_tensors="pt")
+    alone = backbone.tokenizer(texts[:1], return_tensors="pt")
+    with torch.no_grad():
+        batched = pool(backbone.model(**batch).last_hidden_state, batch["attention_mask"], "last")[0]
+        single = pool(backbone.model(**alone).last_hidden_state, alone["attention_mask"], "last")[0]
+    assert torch.allclose(batched, single, atol=1e-5)
