@@ -43,3 +43,14 @@ def test_engine_scores_a_three_class_task_whose_subset_has_two_classes(tiny_bert
     engine = Engine(prepared, spec, TrainConfig(), seed=13, out_dir=None, quiet=True)
     metrics = engine.evaluate(examples).metrics
     assert "f1" not in metrics and set(metrics) >= {"accuracy", "macro_f1", "mcc"}
+
+
+@pytest.mark.parametrize("constant", [0.0, 0.1, 0.3, 1e-9])
+def test_constant_regression_predictions_score_zero_not_nan(constant: float) -> None:
+    # np.std([0.1] * 3) is 1.4e-17, not 0: the guard must not let scipy's NaN through.
+    m = compute_metrics([1.0, 2.0, 3.0], [constant] * 3, regression=True, primary="pearson")
+    assert m["pearson"] == 0.0 and m["spearman"] == 0.0
+    assert m["mse"] == pytest.approx(sum((t - constant) ** 2 for t in (1.0, 2.0, 3.0)) / 3)
+    assert compute_metrics([0.1] * 3, [1.0, 2.0, 3.0], regression=True, primary="spearman")["spearman"] == 0.0
+    good = compute_metrics([1.0, 2.0, 3.0], [0.1, 0.2, 0.4], regression=True, primary="pearson")
+    assert 0.9 < good["pearson"] < 1.0 and good["spearman"] == pytest.approx(1.0)

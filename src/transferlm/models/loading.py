@@ -38,6 +38,9 @@ class Backbone:
 def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
     """The tokenizer saved with the model at ``path``, with a pad token (decoders often lack one)."""
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    # Right padding whatever the folder saved: left padding shifts the positions of a short row in an
+    # absolute-position decoder (GPT-2), so its prediction would depend on the batch it is in.
+    tok.padding_side = "right"
     if tok.pad_token is None:
         # Decoders often ship without a pad token; padding uses EOS and the attention mask hides it.
         tok.pad_token = tok.eos_token or tok.unk_token

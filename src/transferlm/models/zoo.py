@@ -290,7 +290,9 @@ def _zoo_path(entry: ZooEntry, cache_dir: Path | None) -> Path:
             raise ModelError(f"model {entry.name!r}: {folder} has no config.json; reinstall: {entry.install}")
         return folder
     out_dir = model_cache_dir(entry.name, cache_dir)
-    if gguf.is_converted(out_dir):  # works even if the package was uninstalled since
+    # With the package uninstalled since, a conversion of the file this entry pins still serves; with it
+    # installed, convert_gguf reuses the folder only if it was made from the installed files.
+    if _missing_file(entry) is not None and gguf.is_converted(out_dir, sha256=entry.sha256):
         return out_dir
     return gguf.convert_gguf(_package_paths(entry), out_dir, sha256=entry.sha256, label=entry.name)
 
@@ -330,7 +332,7 @@ def list_models(*, cache_dir: Path | None = None) -> list[dict[str, Any]]:
                 "params": entry.params,
                 "installed": _missing_file(entry) is None,
                 # Only GGUF models have a cache; None means "not applicable".
-                "cached": gguf.is_converted(model_cache_dir(entry.name, cache_dir))
+                "cached": gguf.is_converted(model_cache_dir(entry.name, cache_dir), sha256=entry.sha256)
                 if entry.is_gguf
                 else None,
                 "package": " ".join(entry.packages),
