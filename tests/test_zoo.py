@@ -489,3 +489,28 @@ def test_a_left_padding_tokenizer_is_loaded_right_padding(tmp_path: Path) -> Non
         batched = pool(backbone.model(**batch).last_hidden_state, batch["attention_mask"], "last")[0]
         single = pool(backbone.model(**alone).last_hidden_state, alone["attention_mask"], "last")[0]
     assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_a_decoder_family_outside_the_tested_list_is_a_decoder(tmp_path: Path) -> None:
+    # Bloom is not in DECODER_TYPES: it was read as an encoder (mean pooling; prompt methods asked for an MLM head).
+    import torch
+    from transformers import BertTokenizerFast, BloomConfig, BloomForCausalLM
+
+    from conftest import _vocab
+    from transferlm.methods.prompting.common import prompt_head
+    from transferlm.models.loading import DECODER_TYPES, load_backbone
+
+    assert "bloom" not in DECODER_TYPES
+    folder = tmp_path / "bloom"
+    tok = BertTokenizerFast(vocab=_vocab(), do_lower_case=True, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=2,
+                                 pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    assert load_backbone(str(folder)).is_decoder
+    assert prompt_head(str(folder)) == "causal"
+    # Encoders that also have a causal-LM class in transformers stay encoders.
+    from transferlm.compat import decoder_only_model_types
+
+    assert {"bloom", "falcon", "gpt_neo", "llama"} <= decoder_only_model_types()
+    assert not {"bert", "roberta", "t5", "bart"} & decoder_only_model_types()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -90,3 +91,16 @@ def kv_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> An
     from transformers import DynamicCache
 
     return DynamicCache(ddp_cache_data=layers, config=config)
+
+
+@functools.cache
+def decoder_only_model_types() -> frozenset[str]:
+    """The model types transformers knows as decoder-only LMs: a causal-LM class, and neither a masked-LM one
+    (BERT-style encoders have a causal head too) nor a seq2seq one. Empty where the mapping moved."""
+    try:
+        from transformers.models.auto import modeling_auto as auto
+    except ImportError:
+        return frozenset()
+    causal = set(getattr(auto, "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", {}))
+    return frozenset(causal - set(getattr(auto, "MODEL_FOR_MASKED_LM_MAPPING_NAMES", {}))
+                     - set(getattr(auto, "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", {})))

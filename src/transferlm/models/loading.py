@@ -10,14 +10,25 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+from .. import compat
 from ..errors import ModelError
 from .zoo import resolve_model
 
 log = logging.getLogger(__name__)
 
 # Architectures by family: data, not code paths.
+# Decoder-only families the prefix cache is tested on (its KV reuse is kept to them).
 DECODER_TYPES = {"llama", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3", "mistral", "gpt2",
                  "gpt_neox", "phi", "phi3", "opt", "smollm3", "olmo", "olmo2"}
+
+
+def is_decoder_config(config: Any) -> bool:
+    """Whether ``config`` is a decoder-only LM: a tested family, any family transformers maps only to a causal
+    LM (falcon, bloom, gpt_neo, ...: treated as encoders they would get mean pooling and an MLM head), or a
+    config that says so itself."""
+    model_type = getattr(config, "model_type", None)
+    return (model_type in DECODER_TYPES or model_type in compat.decoder_only_model_types()
+            or bool(getattr(config, "is_decoder", False)))
 
 
 @dataclass
@@ -56,7 +67,7 @@ def load_backbone(name: str, *, head: str = "base", trust_remote_code: bool = Fa
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model '{name}' ({_first_line(e)}); use a built-in name "
                          "(`transferlm models`), a local folder with config.json, or a hub id while online") from None
-    is_decoder = config.model_type in DECODER_TYPES or bool(getattr(config, "is_decoder", False))
+    is_decoder = is_decoder_config(config)
     cls = {"base": AutoModel, "mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}[head]
     try:
         # Weights come from safetensors only: a pickled checkpoint (pytorch_model.bin) is never opened.

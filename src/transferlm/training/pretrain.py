@@ -32,7 +32,7 @@ from transformers import (
 
 from ..errors import ConfigError, DataError, ModelError
 from ..io import atomic_dir, atomic_path, write_json
-from ..models.loading import DECODER_TYPES, SAFETENSORS_ONLY, _first_line, load_tokenizer
+from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
 from ..models.zoo import resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
 from .optim import adamw
@@ -84,7 +84,7 @@ class PretrainConfig:
 def _load_lm(path: str, objective: str) -> tuple[torch.nn.Module, str, list[str]]:
     """The model with an LM head; the names of head weights that were newly initialised."""
     config = AutoConfig.from_pretrained(path)
-    is_decoder = config.model_type in DECODER_TYPES
+    is_decoder = is_decoder_config(config)
     if objective == "auto":
         objective = "clm" if is_decoder else "mlm"
     cls = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM

@@ -95,7 +95,7 @@ class DemoConfig(PromptConfig):
 
 def prompt_head(model: str) -> str:
     """"mlm" or "causal" for ``model``, decided before loading it (run() loads the backbone with it)."""
-    from ...models.loading import DECODER_TYPES
+    from ...models.loading import is_decoder_config
     from ...models.zoo import resolve_model
 
     kind = resolve_model(model).kind
@@ -106,7 +106,7 @@ def prompt_head(model: str) -> str:
             config = AutoConfig.from_pretrained(str(resolve_model(model).path))
         except (OSError, ValueError):
             return "mlm"  # let load_backbone report the loading problem
-        decoder = config.model_type in DECODER_TYPES or getattr(config, "is_decoder", False)
+        decoder = is_decoder_config(config)
         kind = "causal" if decoder else "mlm"
     if kind == "encoder":
         raise ConfigError(f"prompt methods need a masked or causal language model with its LM head; {model} is an "

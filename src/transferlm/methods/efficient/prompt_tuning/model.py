@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ....errors import ConfigError
-from ....models.loading import DECODER_TYPES
+from ....models.loading import is_decoder_config
 from ..core import PeftBackbone, SavedAdapter, copy_into, keyword_inputs, pos_from_first_token
 from ..peftlib import PEFT_WEIGHTS
 from .config import PromptTuningOptions
@@ -122,7 +122,7 @@ class PromptTuningBackbone(PeftBackbone):
         self.check_name(name)
         folder.mkdir(parents=True, exist_ok=True)
         a, model = self.arch, self.model
-        decoder_lm = a.config.model_type in DECODER_TYPES and model.get_output_embeddings() is not None
+        decoder_lm = is_decoder_config(a.config) and model.get_output_embeddings() is not None
         PromptTuningConfig(task_type="CAUSAL_LM" if decoder_lm else "FEATURE_EXTRACTION",
                            num_virtual_tokens=self.prompts[name].shape[0], token_dim=a.hidden_size,
                            num_transformer_submodules=1, num_attention_heads=a.num_heads, num_layers=a.num_layers,
