@@ -514,3 +514,14 @@ def test_a_decoder_family_outside_the_tested_list_is_a_decoder(tmp_path: Path) -
 
     assert {"bloom", "falcon", "gpt_neo", "llama"} <= decoder_only_model_types()
     assert not {"bert", "roberta", "t5", "bart"} & decoder_only_model_types()
+
+
+def test_an_lm_head_the_checkpoint_lacks_is_an_error(tiny_bert: Path, tiny_mlm: Path) -> None:
+    # A bare encoder loaded for a cloze prompt got a random MLM head, with only a transformers warning.
+    from transferlm.errors import ModelError
+    from transferlm.models.loading import load_backbone
+
+    with pytest.raises(ModelError, match=r"has no weights for its mlm head \(\d+ missing, e.g. cls\.predictions"):
+        load_backbone(str(tiny_bert), head="mlm")
+    assert load_backbone(str(tiny_mlm), head="mlm").kind == "mlm"
+    assert load_backbone(str(tiny_bert)).kind == "encoder"

@@ -71,11 +71,17 @@ def load_backbone(name: str, *, head: str = "base", trust_remote_code: bool = Fa
     cls = {"base": AutoModel, "mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}[head]
     try:
         # Weights come from safetensors only: a pickled checkpoint (pytorch_model.bin) is never opened.
-        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32,
-                                    use_safetensors=True)
+        model, info = cls.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                          use_safetensors=True, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model '{name}' with a {head} head ({_first_line(e)})"
                          + (SAFETENSORS_ONLY if not _has_safetensors(path) else "")) from None
+    missing = sorted(info.get("missing_keys") or ())
+    if head != "base" and missing:
+        # An LM head the checkpoint lacks is randomly initialised: a prompt read through it scores noise.
+        raise ModelError(f"model '{name}' has no weights for its {head} head ({len(missing)} missing, e.g. "
+                         f"{missing[0]}); use a model saved with its LM head (e.g. splade-tiny, smollm2-135m), or "
+                         "give this one a head first with `transferlm pretrain`")
     tokenizer = load_tokenizer(path, trust_remote_code)
     kind = "causal" if is_decoder else ("mlm" if head == "mlm" else "encoder")
     return Backbone(name=name, path=path, model=model, tokenizer=tokenizer, is_decoder=is_decoder, kind=kind)
