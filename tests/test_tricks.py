@@ -236,3 +236,14 @@ def test_ia3_rescaling_vectors_get_no_weight_decay(tiny_bert: Path, toy_data: Pa
     assert ia3 and lora and "head.weight" in decay
     assert all(decay[n] == 0.0 for n in ia3)
     assert all(decay[n] == 0.01 for n in lora) and decay["head.weight"] == 0.01
+
+
+def test_a_model_without_transformer_layers_is_a_one_line_error() -> None:
+    from torch import nn
+
+    from transferlm.errors import ModelError
+    from transferlm.training.layers import num_layers
+
+    with pytest.raises(ModelError, match="cannot find the transformer layers of Linear"):
+        num_layers(nn.Linear(2, 2))
+    assert num_layers(nn.Sequential(nn.ModuleList([nn.Linear(2, 2)] * 3))) == 3

@@ -12,6 +12,8 @@ import re
 
 from torch import nn
 
+from ..errors import ModelError
+
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 _EMBEDDING = re.compile(r"embed|wte|wpe|shared\.")
 
@@ -23,7 +25,9 @@ def num_layers(model: nn.Module) -> int:
         return int(n)
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ValueError("cannot find the transformer layers of this model")
+        raise ModelError(f"cannot find the transformer layers of {type(model).__name__} (no num_hidden_layers in its "
+                         "config and no layer list); layer options (layers, freeze_layers, layer_decay, probe) need "
+                         "a transformer backbone")
     return max(len(m) for m in lists)
 
 
