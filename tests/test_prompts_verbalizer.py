@@ -65,6 +65,8 @@ def test_label_words_forms() -> None:
         normalize_label_words({"0": "bad"}, labels, names)
     with pytest.raises(ConfigError, match="unknown label"):
         normalize_label_words({"0": "bad", "1": "good", "2": "x"}, labels, names)
+    with pytest.raises(ConfigError, match="gives label 'positive' an empty word"):
+        normalize_label_words({"0": "bad", "1": None}, labels, names)  # YAML `1:` with nothing after it
 
 
 def _logprobs(table: dict[tuple[int, int], float], rows: int = 1, width: int = 2, vocab: int = 8) -> torch.Tensor:

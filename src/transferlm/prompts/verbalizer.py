@@ -179,9 +179,13 @@ def normalize_label_words(raw: object, labels: Sequence[str], label_names: Seque
         out = []
         for i, lab in enumerate(labels):
             name = label_names[i] if i < len(label_names) else lab
+            given = lab in keys or name in keys
             v = keys.pop(lab, None)
             if v is None:
                 v = keys.pop(name, None)
+            if v is None and given:  # `{"0": null}` (or an empty YAML value): named, but with no word
+                raise ConfigError(f"method_args.label_words gives label '{name}' an empty word; give it a word, "
+                                  "e.g. 'great'")
             if v is None:
                 raise ConfigError(f"method_args.label_words has no word for label '{lab}'"
                                   + (f" ({name})" if name != lab else "") + f"; labels are {', '.join(labels)}")
