@@ -103,7 +103,6 @@ class Engine:
         self.acc = accelerator or get_accelerator(cfg.mixed_precision)
         self.model = prepared.model.to(self.acc.device)
         self.loss_hooks: list[Callable[..., torch.Tensor]] = []
-        self.resumed_eval_seconds = 0.0  # of the last predict: time its saved batches took before a resume
 
     # -- loss -------------------------------------------------------------------------------------------
     def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -284,8 +283,13 @@ class Engine:
         self.acc.wait_for_everyone()
 
     # -- evaluation -------------------------------------------------------------------------------------
-    @torch.no_grad()
     def predict(self, examples: Sequence[Example], desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+        preds, scores, _ = self._predict(examples, desc)
+        return preds, scores
+
+    @torch.no_grad()
+    def _predict(self, examples: Sequence[Example], desc: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """Predictions and scores, and the seconds that saved batches it resumed from took before."""
         acc, model = self.acc, self.model
         model.eval()
         world, rank = acc.num_processes, acc.process_index
@@ -317,7 +321,7 @@ class Engine:
                 else:
                     out.extend(rows)
         # An evaluation resumed from saved batches took their time too.
-        self.resumed_eval_seconds = partial.seconds_before if partial is not None else 0.0
+        seconds_before = partial.seconds_before if partial is not None else 0.0
         if partial is not None:
             partial.remove()
         if world > 1:
@@ -325,7 +329,7 @@ class Engine:
         out.sort(key=lambda t: t[0])
         scores = np.asarray([s for _, s in out], dtype=np.float64)
         preds = scores if self.spec.regression else scores.argmax(-1)
-        return preds, scores
+        return preds, scores, seconds_before
 
     def _partial_predictions(self, examples: Sequence[Example], desc: str, batch_size: int,
                              order: list[int]) -> PartialPredictions | None:
@@ -343,7 +347,7 @@ class Engine:
 
     def evaluate(self, examples: Sequence[Example], desc: str = "eval") -> Predictions:
         t0 = time.perf_counter()
-        preds, scores = self.predict(examples, desc=desc)
+        preds, scores, seconds_before = self._predict(examples, desc)
         metrics = compute_metrics([e.label for e in examples], preds, regression=self.spec.regression,
                                   primary=self.spec.metric, num_labels=self.spec.num_labels)
-        return Predictions(preds, scores, metrics, time.perf_counter() - t0 + self.resumed_eval_seconds)
+        return Predictions(preds, scores, metrics, time.perf_counter() - t0 + seconds_before)
