@@ -108,6 +108,14 @@ def test_multitask_max_grad_norm_zero_turns_clipping_off(tiny_bert: Path, two_ta
     assert bool(calls) is clips and all(c == max_grad_norm for c in calls)
 
 
+def test_multitask_cls_pooling_on_a_decoder_is_an_error(tiny_llama: Path, two_tasks: Path) -> None:
+    # The same resolve_pooling as finetune and the PEFT methods: a causal model's first token sees no input.
+    cfg = MultitaskConfig(tasks=["toy", "toy2"], model=str(tiny_llama), quiet=True, pooling="cls")
+    cfg.data.data_dir, cfg.data.shots = str(two_tasks), 4
+    with pytest.raises(ConfigError, match="pooling=cls on a decoder-only model"):
+        multitask(cfg)
+
+
 def test_multitask_rejects_a_negative_max_grad_norm() -> None:
     cfg = MultitaskConfig(tasks=["toy", "toy2"])
     cfg.train.max_grad_norm = -1.0

@@ -26,7 +26,7 @@ from ..data.loading import DataOptions, load_task
 from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
 from ..io import write_json
-from ..methods.finetune import make_collate, pool
+from ..methods.finetune import make_collate, pool, resolve_pooling
 from ..models.loading import load_backbone
 from ..training.checkpoint import trainable_state
 from ..training.engine import effective_precision, get_accelerator
@@ -120,7 +120,7 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     loaded = {t: load_task(t, cfg.data.data_dir, options) for t in cfg.tasks}
     backbone = load_backbone(cfg.model)
-    pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if backbone.is_decoder else "mean")
+    pooling = resolve_pooling(cfg.pooling, backbone)
     torch.manual_seed(cfg.seed)
     model = MultiTaskModel(backbone.model, backbone.hidden_size, {t: s.num_labels for t, (s, _) in loaded.items()},
                            pooling).to(acc.device)
