@@ -385,3 +385,39 @@ def test_prefix_decoding_of_a_left_padded_row_continues_as_the_row_alone(tiny_ll
         step = peft(input_ids=ids[:, 5:], cache=first.cache, use_cache=True)
         full = peft(input_ids=ids).logits
     torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def _positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """What transformers' generate passes: each row counted from its first real token, padding at 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("name", ["prefix", "prompt-tuning"])
+def test_a_decoder_given_its_own_positions_computes_what_it_computes_without_them(tiny_llama: Path, name: str) -> None:
+    # The caller's position_ids number its tokens as without soft tokens; the method shifts them as it shifts its
+    # own (a prefix used to take them raw: the text then overlapped the prefix's positions).
+    peft = apply_peft(load(tiny_llama, "causal"), name, {**options(name), "length": 3}).eval()
+    x = batch()
+    x["attention_mask"][2, :3] = 0  # row 2 padded on the left
+    with torch.no_grad():
+        for p in peft.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+        default = peft(**x).logits
+        given = peft(**x, position_ids=_positions_from_mask(x["attention_mask"])).logits
+    real = x["attention_mask"].bool()  # a padding slot's own output may differ (its position is the caller's)
+    torch.testing.assert_close(given[real], default[real], atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_decoding_given_positions_continues_as_without_them(tiny_llama: Path) -> None:
+    peft = apply_peft(load(tiny_llama, "causal"), "prefix", {"length": 3}).eval()
+    ids = batch(length=6)["input_ids"][:2]
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    pos = _positions_from_mask(mask)
+    with torch.no_grad():
+        first = peft(input_ids=ids[:, :5], attention_mask=mask[:, :5], position_ids=pos[:, :5], use_cache=True)
+        step = peft(input_ids=ids[:, 5:], attention_mask=mask, position_ids=pos[:, 5:], cache=first.cache,
+                    use_cache=True)
+        full = peft(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

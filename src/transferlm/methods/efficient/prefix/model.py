@@ -29,7 +29,8 @@ class PrefixBackbone(PeftBackbone):
 
     Each forward builds a :class:`~transformers.DynamicCache` holding every layer's prefix keys and
     values, prepends the prefix to the attention mask, and passes the text's positions explicitly
-    (0..T-1 for absolute-position encoders such as BERT; after the row's prefix for rotary decoders). That works for encoders (BERT, RoBERTa) and decoders
+    (0..T-1 for absolute-position encoders such as BERT; after the row's prefix for rotary decoders, where a
+    caller's own ``position_ids`` move by the prefix length alike). That works for encoders (BERT, RoBERTa) and decoders
     (Llama, Gemma, Qwen) alike. Rows of a mixed batch take their own task's prefix; shorter prefixes
     are padded and masked.
     """
@@ -139,17 +140,25 @@ class PrefixBackbone(PeftBackbone):
             seen = cache.get_seq_length() - pmask.shape[1] if continuing else 0
             mask = torch.ones(batch, seen + length, dtype=torch.long, device=ref.device)
         kwargs["attention_mask"] = torch.cat([pmask.to(mask.dtype), mask], dim=1)
+        plen = pmask.sum(1)
+        given = kwargs.get("position_ids")
+        if given is not None:
+            # The caller numbers its own tokens, as it would without a prefix. A rotary decoder's text follows
+            # its row's prefix (what the default below computes), so the caller's positions move by the prefix
+            # length alike: passing the positions the model would compute itself changes nothing. Absolute
+            # positions (BERT, RoBERTa) are the text's own with or without a prefix: kept as given.
+            if not self.arch.spec.absolute_positions:
+                kwargs["position_ids"] = given + plen.unsqueeze(1)
+        elif not continuing:
+            kwargs["position_ids"] = self._positions(ids, plen, length, mask)
+        elif not self.arch.spec.absolute_positions:
+            # Continue each row's numbering (its own prefix length, from its first real token); the model's
+            # default would count the cache's slots, padding and the longest prefix included.
+            kwargs["position_ids"] = self._positions(None, plen, mask.shape[1], mask)[:, -length:]
         if not continuing:
             cache = DynamicCache(config=self.model.config)
             a = self.arch
             for layer in range(a.num_layers):
                 k, v = (rows_to_heads(kv[:, layer, i], a.num_kv_heads) for i in (0, 1))
                 cache.update(k, v, layer)
-            if kwargs.get("position_ids") is None:
-                kwargs["position_ids"] = self._positions(ids, pmask.sum(1), length, mask)
-        elif kwargs.get("position_ids") is None and not self.arch.spec.absolute_positions:
-            # Continue each row's numbering (its own prefix length, from its first real token); the model's
-            # default would count the cache's slots, padding and the longest prefix included.
-            full = self._positions(None, pmask.sum(1), mask.shape[1], mask)
-            kwargs["position_ids"] = full[:, -length:]
         return self.model(**kwargs, cache=cache)
