@@ -143,7 +143,14 @@ class PromptTuningBackbone(PeftBackbone):
 
 
 def _strip(out: Any, width: int) -> Any:
-    """Drop the soft-prompt positions so outputs line up with the caller's tokens."""
+    """Drop the soft-prompt positions so outputs line up with the caller's tokens.
+
+    Per-token outputs (``last_hidden_state``, ``logits``, every ``hidden_states`` entry, which finetune's
+    ``layers`` pooling reads with the caller's mask) lose the ``width`` prompt slots. ``attentions`` are left
+    whole, ``[batch, heads, width + T, width + T]``: their key axis must keep the prompt for each row's weights
+    to sum to one (as a prefix's keys stay in its attentions), and nothing here reads them; a caller
+    inspecting them takes ``[..., width:, :]`` for its own tokens' queries.
+    """
     out = copy.copy(out)
     for key in ("last_hidden_state", "logits"):
         if getattr(out, key, None) is not None:
