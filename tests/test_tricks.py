@@ -42,6 +42,57 @@ def test_layer_index_from_parameter_names() -> None:
     assert layer_of("head.weight") is None and layer_of("backbone.norm.weight") is None
 
 
+def _tiny(name: str) -> torch.nn.Module:
+    import transformers as hf
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=32)
+    configs = {
+        # word_embed_proj_dim < hidden_size (opt-350m): project_in after the embeddings, project_out before the head
+        "opt": lambda: hf.OPTForCausalLM(hf.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                                      num_attention_heads=2, ffn_dim=32, max_position_embeddings=32,
+                                                      word_embed_proj_dim=8)),
+        "gpt2": lambda: hf.GPT2LMHeadModel(hf.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)),
+        "gpt_neox": lambda: hf.GPTNeoXForCausalLM(hf.GPTNeoXConfig(**small, tie_word_embeddings=False)),
+        "llama": lambda: hf.LlamaForCausalLM(hf.LlamaConfig(**small, tie_word_embeddings=False)),
+        "gemma": lambda: hf.GemmaForCausalLM(hf.GemmaConfig(**small, head_dim=8)),
+        "bert": lambda: hf.BertForMaskedLM(hf.BertConfig(**small)),
+        "roberta": lambda: hf.RobertaForMaskedLM(hf.RobertaConfig(**small)),
+        "t5": lambda: hf.T5ForConditionalGeneration(hf.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32,
+                                                                num_layers=2, num_heads=2)),
+    }
+    return configs[name]()
+
+
+# Per family, the parameters outside the blocks that belong with the embeddings (the rest sit above the blocks:
+# final norms, projections to the head, heads).
+EMBEDDING_SIDE = {
+    "opt": {"model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight",
+            "model.decoder.project_in.weight"},
+    "gpt2": {"transformer.wte.weight", "transformer.wpe.weight"},
+    "gpt_neox": {"gpt_neox.embed_in.weight"},
+    "llama": {"model.embed_tokens.weight"},
+    "gemma": {"model.embed_tokens.weight"},
+    "bert": {f"bert.embeddings.{n}" for n in ("word_embeddings.weight", "position_embeddings.weight",
+                                               "token_type_embeddings.weight", "LayerNorm.weight", "LayerNorm.bias")},
+    "roberta": {f"roberta.embeddings.{n}" for n in ("word_embeddings.weight", "position_embeddings.weight",
+                                                     "token_type_embeddings.weight", "LayerNorm.weight",
+                                                     "LayerNorm.bias")},
+    "t5": {"shared.weight"},
+}
+
+
+@pytest.mark.parametrize("family", sorted(EMBEDDING_SIDE))
+def test_layer_decay_puts_embedding_side_projections_at_the_bottom_rate(family: str) -> None:
+    model = _tiny(family)
+    lr, xi, depth = 1e-3, 0.5, 2
+    rate = {n: g["lr"] for g in build_param_groups(model, None, lr, 0.0, xi) for n in g["names"]}
+    outside = {n for n in rate if not any(f".{b}." in n for b in ("layer", "layers", "h", "block"))}
+    assert EMBEDDING_SIDE[family] <= outside
+    for name in outside:
+        assert rate[name] == pytest.approx(lr * xi**depth if name in EMBEDDING_SIDE[family] else lr), name
+
+
 @pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
 def test_layerwise_lr_decay_groups_carry_exact_rates(model: str, toy_data: Path, request) -> None:
     _, _, prepared = _prepared(request.getfixturevalue(model), toy_data)

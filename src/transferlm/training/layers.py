@@ -15,7 +15,9 @@ from torch import nn
 from ..errors import ModelError
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
-_EMBEDDING = re.compile(r"embed|wte|wpe|shared\.")
+# The embeddings and what maps them into the blocks' width (OPT's project_in; ALBERT's embedding_hidden_mapping_in
+# and ELECTRA's embeddings_project say "embed"). Projections after the blocks (OPT's project_out) sit above them.
+_EMBEDDING = re.compile(r"embed|wte|wpe|shared\.|(?:^|\.)project_in\.")
 
 
 def num_layers(model: nn.Module) -> int:
