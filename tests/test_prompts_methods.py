@@ -389,6 +389,32 @@ def test_auto_search_ranks_under_the_runs_max_length(auto: str, searcher: str, t
     assert seen == [40]
 
 
+@pytest.mark.parametrize("auto, searcher", [("labels", "search_label_words"), ("templates", "search_templates")])
+def test_auto_search_ranks_at_the_length_a_nested_soft_prompt_leaves(auto: str, searcher: str, toy_data: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # BERT with 48 positions, 8 soft tokens: the run cuts inputs to 40, and the search must rank at 40 as well.
+    import transferlm.prompts.search as search
+    from conftest import make_tiny_bert
+
+    seen: list[int] = []
+    real = getattr(search, searcher)
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["max_length"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, searcher, spy)
+    model = make_tiny_bert(tmp_path / "bert48", mlm=True, positions=48)
+    cfg = prompt_cfg(model, toy_data, "prompt-finetune", auto=auto, auto_k=2,
+                     peft={"name": "prompt-tuning", "length": 8, "init": "random"})
+    cfg.train.max_steps, cfg.train.eval_every, cfg.output = 2, 2, str(tmp_path / "run")
+    cfg.save_model = True
+    run(cfg)
+    assert seen == [40]
+    assert json.loads((tmp_path / "run" / "model" / "method.json").read_text())["max_length"] == 40
+
+
 def test_regression_poles_are_settled_before_the_run_and_recorded(mlm) -> None:
     # A regression task without default poles takes them from the training labels, which differ by seed:
     # the resolved config must say so (the eval memo of seed-free zero-shot keys on it).

@@ -87,6 +87,13 @@ def _backbone(cfg: Any) -> Any:
     return load_backbone(cfg.model, head=prompt_head(cfg.model))
 
 
+def _search_length(cfg: Any, backbone: Any) -> int:
+    """The inputs' cut in the runs the candidates are meant for (``--auto`` fine-tunes them with method_args)."""
+    from ..methods.prompting.prompt_finetune import planned_max_length
+
+    return planned_max_length(backbone.model, cfg.method_args.get("peft"), cfg.train.max_length)
+
+
 def finetune_rerank(cfg: Any, candidates: list[dict[str, Any]], args_of: Any) -> None:
     """LM-BFF's last step: fine-tune each candidate (prompt-finetune) and re-rank by its dev score."""
     from dataclasses import replace
@@ -118,7 +125,7 @@ def cmd_search_labels(args: argparse.Namespace) -> int:
     # --template was resolved into method_args already (a templates.json from `search templates` included).
     template = resolve_template(spec, cfg.method_args.get("template"), causal=backbone.is_decoder)
     result = search_label_words(backbone, spec, template, data.train, rank, k=args.k, n=args.n, beam=args.beam,
-                                max_length=cfg.train.max_length)
+                                max_length=_search_length(cfg, backbone))
     result.update(task=spec.name, model=cfg.model, seed=cfg.seed, rank_on=args.rank_on)
     if args.auto:
         finetune_rerank(cfg, result["assignments"], lambda c: {"template": template.source,
@@ -160,7 +167,7 @@ def cmd_search_templates(args: argparse.Namespace) -> int:
         firsts = [w[0] for w in normalize_label_words(words, spec.labels, spec.label_names or spec.labels)]
         candidates = t5_templates(t5, t5_tok, data.train, firsts, is_pair=spec.is_pair, beams=args.beams,
                                   top=max(args.n * 2, 20))
-    ranked = search_templates(backbone, spec, words, candidates, rank, max_length=cfg.train.max_length)[:args.n]
+    ranked = search_templates(backbone, spec, words, candidates, rank, max_length=_search_length(cfg, backbone))[:args.n]
     if args.auto:
         finetune_rerank(cfg, ranked, lambda c: {"template": c["template"], "label_words": words})
     result = {"task": spec.name, "model": cfg.model, "seed": cfg.seed, "rank_on": args.rank_on,

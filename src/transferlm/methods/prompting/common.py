@@ -146,6 +146,7 @@ class PromptMethod(Method):
         from ...prompts.defaults import get_default, resolve_template
         from ...prompts.search import pool_templates, search_label_words, search_templates
 
+        max_length = self.search_length(backbone, cfg, max_length)
         template, words = cfg.template, cfg.label_words
         if cfg.auto in ("labels", "both"):
             tpl = resolve_template(spec, template, causal=backbone.is_decoder)
@@ -169,6 +170,10 @@ class PromptMethod(Method):
             template = ranked[0]["template"]
             log.info("auto template (dev %.4f): %s", ranked[0]["zero_shot"], template)
         return dataclasses.replace(cfg, template=template, label_words=words)
+
+    def search_length(self, backbone: Any, cfg: PromptConfig, max_length: int) -> int:
+        """What the run will cut inputs to (a nested soft prompt takes positions): the searches rank at it."""
+        return max_length
 
     def setup(self, backbone: Any, spec: TaskSpec, cfg: PromptConfig, *, max_length: int,
               train: Sequence[Example], sampler: DemoSampler | None = None, eval_samples: int = 1,

@@ -113,10 +113,30 @@ def fit_soft_prompt(lm: torch.nn.Module, max_length: int) -> int:
     return fit_positions(lm, lm.method, configs[active], max_length)
 
 
+def planned_max_length(lm: torch.nn.Module, peft: dict[str, Any] | None, max_length: int) -> int:
+    """The ``max_length`` a run will cut inputs to once ``peft`` (method_args.peft) is applied to ``lm``.
+
+    What :func:`fit_soft_prompt` gives after the wrapping, known before it: automatic label-word/template search
+    runs on the bare LM first and must rank candidates on the inputs the run will see.
+    """
+    if not peft:
+        return max_length
+    choice, args = split_peft(peft)
+    try:
+        from ..efficient import config_from_dict
+        from ..efficient.method import fit_positions
+    except ImportError:  # without the PEFT package, apply_peft_if_asked says so when the run starts
+        return max_length
+    return fit_positions(lm, choice.name, config_from_dict(choice.name, args, where="method_args.peft"), max_length)
+
+
 @register("prompt-finetune")
 class PromptFinetune(PromptMethod):
     config_cls = PromptFinetuneConfig
     description = "prompt-based fine-tuning (LM-BFF): train the LM head to fill the answer slot, opt. demonstrations"
+
+    def search_length(self, backbone: Any, cfg: PromptFinetuneConfig, max_length: int) -> int:  # type: ignore[override]
+        return planned_max_length(backbone.model, cfg.peft, max_length)
 
     def prepare(self, backbone, spec: TaskSpec, cfg: PromptFinetuneConfig, *, max_length: int,
                 train: Sequence[Example]) -> Prepared:
