@@ -304,3 +304,20 @@ def test_a_long_document_trains_on_all_its_chunks(tiny_llama: Path, tmp_path: Pa
     phase = pretrain(cfg)["phases"][0]
     assert phase["train_texts"] + phase["eval_texts"] == 5
     assert phase["train_chunks"] + phase["eval_chunks"] >= 4 + len(" ".join(TEXT).split()) // 14
+
+
+def test_mlm_with_a_tokenizer_without_a_mask_token_is_a_model_error(tiny_bert: Path, text_file: Path,
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "nomask"
+    shutil.copytree(tiny_bert, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.mask_token = None
+    tok.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).mask_token is None
+    with pytest.raises(ModelError, match="no mask token"):
+        pretrain(_cfg(folder, [str(text_file)], tmp_path / "o"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / ".o.pretrain").exists(), "nothing written"

@@ -171,6 +171,9 @@ class Pretrainer:
         # depending on what ran before in this process.
         set_seed(cfg.seed)
         self.model, self.objective, self.new_head = _load_lm(str(resolved.path), cfg.objective)
+        if self.objective == "mlm" and self.tokenizer.mask_token is None:
+            raise ModelError(f"model '{cfg.model}': its tokenizer has no mask token, so it cannot be pretrained "
+                             "with masked language modelling; give a tokenizer with one, or --objective clm")
         self.wwm = cfg.whole_word_mask and self.objective == "mlm"
         self.model.to(self.acc.device)
 
