@@ -261,3 +261,63 @@ def test_no_weight_decay_on_biases_and_layer_norms(tiny_bert: Path, text_file: P
     assert len(decay) == len(named), "every parameter is optimised"
     for n, p in named.items():
         assert decay[id(p)] == (0.0 if p.ndim < 2 or "LayerNorm" in n else 0.01), n
+
+
+@pytest.mark.parametrize("wwm", [False, True])
+def test_long_texts_are_chunked_not_truncated(tiny_bert: Path, text_file: Path, tmp_path: Path, wwm: bool) -> None:
+    """Every token of a text longer than max_length is trained on, in chunks that never mix two texts."""
+    from transferlm.training.pretrain import _tokenize
+
+    trainer = Pretrainer(_cfg(tiny_bert, [str(text_file)], tmp_path / "o"))
+    tok = trainer.tokenizer
+    texts = [" ".join(TEXT), "love it", " ".join(reversed(TEXT[:5]))]
+    rows = _tokenize(tok, texts, 12, wwm)
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    assert all(len(r["input_ids"]) <= 12 for r in rows)
+    assert all(r["input_ids"][0] == cls and r["input_ids"][-1] == sep for r in rows), "each chunk a full sequence"
+    for r in rows:
+        assert r["special_tokens_mask"] == [1] + [0] * (len(r["input_ids"]) - 2) + [1]
+        assert len(r["attention_mask"]) == len(r["input_ids"]) and all(r["attention_mask"])
+        if wwm:
+            assert len(r["offset_mapping"]) == len(r["input_ids"])
+            assert list(r["offset_mapping"][0]) == [0, 0] and list(r["offset_mapping"][-1]) == [0, 0]
+    body = [r["input_ids"][1:-1] for r in rows]
+    # The chunks, in order and concatenated, are each text's tokens; no chunk holds the end of one and the start of
+    # the next.
+    pieces = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    i = 0
+    for piece in pieces:
+        got: list[int] = []
+        while len(got) < len(piece):
+            got += body[i]
+            i += 1
+        assert got == piece
+    assert i == len(rows)
+    assert len(pieces[0]) > 10 * 4, "the first text spans several chunks"
+
+
+def test_a_long_document_trains_on_all_its_chunks(tiny_llama: Path, tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(TEXT) + "\n" + "\n".join(TEXT[:4]) + "\n")
+    cfg = _cfg(tiny_llama, [str(doc)], tmp_path / "o", max_length=16)
+    cfg.steps, cfg.checkpoint_every, cfg.eval_every = 2, 0, 0
+    phase = pretrain(cfg)["phases"][0]
+    assert phase["train_texts"] + phase["eval_texts"] == 5
+    assert phase["train_chunks"] + phase["eval_chunks"] >= 4 + len(" ".join(TEXT).split()) // 14
+
+
+def test_mlm_with_a_tokenizer_without_a_mask_token_is_a_model_error(tiny_bert: Path, text_file: Path,
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "nomask"
+    shutil.copytree(tiny_bert, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.mask_token = None
+    tok.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).mask_token is None
+    with pytest.raises(ModelError, match="no mask token"):
+        pretrain(_cfg(folder, [str(text_file)], tmp_path / "o"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / ".o.pretrain").exists(), "nothing written"

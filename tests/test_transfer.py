@@ -266,3 +266,19 @@ def test_multitask_honours_max_test_and_empty_text(tiny_bert: Path, two_tasks: P
     cfg.data.max_test, cfg.data.empty_text = None, "nonsense"
     with pytest.raises(Exception, match="empty_text must be one of"):
         multitask(cfg)
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit", "prompt-zero-shot"])
+def test_intermediate_with_a_method_it_cannot_carry_is_refused_before_training(
+        tiny_bert: Path, two_tasks: Path, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A PEFT method's intermediate adapter is left on the backbone and the target's own adapter then fails to attach
+    # ("already carries lora adapters"), after the whole intermediate task had trained; a method that does not train
+    # has nothing to carry over.
+    from transferlm.protocol import run as run_module
+
+    trained: list[str] = []
+    monkeypatch.setattr(run_module, "train_intermediate", lambda cfg, *a: trained.append(cfg.task))
+    cfg = _cfg(tiny_bert, two_tasks, method=method, intermediate={"task": "toy2", "shots": 8, "max_steps": 2})
+    with pytest.raises(ConfigError, match=rf"^intermediate-task transfer is not supported by method {method}"):
+        run(cfg)
+    assert not trained

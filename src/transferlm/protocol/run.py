@@ -26,7 +26,7 @@ from ..methods.base import count_parameters, freeze_unused_parameters
 from ..models.loading import load_backbone
 from ..models.zoo import model_digest
 from ..training.engine import Engine, effective_precision
-from .transfer import train_intermediate
+from .transfer import check_intermediate_method, train_intermediate
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
@@ -93,6 +93,8 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     method = get_method(cfg.method)
     method_cfg = method.parse_config(cfg.method_args)
     settings = method_cfg.settings()  # before resolve(): what the user asked, defaults included
+    if cfg.intermediate is not None:
+        check_intermediate_method(method)
     spec, data = load_run_data(cfg)
     if not data.train and method.trains:
         raise ConfigError(f"task {spec.name}: empty training split")

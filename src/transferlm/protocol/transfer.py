@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..methods.base import Method, MethodConfig, freeze_unused_parameters
 from ..training.engine import Engine
 
@@ -35,6 +36,18 @@ def intermediate_config(cfg: RunConfig) -> RunConfig:
     if inter.learning_rate is not None:
         icfg.train.learning_rate = inter.learning_rate
     return icfg
+
+
+def check_intermediate_method(method: Method) -> None:
+    """Refuse, before anything trains, a method whose intermediate stage cannot carry into the target run: a PEFT
+    method's intermediate adapter stays attached to the backbone, so the target's own adapter cannot be added
+    (and its weights would not carry over anyway); a method that does not train has nothing to carry."""
+    from ..methods.efficient.method import EfficientMethod
+
+    if isinstance(method, EfficientMethod) or not method.trains:
+        why = "it trains no weights" if not method.trains else "its adapter is not carried into the target run"
+        raise ConfigError(f"intermediate-task transfer is not supported by method {method.name} ({why}); use "
+                          "finetune or prompt-finetune, or drop intermediate")
 
 
 def train_intermediate(cfg: RunConfig, method: Method, method_cfg: MethodConfig, backbone: Any) -> dict[str, Any]:

@@ -122,10 +122,31 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int, wwm: bool) -> list[dict[str, list[int]]]:
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True,
-                    return_offsets_mapping=wwm)
-    keys = [k for k in ("input_ids", "attention_mask", "special_tokens_mask", "offset_mapping") if k in enc]
-    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+    """Each text as rows of at most ``max_length`` tokens: a text longer than that is cut into consecutive
+    chunks, each with the tokenizer's own special tokens around it, so no token of it is lost. A chunk never
+    holds the end of one text and the start of the next."""
+    enc = tokenizer(texts, return_special_tokens_mask=True, return_offsets_mapping=wwm, verbose=False)
+    keys = [k for k in ("input_ids", "special_tokens_mask", "offset_mapping") if k in enc]
+    rows: list[dict[str, list[int]]] = []
+    for i in range(len(texts)):
+        row = {k: list(enc[k][i]) for k in keys}
+        special = row["special_tokens_mask"]
+        # The special tokens the tokenizer puts before and after a text ([CLS] ... [SEP], <s> ...) frame every chunk.
+        head = next((j for j, s in enumerate(special) if not s), len(special))
+        tail = next((j for j, s in enumerate(reversed(special)) if not s), 0)
+        if head == len(special):
+            continue  # nothing but special tokens (e.g. a text of control characters): nothing to learn from
+        room = max_length - head - len(special[len(special) - tail:])
+        if room < 1:
+            raise ConfigError(f"max_length {max_length} leaves no room for text beside the tokenizer's "
+                              f"{head + tail} special tokens; raise max_length")
+        end = len(special) - tail
+        for start in range(head, end, room):
+            stop = min(start + room, end)
+            chunk = {k: v[:head] + v[start:stop] + v[end:] for k, v in row.items()}
+            chunk["attention_mask"] = [1] * len(chunk["input_ids"])
+            rows.append(chunk)
+    return rows
 
 
 def _pad_rows(rows: list[dict[str, list]], pad_id: int) -> list[dict[str, list]]:
@@ -150,6 +171,9 @@ class Pretrainer:
         # depending on what ran before in this process.
         set_seed(cfg.seed)
         self.model, self.objective, self.new_head = _load_lm(str(resolved.path), cfg.objective)
+        if self.objective == "mlm" and self.tokenizer.mask_token is None:
+            raise ModelError(f"model '{cfg.model}': its tokenizer has no mask token, so it cannot be pretrained "
+                             "with masked language modelling; give a tokenizer with one, or --objective clm")
         self.wwm = cfg.whole_word_mask and self.objective == "mlm"
         self.model.to(self.acc.device)
 
@@ -225,10 +249,15 @@ class Pretrainer:
             rng = np.random.RandomState(cfg.seed + phase_idx)
             order = rng.permutation(len(texts))
             n_eval = min(cfg.max_eval_texts, max(1, int(len(texts) * cfg.eval_fraction)))
-            eval_rows = _tokenize(self.tokenizer, [texts[i] for i in order[:n_eval]], cfg.max_length, self.wwm)
-            train_rows = _tokenize(self.tokenizer, [texts[i] for i in order[n_eval:]] or [texts[order[0]]],
-                                   cfg.max_length, self.wwm)
-            report["phases"].append(self._phase(phase_idx, name, train_rows, eval_rows, global_step))
+            eval_texts = [texts[i] for i in order[:n_eval]]
+            train_texts = [texts[i] for i in order[n_eval:]] or [texts[order[0]]]
+            eval_rows = _tokenize(self.tokenizer, eval_texts, cfg.max_length, self.wwm)
+            train_rows = _tokenize(self.tokenizer, train_texts, cfg.max_length, self.wwm)
+            if not train_rows:
+                raise DataError(f"{name}: no text left to train on once tokenized (only special tokens)")
+            counts = {"train_texts": len(train_texts), "eval_texts": len(eval_texts),
+                      "train_chunks": len(train_rows), "eval_chunks": len(eval_rows)}
+            report["phases"].append(self._phase(phase_idx, name, train_rows, eval_rows, global_step, counts))
             global_step += cfg.steps
         with atomic_dir(self.out) as tmp:
             self.model.save_pretrained(tmp)
@@ -237,7 +266,8 @@ class Pretrainer:
         shutil.rmtree(self.work, ignore_errors=True)
         return report
 
-    def _phase(self, idx: int, name: str, train_rows: list, eval_rows: list, offset: int) -> dict[str, Any]:
+    def _phase(self, idx: int, name: str, train_rows: list, eval_rows: list, offset: int,
+               counts: dict[str, int]) -> dict[str, Any]:
         cfg = self.cfg
         ck_dir = self.work / f"phase-{idx}"
         done_file = self.work / f"phase-{idx}.done.safetensors"
@@ -298,7 +328,7 @@ class Pretrainer:
         last = history[-1] if history else {}
         ppl_after = last["perplexity"] if last.get("step") == cfg.steps and "perplexity" in last \
             else self.perplexity(eval_rows)
-        report = {"phase": name, "train_texts": len(train_rows), "eval_texts": len(eval_rows),
+        report = {"phase": name, **counts,
                   "perplexity_before": ppl_before, "perplexity_after": ppl_after,
                   "seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
                   "resumed_from_step": start or None, "history": history}
