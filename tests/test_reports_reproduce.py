@@ -318,3 +318,21 @@ def test_interrupted_rerun_before_anything_is_current_removes_the_old_report(
     assert not (out / "report.md").exists() and not (out / "report.html").exists(), \
         "the old settings' report is left as the suite's"
     assert any("earlier report, of other settings, was removed" in line for line in lines), lines
+
+
+def test_a_pretraining_on_a_model_folder_rewritten_since_is_not_reused(tiny_bert: Path, tmp_path: Path) -> None:
+    # DAPT + TAPT continues from the DAPT folder. Rerun with another --model: DAPT trains again into the same
+    # folder, and DAPT + TAPT (same settings: the same folder name) must not be reused from the old DAPT model.
+    from transferlm.training.pretrain import PretrainConfig, pretrain
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["the movie was good", "the plot is boring", "a fun story", "I hate it"] * 4) + "\n")
+    small = {"texts": [str(text)], "steps": 2, "batch_size": 4, "eval_every": 0, "checkpoint_every": 0,
+             "head_warmup_steps": 0, "max_eval_texts": 2, "quiet": True}
+    dapt, both = tmp_path / "models" / "dapt", tmp_path / "models" / "dapt-tapt"
+    pretrain(PretrainConfig(model=str(tiny_bert), output=str(dapt), **small))
+    both_config = {"model": str(dapt), **small}
+    pretrain(PretrainConfig(output=str(both), **both_config))
+    assert reproduce_mod._pretrain_done(both, both_config)
+    pretrain(PretrainConfig(model=str(tiny_bert), output=str(dapt), **{**small, "seed": 21}))  # DAPT again
+    assert not reproduce_mod._pretrain_done(both, both_config), "reused a continuation of the old DAPT model"
