@@ -336,3 +336,33 @@ def test_a_pretraining_on_a_model_folder_rewritten_since_is_not_reused(tiny_bert
     assert reproduce_mod._pretrain_done(both, both_config)
     pretrain(PretrainConfig(model=str(tiny_bert), output=str(dapt), **{**small, "seed": 21}))  # DAPT again
     assert not reproduce_mod._pretrain_done(both, both_config), "reused a continuation of the old DAPT model"
+
+
+def test_interrupted_rerun_on_a_rewritten_model_folder_reports_no_earlier_numbers(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    # The dapt suite's entries name their model by folder (models/dapt-...): a rerun that trains that folder
+    # again (another --model) keeps every entry's settings. Interrupted while BitFit recomputes, BitFit's
+    # folder still holds the summary of the old model: it must not be reported as the suite's.
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, model, toy_data)
+    execute(plan, log=lambda s: None, report=False)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "rewritten": True}))  # another model, same name
+    real_run = compare_mod.run
+
+    def interrupt_bitfit(cfg, **kw):
+        if cfg.method == "bitfit":
+            raise KeyboardInterrupt
+        return real_run(cfg, **kw)
+
+    monkeypatch.setattr(compare_mod, "run", interrupt_bitfit)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, log=lambda s: None)
+    text = (out / "report.md").read_text()
+    assert "| FT |" in text
+    assert "| BitFit |" not in text, "the old model's numbers are reported as the suite's"
+    assert "Not shown: toy/bitfit" in text

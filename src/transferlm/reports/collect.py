@@ -241,11 +241,17 @@ def load_suite(folder: Path) -> tuple[list[Cell], dict[str, Any]]:
 
 def _of_entry(summary: dict[str, Any], entry: dict[str, Any]) -> bool:
     """Whether a compare summary ran the suite entry's settings (seeds, and its run config as compare records
-    it, less the keys that do not change results). Entries of a suite.json from before "run" are trusted."""
+    it, less the keys that do not change results) on the model folder's current files (a dapt suite's models
+    are folders its pretraining rewrites). Entries of a suite.json from before "run" are trusted."""
+    from ..models.zoo import model_digest
+
     if "run" not in entry:
         return True
     if "seeds" in entry and list(summary.get("seeds") or []) != list(entry["seeds"]):
         return False
+    recorded, model = summary.get("model_digest"), entry["run"].get("model")  # digest: None for a hub model
+    if recorded is not None and model and model_digest(model) not in (recorded, None):
+        return False  # None: the model is not on this machine (a report made elsewhere): the settings decide
     try:
         return _run_settings((summary.get("config") or {}).get("run") or {}) == _run_settings(entry["run"])
     except TransferLMError:  # a config this version cannot read is not this suite's
