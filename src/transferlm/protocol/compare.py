@@ -43,7 +43,9 @@ def _apply(base: RunConfig, point: dict[str, Any], **fixed: Any) -> RunConfig:
 
 
 def _dev_score(res: dict[str, Any]) -> float:
-    return res["dev_metrics"].get(res["primary_metric"], -np.inf)
+    """The candidate's dev score for selection; NaN (a diverged run) ranks last, as a missing score does."""
+    score = res["dev_metrics"].get(res["primary_metric"], -np.inf)
+    return -np.inf if score is None or np.isnan(score) else score
 
 
 def compare(cfg: CompareConfig) -> dict[str, Any]:
