@@ -58,6 +58,10 @@ def test_the_test_split_is_evaluated_once_per_seed_for_the_selected_point(
         plain = _run_cfg(tiny_bert, toy_data)
         plain.seed, plain.train.learning_rate = seed, selected["train.learning_rate"]
         assert run(plain).results["metrics"]["accuracy"] == score
+    # The report's learning curves are the selected runs' (their records are the summary's runs).
+    from transferlm.reports import collect
+
+    assert [c.seed for c in collect([out]).cells[0].curves] == [13, 21]
     # A rerun reuses every candidate: nothing is trained or evaluated on test again.
     test_evaluations.clear()
     (again,) = compare(cfg)["rows"]

@@ -182,6 +182,9 @@ def test_rerun_computes_nothing_and_interrupted_plan_continues(tiny_bert: Path, 
     assert f"| {phase['tokens_per_second']:.0f} |" in row
     assert 'id="pretraining"' in files.html.read_text() and "toy TAPT" in files.html.read_text()
     assert (out / "toy" / "ft" / "summary.json").is_file()
+    from transferlm.reports import collect
+
+    assert all(len(c.curves) == 1 for c in collect([out]).cells), "every trained row has its run's curve"
 
 
 def test_changed_setting_recomputes_only_that_entry(tiny_bert: Path, toy_data: Path, tmp_path: Path,

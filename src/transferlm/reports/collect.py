@@ -172,10 +172,11 @@ def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -
         seeds = [int(s) for s in row.get("seeds") or summary.get("seeds") or []]
         selected = row.get("selected") or [{} for _ in seeds]
         curves = []
-        for seed, point in zip(seeds, selected, strict=False):
+        for seed, point, score in zip(seeds, selected, row["per_seed"], strict=False):
             res_path = run_dir(folder, row["method"], seed, summary.get("grid") or {}, point or {}) / RESULTS
-            if res_path.is_file():
-                curve = _curve(_read_json(res_path), seed, metric)
+            res = _read_json(res_path) if res_path.is_file() else {}
+            if _is_reported_run(res, summary, row["method"], seed, point or {}, score):
+                curve = _curve(res, seed, metric)
                 if curve is not None:
                     curves.append(curve)
         total = int(row.get("total_params") or 0)
@@ -190,6 +191,28 @@ def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -
             train_seconds=float(row.get("train_seconds", 0.0)), eval_seconds=float(row.get("eval_seconds", 0.0)),
             source=str(folder), curves=curves, options=_options(row["method"], run_cfg.get("method_args") or {})))
     return cells
+
+
+def _is_reported_run(res: dict[str, Any], summary: dict[str, Any], method: str, seed: int, point: dict[str, Any],
+                     score: float) -> bool:
+    """Whether a run's results.json is the run the summary reports: a compare rerun into the folder with
+    other settings, stopped before its summary, rewrites results.json under the old summary. Its score must
+    be the summary's, and its config (where both record one) the summary's run with the seed's grid point."""
+    from ..config import set_dotted
+
+    split = "metrics" if summary.get("split", "test") == "test" else "dev_metrics"
+    if (res.get(split) or {}).get(summary["primary_metric"]) != score:
+        return False
+    run = (summary.get("config") or {}).get("run")
+    if "config" not in res or not run:
+        return True  # records from before the config: the score decides
+    expected = json.loads(json.dumps(run))
+    for key, value in {**point, "method": method, "seed": seed}.items():
+        set_dotted(expected, key, value)
+    try:
+        return _run_settings(res["config"]) == _run_settings(expected)
+    except TransferLMError:
+        return False
 
 
 def _options(method: str, args: dict[str, Any]) -> str:
