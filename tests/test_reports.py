@@ -202,6 +202,17 @@ def test_a_folder_named_twice_is_read_once(tmp_path: Path) -> None:
     assert to_csv(twice) == to_csv(once)
 
 
+def test_a_compare_folder_named_beside_its_suite_is_read_once(tmp_path: Path) -> None:
+    # `report runs/reproduce-x runs/reproduce-x/SST-2/ft`: the folder was shown twice, as the suite's
+    # "Fine-tuning" row and as a "finetune" row with the same numbers. Either order.
+    suite = tmp_path / "suite"
+    write_compare(suite / "SST-2" / "ft", "SST-2", {"finetune": {"per_seed": [0.7]}}, seeds=(13,))
+    (suite / "suite.json").write_text(json.dumps({"title": "S", "entries": [
+        {"label": "Fine-tuning", "task": "SST-2", "method": "finetune", "dir": "SST-2/ft"}]}))
+    for folders in ([suite, suite / "SST-2" / "ft"], [suite / "SST-2" / "ft", suite]):
+        assert collect(folders).methods == ["Fine-tuning"]
+
+
 def test_a_row_is_one_configuration_on_every_task(tmp_path: Path) -> None:
     # The benchmark's layout: <task>/<variant>/, prompt-finetune with and without demonstrations.
     pf, demos = {"demonstrations": False}, {"demonstrations": True}

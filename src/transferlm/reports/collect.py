@@ -349,6 +349,7 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
     suite_title = None
     pretraining: list[dict[str, Any]] = []
     seen: set[Path] = set()  # `report runs runs/sst2` names runs/sst2 twice: read it once (no duplicate rows)
+    per_arg = []
     for raw in folders:
         folder = Path(raw)
         if not folder.is_dir():
@@ -357,8 +358,13 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
         if not found:
             raise ReportError(f"{folder} has no {SUMMARY} (nor any below it): pass a folder written by "
                               "`transferlm compare` or `transferlm reproduce`")
+        per_arg.append(found)
+    # A suite's own compare folders, named beside it, are reported through the suite (its label, its checks).
+    entries = {(f / e["dir"]).resolve() for found in per_arg for f in found if (f / SUITE).is_file()
+               for e in _read_json(f / SUITE).get("entries", [])}
+    for found in per_arg:
         for f in found:
-            if f.resolve() in seen:
+            if f.resolve() in seen or (f.resolve() in entries and not (f / SUITE).is_file()):
                 continue
             seen.add(f.resolve())
             if (f / SUITE).is_file():
