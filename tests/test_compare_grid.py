@@ -58,6 +58,10 @@ def test_the_test_split_is_evaluated_once_per_seed_for_the_selected_point(
         plain = _run_cfg(tiny_bert, toy_data)
         plain.seed, plain.train.learning_rate = seed, selected["train.learning_rate"]
         assert run(plain).results["metrics"]["accuracy"] == score
+    # The report's learning curves are the selected runs' (their records are the summary's runs).
+    from transferlm.reports import collect
+
+    assert [c.seed for c in collect([out]).cells[0].curves] == [13, 21]
     # A rerun reuses every candidate: nothing is trained or evaluated on test again.
     test_evaluations.clear()
     (again,) = compare(cfg)["rows"]
@@ -92,3 +96,26 @@ def test_a_repeated_seed_or_method_is_an_error(tmp_path: Path, methods: list[str
     cfg = CompareConfig(run=run_cfg, methods=methods, seeds=seeds, output=str(tmp_path / "cmp"))
     with pytest.raises(ConfigError, match=rf"^compare: {named} listed more than once"):
         compare(cfg)
+
+
+def test_a_candidate_with_a_nan_dev_score_is_never_selected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A diverged candidate (regression predictions all NaN: pearson NaN) compared as `nan > x`, which is always
+    # False: listed first, it beat every later candidate and its test score was reported.
+    import types
+
+    import transferlm.protocol.compare as compare_mod
+
+    dev = {1e-3: float("nan"), 3e-3: 0.7, 1e-2: 0.6}
+
+    def fake_run(cfg, **kw):
+        lr = cfg.train.learning_rate
+        res = {"task": "toy", "shots": 8, "split": "test", "primary_metric": "pearson", "metrics": {"pearson": lr},
+               "dev_metrics": {"pearson": dev[lr]}, "trainable_params": 1, "total_params": 1,
+               "trainable_percent": 100.0, "train_seconds": 0.0, "eval_seconds": 0.0}
+        return types.SimpleNamespace(results=res, finish_test=None)
+
+    monkeypatch.setattr(compare_mod, "run", fake_run)
+    run_cfg = RunConfig.from_dict({"task": "toy", "quiet": True, "data": {"data_dir": str(tmp_path / "absent")}})
+    cfg = CompareConfig(run=run_cfg, methods=["finetune"], seeds=[13], grid=GRID, output=str(tmp_path / "cmp"))
+    (row,) = compare(cfg)["rows"]
+    assert row["selected"] == [{"train.learning_rate": 3e-3}] and row["per_seed"] == [3e-3]

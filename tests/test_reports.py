@@ -161,6 +161,32 @@ def test_learning_curves_come_from_the_run_selected_on_dev(tmp_path: Path) -> No
     assert [c.seed for c in cell.curves] == [13, 21]
 
 
+def test_a_curve_is_only_taken_from_the_run_the_summary_reports(tmp_path: Path) -> None:
+    # compare rerun into the same folder with other settings, stopped before it wrote its summary: seed 21's
+    # results.json is now the new run's, the summary still the old one's. Its curve is not the row's run.
+    folder = write_compare(tmp_path / "c", "SST-2", {"finetune": {"per_seed": [0.7, 0.8, 0.9]}},
+                           method_args={"dropout": 0})
+    path = folder / "finetune" / "seed-21" / "results.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "metrics": {"accuracy": 0.55},
+                                "history": [{"step": 1, "loss": 9.0}, {"step": 2, "loss": 8.0}]}))
+    # And a rerun that happens to score the same: its recorded config says it is another run.
+    path = folder / "finetune" / "seed-42" / "results.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "config": {"task": "SST-2", "method": "finetune", "seed": 42,
+                                                     "method_args": {"dropout": 0}, "train": {"max_steps": 7}}}))
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["config"]["run"]["train"] = {"max_steps": 5}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    cell = collect([folder]).cells[0]
+    assert [c.seed for c in cell.curves] == [13]
+    # The same config (as compare records it: method, seed and output set) is the run's.
+    path.write_text(json.dumps({**record, "config": {**record.get("config", {}), "task": "SST-2", "seed": 42,
+                                                     "method": "finetune", "output": "x", "train": {"max_steps": 5},
+                                                     "method_args": {"dropout": 0}}}))
+    assert [c.seed for c in collect([folder]).cells[0].curves] == [13, 42]
+
+
 def test_same_method_in_two_folders_is_told_apart(tmp_path: Path) -> None:
     write_compare(tmp_path / "runs" / "llrd", "SST-2", {"finetune": {"per_seed": [0.7]}}, seeds=(13,))
     write_compare(tmp_path / "runs" / "plain", "SST-2", {"finetune": {"per_seed": [0.6]}}, seeds=(13,))
@@ -174,6 +200,17 @@ def test_a_folder_named_twice_is_read_once(tmp_path: Path) -> None:
     twice = collect([tmp_path / "runs", sst2])  # found by walking runs/, then named again
     assert len(twice.cells) == len(once.cells) == 7
     assert to_csv(twice) == to_csv(once)
+
+
+def test_a_compare_folder_named_beside_its_suite_is_read_once(tmp_path: Path) -> None:
+    # `report runs/reproduce-x runs/reproduce-x/SST-2/ft`: the folder was shown twice, as the suite's
+    # "Fine-tuning" row and as a "finetune" row with the same numbers. Either order.
+    suite = tmp_path / "suite"
+    write_compare(suite / "SST-2" / "ft", "SST-2", {"finetune": {"per_seed": [0.7]}}, seeds=(13,))
+    (suite / "suite.json").write_text(json.dumps({"title": "S", "entries": [
+        {"label": "Fine-tuning", "task": "SST-2", "method": "finetune", "dir": "SST-2/ft"}]}))
+    for folders in ([suite, suite / "SST-2" / "ft"], [suite / "SST-2" / "ft", suite]):
+        assert collect(folders).methods == ["Fine-tuning"]
 
 
 def test_a_row_is_one_configuration_on_every_task(tmp_path: Path) -> None:

@@ -182,6 +182,9 @@ def test_rerun_computes_nothing_and_interrupted_plan_continues(tiny_bert: Path, 
     assert f"| {phase['tokens_per_second']:.0f} |" in row
     assert 'id="pretraining"' in files.html.read_text() and "toy TAPT" in files.html.read_text()
     assert (out / "toy" / "ft" / "summary.json").is_file()
+    from transferlm.reports import collect
+
+    assert all(len(c.curves) == 1 for c in collect([out]).cells), "every trained row has its run's curve"
 
 
 def test_changed_setting_recomputes_only_that_entry(tiny_bert: Path, toy_data: Path, tmp_path: Path,
@@ -318,3 +321,51 @@ def test_interrupted_rerun_before_anything_is_current_removes_the_old_report(
     assert not (out / "report.md").exists() and not (out / "report.html").exists(), \
         "the old settings' report is left as the suite's"
     assert any("earlier report, of other settings, was removed" in line for line in lines), lines
+
+
+def test_a_pretraining_on_a_model_folder_rewritten_since_is_not_reused(tiny_bert: Path, tmp_path: Path) -> None:
+    # DAPT + TAPT continues from the DAPT folder. Rerun with another --model: DAPT trains again into the same
+    # folder, and DAPT + TAPT (same settings: the same folder name) must not be reused from the old DAPT model.
+    from transferlm.training.pretrain import PretrainConfig, pretrain
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["the movie was good", "the plot is boring", "a fun story", "I hate it"] * 4) + "\n")
+    small = {"texts": [str(text)], "steps": 2, "batch_size": 4, "eval_every": 0, "checkpoint_every": 0,
+             "head_warmup_steps": 0, "max_eval_texts": 2, "quiet": True}
+    dapt, both = tmp_path / "models" / "dapt", tmp_path / "models" / "dapt-tapt"
+    pretrain(PretrainConfig(model=str(tiny_bert), output=str(dapt), **small))
+    both_config = {"model": str(dapt), **small}
+    pretrain(PretrainConfig(output=str(both), **both_config))
+    assert reproduce_mod._pretrain_done(both, both_config)
+    pretrain(PretrainConfig(model=str(tiny_bert), output=str(dapt), **{**small, "seed": 21}))  # DAPT again
+    assert not reproduce_mod._pretrain_done(both, both_config), "reused a continuation of the old DAPT model"
+
+
+def test_interrupted_rerun_on_a_rewritten_model_folder_reports_no_earlier_numbers(
+        tiny_bert: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    # The dapt suite's entries name their model by folder (models/dapt-...): a rerun that trains that folder
+    # again (another --model) keeps every entry's settings. Interrupted while BitFit recomputes, BitFit's
+    # folder still holds the summary of the old model: it must not be reported as the suite's.
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, model, toy_data)
+    execute(plan, log=lambda s: None, report=False)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "rewritten": True}))  # another model, same name
+    real_run = compare_mod.run
+
+    def interrupt_bitfit(cfg, **kw):
+        if cfg.method == "bitfit":
+            raise KeyboardInterrupt
+        return real_run(cfg, **kw)
+
+    monkeypatch.setattr(compare_mod, "run", interrupt_bitfit)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, log=lambda s: None)
+    text = (out / "report.md").read_text()
+    assert "| FT |" in text
+    assert "| BitFit |" not in text, "the old model's numbers are reported as the suite's"
+    assert "Not shown: toy/bitfit" in text

@@ -16,6 +16,7 @@ from ..config import CompareConfig, RunConfig, from_dict, set_dotted
 from ..errors import ConfigError
 from ..io import write_json, write_text
 from ..methods import get_method
+from ..models.zoo import model_digest
 from .run import run
 from .run_cache import cached_result
 from .table import format_table
@@ -42,7 +43,9 @@ def _apply(base: RunConfig, point: dict[str, Any], **fixed: Any) -> RunConfig:
 
 
 def _dev_score(res: dict[str, Any]) -> float:
-    return res["dev_metrics"].get(res["primary_metric"], -np.inf)
+    """The candidate's dev score for selection; NaN (a diverged run) ranks last, as a missing score does."""
+    score = res["dev_metrics"].get(res["primary_metric"], -np.inf)
+    return -np.inf if score is None or np.isnan(score) else score
 
 
 def compare(cfg: CompareConfig) -> dict[str, Any]:
@@ -113,6 +116,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                      "computed_wall_seconds": round(computed_seconds[method], 1)})
     summary = {"task": first["task"], "model": cfg.run.model, "shots": first["shots"], "split": split,
                "primary_metric": first["primary_metric"], "seeds": list(cfg.seeds), "grid": cfg.grid,
+               # The files behind the model name: a report of a suite shows this summary only while they are.
+               "model_digest": model_digest(cfg.run.model),
                "std": "population std (ddof=0) over seeds, as LM-BFF reports", "rows": rows,
                "config": {"run": cfg.run.to_dict(), "methods": cfg.methods, "seeds": cfg.seeds}}
     table = format_table(summary)

@@ -172,10 +172,11 @@ def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -
         seeds = [int(s) for s in row.get("seeds") or summary.get("seeds") or []]
         selected = row.get("selected") or [{} for _ in seeds]
         curves = []
-        for seed, point in zip(seeds, selected, strict=False):
+        for seed, point, score in zip(seeds, selected, row["per_seed"], strict=False):
             res_path = run_dir(folder, row["method"], seed, summary.get("grid") or {}, point or {}) / RESULTS
-            if res_path.is_file():
-                curve = _curve(_read_json(res_path), seed, metric)
+            res = _read_json(res_path) if res_path.is_file() else {}
+            if _is_reported_run(res, summary, row["method"], seed, point or {}, score):
+                curve = _curve(res, seed, metric)
                 if curve is not None:
                     curves.append(curve)
         total = int(row.get("total_params") or 0)
@@ -190,6 +191,28 @@ def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -
             train_seconds=float(row.get("train_seconds", 0.0)), eval_seconds=float(row.get("eval_seconds", 0.0)),
             source=str(folder), curves=curves, options=_options(row["method"], run_cfg.get("method_args") or {})))
     return cells
+
+
+def _is_reported_run(res: dict[str, Any], summary: dict[str, Any], method: str, seed: int, point: dict[str, Any],
+                     score: float) -> bool:
+    """Whether a run's results.json is the run the summary reports: a compare rerun into the folder with
+    other settings, stopped before its summary, rewrites results.json under the old summary. Its score must
+    be the summary's, and its config (where both record one) the summary's run with the seed's grid point."""
+    from ..config import set_dotted
+
+    split = "metrics" if summary.get("split", "test") == "test" else "dev_metrics"
+    if (res.get(split) or {}).get(summary["primary_metric"]) != score:
+        return False
+    run = (summary.get("config") or {}).get("run")
+    if "config" not in res or not run:
+        return True  # records from before the config: the score decides
+    expected = json.loads(json.dumps(run))
+    for key, value in {**point, "method": method, "seed": seed}.items():
+        set_dotted(expected, key, value)
+    try:
+        return _run_settings(res["config"]) == _run_settings(expected)
+    except TransferLMError:
+        return False
 
 
 def _options(method: str, args: dict[str, Any]) -> str:
@@ -241,11 +264,17 @@ def load_suite(folder: Path) -> tuple[list[Cell], dict[str, Any]]:
 
 def _of_entry(summary: dict[str, Any], entry: dict[str, Any]) -> bool:
     """Whether a compare summary ran the suite entry's settings (seeds, and its run config as compare records
-    it, less the keys that do not change results). Entries of a suite.json from before "run" are trusted."""
+    it, less the keys that do not change results) on the model folder's current files (a dapt suite's models
+    are folders its pretraining rewrites). Entries of a suite.json from before "run" are trusted."""
+    from ..models.zoo import model_digest
+
     if "run" not in entry:
         return True
     if "seeds" in entry and list(summary.get("seeds") or []) != list(entry["seeds"]):
         return False
+    recorded, model = summary.get("model_digest"), entry["run"].get("model")  # digest: None for a hub model
+    if recorded is not None and model and model_digest(model) not in (recorded, None):
+        return False  # None: the model is not on this machine (a report made elsewhere): the settings decide
     try:
         return _run_settings((summary.get("config") or {}).get("run") or {}) == _run_settings(entry["run"])
     except TransferLMError:  # a config this version cannot read is not this suite's
@@ -320,6 +349,7 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
     suite_title = None
     pretraining: list[dict[str, Any]] = []
     seen: set[Path] = set()  # `report runs runs/sst2` names runs/sst2 twice: read it once (no duplicate rows)
+    per_arg = []
     for raw in folders:
         folder = Path(raw)
         if not folder.is_dir():
@@ -328,8 +358,13 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
         if not found:
             raise ReportError(f"{folder} has no {SUMMARY} (nor any below it): pass a folder written by "
                               "`transferlm compare` or `transferlm reproduce`")
+        per_arg.append(found)
+    # A suite's own compare folders, named beside it, are reported through the suite (its label, its checks).
+    entries = {(f / e["dir"]).resolve() for found in per_arg for f in found if (f / SUITE).is_file()
+               for e in _read_json(f / SUITE).get("entries", [])}
+    for found in per_arg:
         for f in found:
-            if f.resolve() in seen:
+            if f.resolve() in seen or (f.resolve() in entries and not (f / SUITE).is_file()):
                 continue
             seen.add(f.resolve())
             if (f / SUITE).is_file():

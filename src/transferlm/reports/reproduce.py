@@ -367,20 +367,25 @@ def _pretrain_done(folder: Path, config: dict[str, Any]) -> bool:
 
     Both sides are compared with PretrainConfig's defaults filled in: a setting the plan leaves out runs at
     its default, so a pretraining recorded with ``--pretrain-set max_length=64`` is not reused once that
-    override is dropped (and a record from before a setting existed ran at its default).
+    override is dropped (and a record from before a setting existed ran at its default). A base model folder
+    rewritten since (the DAPT folder under DAPT + TAPT, trained again for another --model) is another base.
     """
+    from ..models.zoo import model_digest
     from ..training.pretrain import PretrainConfig
 
     done = folder / "pretrain.json"
     if not done.is_file():
         return False
     try:
-        recorded = json.loads(done.read_text(encoding="utf-8")).get("config", {})
+        record = json.loads(done.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return False
     defaults = as_json(asdict(PretrainConfig()))
-    mine, theirs = {**defaults, **as_json(config)}, {**defaults, **recorded}
-    return all(theirs.get(k) == v for k, v in mine.items() if k not in ("quiet", "output"))
+    mine, theirs = {**defaults, **as_json(config)}, {**defaults, **record.get("config", {})}
+    if any(theirs.get(k) != v for k, v in mine.items() if k not in ("quiet", "output")):
+        return False
+    base = record.get("model_digest")  # absent in records from before it: the settings decide, as then
+    return base is None or model_digest(mine["model"]) == base
 
 
 def validate(plan: Plan) -> None:

@@ -33,7 +33,7 @@ from transformers import (
 from ..errors import ConfigError, DataError, ModelError
 from ..io import atomic_dir, atomic_path, write_json
 from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
-from ..models.zoo import resolve_model
+from ..models.zoo import model_digest, resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
 from .optim import adamw
 from .param_groups import build_param_groups
@@ -262,7 +262,10 @@ class Pretrainer:
         with atomic_dir(self.out) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-            write_json(tmp / "pretrain.json", report | {"config": cfg.__dict__})
+            # The base model's files: reproduce reuses this output only while they are unchanged (DAPT + TAPT
+            # continues from a DAPT folder that a rerun with other settings trains again).
+            write_json(tmp / "pretrain.json", report | {"config": cfg.__dict__,
+                                                        "model_digest": model_digest(cfg.model)})
         shutil.rmtree(self.work, ignore_errors=True)
         return report
 
