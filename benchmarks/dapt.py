@@ -15,7 +15,7 @@ from pathlib import Path
 
 import transformers
 
-from transferlm.config import CompareConfig, RunConfig
+from transferlm.config import CompareConfig, RunConfig, parse_shots
 from transferlm.io import write_json
 from transferlm.protocol.compare import compare, wall_time
 from transferlm.reports.reproduce import DOMAIN_TEXT  # domain text per task: one table for both
@@ -23,11 +23,14 @@ from transferlm.training.pretrain import PretrainConfig, pretrain
 
 # What a pretrained model under --work must have been made with to stand for this call's variant.
 PRETRAIN_KEYS = ("model", "texts", "text_field", "steps")
+# With a task: phase, also the fine-tuning runs whose dev texts TAPT left out (absent: from before it did).
+TAPT_KEYS = ("tapt_shots", "tapt_seeds")
 
 
 def pretrain_mismatch(recorded: dict, cfg: PretrainConfig) -> list[str]:
     """The settings in which a finished pretraining (its pretrain.json ``config``) differs from ``cfg``."""
-    return [k for k in PRETRAIN_KEYS if recorded.get(k) != getattr(cfg, k)]
+    keys = PRETRAIN_KEYS + (TAPT_KEYS if any(t.startswith("task:") for t in cfg.texts) else ())
+    return [k for k in keys if recorded.get(k) != getattr(cfg, k)]
 
 
 def main() -> None:
@@ -44,6 +47,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     data = Path(args.data_dir)
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for task in args.tasks.split(","):
         files, field = DOMAIN_TEXT[task]
@@ -55,8 +59,10 @@ def main() -> None:
             if texts is not None:
                 folder = Path(args.work) / "models" / f"{task}-{name}"
                 # The text field applies to domain files; task: sources read the task's own columns.
+                # TAPT leaves out the dev texts of the fine-tuning runs below (their K and seeds).
                 pcfg = PretrainConfig(model=args.model, texts=texts, text_field=field, output=str(folder),
-                                      data_dir=args.data_dir, steps=args.steps, quiet=True)
+                                      data_dir=args.data_dir, steps=args.steps, quiet=True,
+                                      tapt_shots=parse_shots(args.shots), tapt_seeds=seeds)
                 if not (folder / "pretrain.json").is_file():
                     pretrain(pcfg)
                 pre = json.loads((folder / "pretrain.json").read_text())
@@ -69,7 +75,7 @@ def main() -> None:
                 model = str(folder)
             run = RunConfig.from_dict({"task": task, "model": model, "quiet": True,
                                        "data": {"data_dir": args.data_dir, "shots": args.shots}})
-            summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=[int(s) for s in args.seeds.split(",")],
+            summary = compare(CompareConfig(run=run, methods=["finetune"], seeds=seeds,
                                             output=str(Path(args.work) / task / name)))
             r = summary["rows"][0]
             rows.append({"task": task, "variant": name, "metric": summary["primary_metric"], "mean": r["mean"],

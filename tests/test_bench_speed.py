@@ -64,11 +64,19 @@ def test_dapt_does_not_take_a_pretrained_model_of_another_model_or_budget() -> N
 
     from transferlm.training.pretrain import PretrainConfig
 
-    recorded = {"model": "minilm-l6", "texts": ["task:SST-2"], "text_field": "text", "steps": 100, "output": "x"}
-    same = PretrainConfig(model="minilm-l6", texts=["task:SST-2"], text_field="text", steps=100, output="y")
+    recorded = {"model": "minilm-l6", "texts": ["task:SST-2"], "text_field": "text", "steps": 100, "output": "x",
+                "tapt_shots": 16, "tapt_seeds": [13, 21, 42]}
+    same = PretrainConfig(model="minilm-l6", texts=["task:SST-2"], text_field="text", steps=100, output="y",
+                          tapt_seeds=[13, 21, 42])
     assert pretrain_mismatch(recorded, same) == []
-    other = PretrainConfig(model="smollm2-135m", texts=["task:SST-2"], text_field="text", steps=150, output="x")
-    assert pretrain_mismatch(recorded, other) == ["model", "steps"]
+    other = PretrainConfig(model="smollm2-135m", texts=["task:SST-2"], text_field="text", steps=150, output="x",
+                           tapt_seeds=[13, 21])
+    assert pretrain_mismatch(recorded, other) == ["model", "steps", "tapt_seeds"]
+    # A TAPT model from before TAPT left out the runs' dev texts is not this call's; a DAPT one still is.
+    old = {k: v for k, v in recorded.items() if not k.startswith("tapt_")}
+    assert pretrain_mismatch(old, same) == ["tapt_shots", "tapt_seeds"]
+    assert pretrain_mismatch({**old, "texts": ["d.txt"]}, PretrainConfig(model="minilm-l6", texts=["d.txt"],
+                                                                        steps=100, output="y")) == []
 
 
 def test_tokens_per_step_are_those_of_the_timed_steps() -> None:

@@ -369,3 +369,45 @@ def test_interrupted_rerun_on_a_rewritten_model_folder_reports_no_earlier_number
     assert "| FT |" in text
     assert "| BitFit |" not in text, "the old model's numbers are reported as the suite's"
     assert "Not shown: toy/bitfit" in text
+
+
+def test_dapt_plan_tapt_leaves_out_the_dev_texts_of_its_own_runs(tmp_path: Path) -> None:
+    """Each TAPT step gets the K and seeds of the task's fine-tuning runs, whose dev texts it leaves out."""
+    plan = build_plan("dapt", tasks=["acl-arc", "imdb"], data_dir="/d", seeds=[13, 21], shots=8)
+    tapt = [p for p in plan.pretrains if p.config["texts"][0].startswith("task:")]
+    assert len(tapt) == 4 and all(p.config["tapt_seeds"] == [13, 21] and p.config["tapt_shots"] == 8 for p in tapt)
+    assert all(e.seeds == [13, 21] and e.run["data"]["shots"] == 8 for e in plan.entries)
+    dapt = [p for p in plan.pretrains if p not in tapt]
+    assert dapt and not any("tapt_seeds" in p.config for p in dapt), "DAPT reads no task text: its cache ignores them"
+    default = build_plan("dapt", tasks=["acl-arc"], data_dir="/d")
+    assert {(p.config.get("tapt_shots"), tuple(p.config.get("tapt_seeds", ()))) for p in default.pretrains[1:]} \
+        == {(16, (13, 21, 42, 87, 100))}
+    assert build_plan("dapt", quick=True, data_dir="/d").pretrains[1].config["tapt_seeds"] == [13]
+    full = build_plan("dapt", tasks=["acl-arc"], data_dir="/d", overrides={"data.shots": "full"})
+    assert full.pretrains[1].config["tapt_shots"] is None, "--set data.shots=full: the runs' dev is a full-data one"
+    with pytest.raises(ConfigError, match="unknown pretraining setting 'tapt_seeds'"):
+        build_plan("dapt", tasks=["acl-arc"], data_dir="/d", pretrain_overrides={"tapt_seeds": [1]})
+
+
+def test_pretrain_reuse_needs_the_same_tapt_protocol(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from transferlm.training.pretrain import PretrainConfig
+
+    step = build_plan("dapt", tasks=["acl-arc"], data_dir="/d", seeds=[13, 21]).pretrains[1]
+    folder = tmp_path / "tapt"
+    folder.mkdir()
+    record = asdict(PretrainConfig(**{**step.config, "output": str(folder)}))
+    (folder / "pretrain.json").write_text(json.dumps({"config": record}))
+    assert reproduce_mod._pretrain_done(folder, step.config)
+    assert not reproduce_mod._pretrain_done(folder, {**step.config, "tapt_seeds": [13, 21, 42]})
+    assert not reproduce_mod._pretrain_done(folder, {**step.config, "tapt_shots": 8})
+    # A TAPT model from before the dev texts were left out trained on them: redone, even at the defaults.
+    old = {k: v for k, v in record.items() if k not in ("tapt_shots", "tapt_seeds")}
+    (folder / "pretrain.json").write_text(json.dumps({"config": old}))
+    default = build_plan("dapt", tasks=["acl-arc"], data_dir="/d").pretrains
+    assert not reproduce_mod._pretrain_done(folder, default[1].config)
+    dapt_record = {k: v for k, v in asdict(PretrainConfig(**{**default[0].config, "output": "x"})).items()
+                   if k not in ("tapt_shots", "tapt_seeds")}
+    (folder / "pretrain.json").write_text(json.dumps({"config": dapt_record}))
+    assert reproduce_mod._pretrain_done(folder, default[0].config), "a DAPT record of before is still good"

@@ -169,7 +169,7 @@ def test_tapt_reads_the_task_training_text_only(monkeypatch: pytest.MonkeyPatch)
         return None, TaskData(train=[ex[0]], dev=[ex[1]], test=[ex[2]])
 
     monkeypatch.setattr(loading, "load_task", fake)
-    assert load_phase_texts("task:toy", "text", None) == ("tapt-toy", ["train text"])
+    assert load_phase_texts("task:toy", "text", None) == ("tapt-toy", ["train text"], 0)
 
 
 def test_an_edited_intermediate_task_is_another_run(tiny_bert: Path, two_tasks: Path, tmp_path: Path) -> None:

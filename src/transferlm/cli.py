@@ -38,9 +38,11 @@ EXAMPLES = {
   transferlm probe --task SST-2 --data-dir ../shared/data --model minilm-l6 --output runs/probe
   transferlm probe --task cr --model minilm-l6 --layers 2,4,6 --steps 50 --output runs/probe-cr""",
     "pretrain": """examples:
-  # DAPT on science text, then TAPT on chemprot's own training text, in one command:
+  # DAPT on science text, then TAPT on chemprot's own training text (less the dev texts of the runs it
+  # prepares for: --tapt-shots/--tapt-seeds, as the runs' --shots/--seed), in one command:
   transferlm pretrain --model minilm-l6 --text ../shared/data/unlabeled/scibert/mag/dev.txt \
-      --tapt-task chemprot --data-dir ../shared/data --steps 200 --output models/minilm-sci
+      --tapt-task chemprot --tapt-shots full --tapt-seeds 13 --data-dir ../shared/data --steps 200 \
+      --output models/minilm-sci
   transferlm run --task chemprot --shots full --model models/minilm-sci --output runs/chemprot-dapt
   transferlm pretrain --model smollm2-135m --text reviews.jsonl --text-field review --output models/smol-rev""",
     "multitask": """examples:
@@ -319,14 +321,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     d.update({k: v for k, v in flags.items() if v is not None})
     texts = list(d.get("texts") or []) + list(args.text or []) + [f"task:{t}" for t in args.tapt_task or []]
     d["texts"] = texts
+    if args.tapt_shots is not None:
+        d["tapt_shots"] = args.tapt_shots  # "full" is read by from_dict (parse_shots)
+    if args.tapt_seeds is not None:
+        d["tapt_seeds"] = _list_arg(args.tapt_seeds, int)
     if args.whole_word_mask:
         d["whole_word_mask"] = True
     if args.quiet:
         d["quiet"] = True
     report = pretrain(from_dict(PretrainConfig, d, source=args.config or "flags"))
     for ph in report["phases"]:
+        left_out = f", {ph['excluded_dev_texts']} dev texts left out" if "excluded_dev_texts" in ph else ""
         print(f"{ph['phase']}: perplexity {ph['perplexity_before']:.2f} -> {ph['perplexity_after']:.2f} "
-              f"({ph['train_texts']} texts, {ph['seconds']:.1f}s, {ph['tokens_per_second']:.0f} tokens/s)")
+              f"({ph['train_texts']} texts{left_out}, {ph['seconds']:.1f}s, {ph['tokens_per_second']:.0f} tokens/s)")
     print(f"adapted model: {args.output or d.get('output')} (use it with run --model)")
     return 0
 
@@ -393,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--model", help="model to adapt (zoo name, folder or hub id)")
     pt.add_argument("--text", action="append", help="text file or folder; repeat for consecutive phases (DAPT, ...)")
     pt.add_argument("--tapt-task", action="append", help="a final phase on this task's own training text (TAPT)")
+    pt.add_argument("--tapt-shots", help="K per class of the downstream runs, or 'full' (default 16): their dev "
+                    "texts are left out of the TAPT text")
+    pt.add_argument("--tapt-seeds", help="comma-separated seeds of the downstream runs, whose dev texts are left out "
+                    "of the TAPT text (default 13,21,42,87,100)")
     pt.add_argument("--text-field", help="field/column holding the text in jsonl/json/tsv/csv (default text)")
     pt.add_argument("--data-dir", help="data root for --tapt-task (default $TRANSFERLM_DATA)")
     pt.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: mlm for encoders, clm for decoders")

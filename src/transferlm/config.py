@@ -20,6 +20,10 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
+# The few-shot protocol's defaults: K examples per class, and the seeds a compare runs (LM-BFF's five).
+DEFAULT_SHOTS = 16
+DEFAULT_SEEDS = (13, 21, 42, 87, 100)
+
 
 @dataclass
 class TrainConfig:
@@ -89,7 +93,7 @@ class DataConfig:
 
     data_dir: str | None = None
     # None / "full" / 0: the whole training set; from_dict reads it with parse_shots (YAML, --set, grids).
-    shots: int | None = field(default=16, metadata={"parse": "shots"})
+    shots: int | None = field(default=DEFAULT_SHOTS, metadata={"parse": "shots"})
     empty_text: str | None = None
     train_file: str | None = None
     dev_file: str | None = None
@@ -155,7 +159,7 @@ class CompareConfig:
 
     run: RunConfig = field(default_factory=RunConfig)
     methods: list[str] = field(default_factory=lambda: ["finetune"])
-    seeds: list[int] = field(default_factory=lambda: [13, 21, 42, 87, 100])
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     # Dotted key -> candidate values, e.g. {"train.learning_rate": [1e-5, 2e-5]}; every combination is
     # trained per seed and the one with the best dev metric is reported, as LM-BFF does.
     grid: dict[str, list[Any]] = field(default_factory=dict)

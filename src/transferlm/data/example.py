@@ -25,6 +25,8 @@ class TaskData:
     dev: list[Example]
     test: list[Example]
     notes: list[str] = field(default_factory=list)
+    # dev is a seeded hold-out of the training pool (full data, no dev split of its own): train + dev = the pool.
+    dev_held_out: bool = False
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}

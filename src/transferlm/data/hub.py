@@ -78,6 +78,7 @@ def load_hub_task(name: str, shots: int | None, seed: int, spec: TaskSpec | None
 
     pool, dev, test = convert("train"), convert("validation"), convert("test")
     notes = [f"hub dataset {name}"]
+    held_out = False
     if shots is not None:
         train, sampled_dev = sample_kshot(pool, shots, seed, regression=regression, source=f"{name} train",
                                           label_names=names)
@@ -89,4 +90,5 @@ def load_hub_task(name: str, shots: int | None, seed: int, spec: TaskSpec | None
         if not test:
             test, notes = dev, notes + ["test = the hub's validation split"]
             train, dev = holdout(pool, seed)
-    return out, TaskData(train=train, dev=dev, test=test, notes=notes)
+            held_out = True
+    return out, TaskData(train=train, dev=dev, test=test, notes=notes, dev_held_out=held_out)

@@ -208,6 +208,7 @@ def _load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None,
     original = task_dir / "original"
     kdir = task_dir / "k-shot" / f"{options.shots}-{options.seed}"
     notes: list[str] = []
+    held_out = False
     if options.shots is not None and kdir.is_dir():
         spec = with_inferred_labels(spec, [kdir / spec.files.get("train", "")])
         train, dev = read(kdir / spec.files["train"]), read(kdir / spec.files["dev"])
@@ -226,6 +227,7 @@ def _load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None,
                 train, dev = pool, read(dev_path)
             else:
                 train, dev = holdout(pool, options.seed)
+                held_out = True
                 notes.append(f"dev = seeded {len(dev)}-example hold-out of {pool_path.name}")
         else:
             train, dev = sample_kshot(pool, options.shots, options.seed, regression=spec.regression,
@@ -233,7 +235,7 @@ def _load_task(task: str | TaskSpec, data_dir: str | os.PathLike[str] | None,
             notes.append(f"K={options.shots} sampled from {pool_path} with the LM-BFF procedure (seed {options.seed})")
     if not test:
         notes.append("no test split available: test metrics are not reported")
-    return spec, TaskData(train=train, dev=dev, test=test, notes=notes)
+    return spec, TaskData(train=train, dev=dev, test=test, notes=notes, dev_held_out=held_out)
 
 
 def _pool_path(spec: TaskSpec, task_dir: Path, original: Path) -> Path:
@@ -269,6 +271,7 @@ def _load_user_files(spec: TaskSpec, options: DataOptions) -> tuple[TaskSpec, Ta
 
     pool, dev, test = read(options.train_file), read(options.dev_file), read(options.test_file)
     notes = [f"user files: train={options.train_file}"]
+    held_out = False
     if options.shots is not None:
         train, sampled_dev = sample_kshot(pool, options.shots, options.seed, regression=spec.regression,
                                           source=str(train_path), label_names=spec.label_names or spec.labels)
@@ -277,5 +280,6 @@ def _load_user_files(spec: TaskSpec, options: DataOptions) -> tuple[TaskSpec, Ta
         train = pool
         if not dev:
             train, dev = holdout(pool, options.seed)
+            held_out = True
             notes.append(f"dev = seeded {len(dev)}-example hold-out of the train file")
-    return spec, TaskData(train=train, dev=dev, test=test, notes=notes)
+    return spec, TaskData(train=train, dev=dev, test=test, notes=notes, dev_held_out=held_out)

@@ -30,6 +30,7 @@ from transformers import (
     DataCollatorForLanguageModeling,
 )
 
+from ..config import DEFAULT_SEEDS, DEFAULT_SHOTS
 from ..errors import ConfigError, DataError, ModelError
 from ..io import atomic_dir, atomic_path, write_json
 from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
@@ -50,6 +51,10 @@ class PretrainConfig:
     # One phase per source, in order: a text file, a folder of them, or "task:<name>" for TAPT on a
     # task's own training text (labels ignored).
     texts: list[str] = field(default_factory=list)
+    # The downstream protocol TAPT prepares for: K per class (None: full data) over these seeds. The dev
+    # texts of each of those runs are left out of the TAPT text (the runs select on them).
+    tapt_shots: int | None = field(default=DEFAULT_SHOTS, metadata={"parse": "shots"})
+    tapt_seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     text_field: str = "text"
     data_dir: str | None = None
     objective: str = "auto"  # auto | mlm | clm
@@ -79,6 +84,11 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "max_length"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.tapt_shots is not None and self.tapt_shots <= 0:
+            raise ConfigError(f"tapt_shots must be a positive K or null (full data), got {self.tapt_shots}")
+        if not self.tapt_seeds and any(t.startswith("task:") for t in self.texts):
+            raise ConfigError("tapt_seeds is empty: give the seeds of the downstream runs (--tapt-seeds), whose "
+                              "dev texts TAPT leaves out")
 
 
 def _load_lm(path: str, objective: str) -> tuple[torch.nn.Module, str, list[str]]:
@@ -163,7 +173,11 @@ class Pretrainer:
         self.out = Path(cfg.output)
         self.work = self.out.with_name(f".{self.out.name}.pretrain")
         # Read every source before loading the model: bad text files fail fast, nothing written.
-        self.phases = [load_phase_texts(src, cfg.text_field, cfg.data_dir) for src in cfg.texts]
+        loaded = [load_phase_texts(src, cfg.text_field, cfg.data_dir, dev_shots=cfg.tapt_shots,
+                                   dev_seeds=cfg.tapt_seeds) for src in cfg.texts]
+        self.phases = [(name, texts) for name, texts, _ in loaded]
+        # Per phase: how many training texts TAPT left out for being downstream dev text (None: not a task).
+        self.excluded_dev = [excluded for _, _, excluded in loaded]
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         resolved = resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(str(resolved.path), trust_remote_code=False)
@@ -257,6 +271,8 @@ class Pretrainer:
                 raise DataError(f"{name}: no text left to train on once tokenized (only special tokens)")
             counts = {"train_texts": len(train_texts), "eval_texts": len(eval_texts),
                       "train_chunks": len(train_rows), "eval_chunks": len(eval_rows)}
+            if self.excluded_dev[phase_idx] is not None:
+                counts["excluded_dev_texts"] = self.excluded_dev[phase_idx]
             report["phases"].append(self._phase(phase_idx, name, train_rows, eval_rows, global_step, counts))
             global_step += cfg.steps
         with atomic_dir(self.out) as tmp:

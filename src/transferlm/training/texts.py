@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import DEFAULT_SEEDS, DEFAULT_SHOTS
 from ..data.readers import read_texts
 from ..errors import DataError
 
@@ -18,16 +20,56 @@ def _check_text_file(path: Path) -> None:
         raise DataError(f"{path} looks binary (NUL bytes); give UTF-8 text (.txt, .jsonl, .json, .tsv, .csv)")
 
 
-def load_phase_texts(source: str, field: str, data_dir: str | None) -> tuple[str, list[str]]:
-    """(phase name, texts) for one source: a file, a folder of files, or ``task:<name>``."""
-    if source.startswith("task:"):
-        from ..data.loading import DataOptions, load_task
+def _joined(ex) -> str:
+    """An example's text as TAPT reads it (text_a and text_b, when there is one)."""
+    return " ".join(t for t in (ex.text_a, ex.text_b) if t)
 
+
+def task_texts(name: str, data_dir: str | None, dev_shots: int | None,
+               dev_seeds: Sequence[int]) -> tuple[list[str], int]:
+    """A task's training text for TAPT, without any text of the dev splits its downstream runs select on.
+
+    The downstream runs are the protocol's (``dev_shots`` per class, or None for the full training set,
+    over ``dev_seeds``). Their dev sets come from the same training text (a K-shot dev set is K per class
+    of the training pool, drawn with the run's seed; a full-data run without a dev file holds out a seeded
+    slice), so each is computed exactly as the run computes it (:func:`load_task`) and left out, compared
+    by text. Returns (texts, how many training texts were left out for being dev text).
+    """
+    from ..data.loading import DataOptions, load_task
+
+    _, data = load_task(name, data_dir, DataOptions(shots=None, seed=0))
+    # The whole training pool: where the full-data split holds out a dev slice, that slice is training text too.
+    pool = data.train + data.dev if data.dev_held_out else data.train
+    texts = [t for t in map(_joined, pool) if t.strip()]
+    dev: set[str] = set()
+    for seed in dev_seeds:
+        try:
+            _, run_data = load_task(name, data_dir, DataOptions(shots=dev_shots, seed=seed))
+        except DataError as e:
+            k = "full" if dev_shots is None else dev_shots
+            raise DataError(f"TAPT on task {name}: cannot compute the dev split of its downstream run (shots {k}, "
+                            f"seed {seed}) to leave it out of the pretraining text: {e}. Set tapt_shots/tapt_seeds "
+                            "(--tapt-shots, --tapt-seeds) to the runs' --shots and --seeds") from None
+        dev.update(map(_joined, run_data.dev))
+    kept = [t for t in texts if t not in dev]
+    if not kept:
+        raise DataError(f"TAPT on task {name}: every training text is in a dev split of the downstream runs "
+                        f"(shots {dev_shots}, seeds {list(dev_seeds)}); nothing is left to pretrain on")
+    return kept, len(texts) - len(kept)
+
+
+def load_phase_texts(source: str, field: str, data_dir: str | None, *, dev_shots: int | None = DEFAULT_SHOTS,
+                     dev_seeds: Sequence[int] = DEFAULT_SEEDS) -> tuple[str, list[str], int | None]:
+    """(phase name, texts, dev texts left out) for one source: a file, a folder of files, or ``task:<name>``.
+
+    ``task:<name>`` reads the task's training text only (Gururangan et al.), less every text of the dev
+    splits of the downstream runs (``dev_shots``, ``dev_seeds``: see :func:`task_texts`): dev text in the
+    pretraining text would leak into the model selected on it. The count is None for other sources.
+    """
+    if source.startswith("task:"):
         name = source[5:]
-        _, data = load_task(name, data_dir, DataOptions(shots=None, seed=0))
-        # The training split only (Gururangan et al.): dev text would leak into the model selected on it.
-        texts = [" ".join(t for t in (e.text_a, e.text_b) if t) for e in data.train]
-        return f"tapt-{name}", [t for t in texts if t.strip()]
+        texts, excluded = task_texts(name, data_dir, dev_shots, dev_seeds)
+        return f"tapt-{name}", texts, excluded
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
@@ -43,4 +85,4 @@ def load_phase_texts(source: str, field: str, data_dir: str | None) -> tuple[str
         texts.extend(read_texts(f, field))
     if not texts:
         raise DataError(f"{source}: no non-empty text found (text field '{field}'); check --text-field")
-    return path.stem or path.name, texts
+    return path.stem or path.name, texts, None
