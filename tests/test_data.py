@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,29 @@ def test_empty_tsv_in_an_unknown_folder_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
         load_task("t", tmp_path, DataOptions(shots=None))
     assert "empty" in _one_line(e)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_unknown_folder_columns_come_from_the_header(tmp_path: Path, fmt: str) -> None:
+    # README: a folder the registry does not know has its columns inferred from the header. A csv with a
+    # header was read as LM-BFF's headerless label,text: the header row became an example and every text a label.
+    (tmp_path / "mine").mkdir()
+    rows = [("good film", "pos"), ("bad film", "neg"), ("great", "pos"), ("awful", "neg")]
+    for split in ("train", "dev", "test"):
+        path = tmp_path / "mine" / f"{split}.{fmt}"
+        if fmt == "csv":
+            path.write_text("sentence,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+        else:
+            path.write_text("".join(json.dumps({"sentence": t, "label": y}) + "\n" for t, y in rows))
+    spec, data = load_task("mine", tmp_path, DataOptions(shots=None))
+    assert spec.labels == ("neg", "pos") and spec.text_columns == ("sentence",)
+    assert len(data.test) == 4 and data.test[1].text_a == "bad film" and data.test[1].label == 0
+
+
+def test_unknown_csv_folder_with_named_text_column(tmp_path: Path) -> None:
+    (tmp_path / "rev").mkdir()
+    for split in ("train", "dev", "test"):
+        (tmp_path / "rev" / f"{split}.csv").write_text("review,stars\ngood,1\nbad,0\nfine,1\nawful,0\n")
+    spec, data = _run_data("rev", data_dir=str(tmp_path), shots=None, text_columns=["review"],
+                           label_column="stars")
+    assert len(data.test) == 4 and data.test[1].text_a == "bad" and spec.labels == ("0", "1")

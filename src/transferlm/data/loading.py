@@ -10,6 +10,7 @@ Layouts understood (``D`` is ``--data-dir`` or ``$TRANSFERLM_DATA``):
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,36 +69,68 @@ def infer_spec(name: str, task_dir: Path, overrides: dict[str, Any] | None = Non
                         "or train.*)")
     fmt = sample.suffix.lstrip(".")
     if fmt == "csv":
-        # LM-BFF csv layout: label,text without a header.
-        spec = TaskSpec(name=name, text_columns=(1,), label_column=0, format="csv", header=False, family="user")
+        header = _csv_header(sample)
+        text = _text_columns(header)
+        named = overrides.get("text_columns") or ()
+        if text is None and named and all(isinstance(c, str) and c in header for c in named):
+            text = tuple(named)  # --text-columns review: a header row with that name
+        if text is None:
+            # LM-BFF csv layout: label,text without a header.
+            spec = TaskSpec(name=name, text_columns=(1,), label_column=0, format="csv", header=False, family="user")
+        else:  # a header naming its columns, as a tsv's does
+            spec = TaskSpec(name=name, text_columns=text, label_column="label" if "label" in header else header[-1],
+                            format="csv", header=True, family="user")
     elif fmt == "tsv":
-        try:
-            lines = sample.read_text(encoding="utf-8-sig").splitlines()
-        except UnicodeDecodeError as e:
-            raise DataError(f"{sample}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+        lines = _first_lines(sample)
         if not lines:
             raise DataError(f"{sample} is empty; put a header line and data rows in it")
         header = lines[0].split("\t")
-        if "sentence1" in header and "sentence2" in header:
-            text: tuple[Column, ...] = ("sentence1", "sentence2")
-        elif "sentence" in header:
-            text = ("sentence",)
-        elif "text" in header:
-            text = ("text",)
-        elif "text_columns" in overrides:
+        text = _text_columns(header)
+        if text is None and "text_columns" in overrides:
             text = tuple(overrides["text_columns"])
-        else:
+        if text is None:
             raise DataError(f"{sample}: cannot tell the text column from header {header}; "
                             "pass --text-columns (and --label-column)")
         spec = TaskSpec(name=name, text_columns=text, label_column="label" if "label" in header else header[-1],
                         format="tsv", header=True, family="user")
     elif fmt in ("jsonl", "json"):
-        spec = TaskSpec(name=name, text_columns=("text",), label_column="label", format=fmt, family="user")
+        # The first record's fields name the columns (sentence1/sentence2, sentence or text); default text.
+        rows = iter_rows(sample, fmt, header=True)
+        first = next(rows, (0, {}))[1]
+        rows.close()
+        fields_ = list(first) if isinstance(first, dict) else []
+        spec = TaskSpec(name=name, text_columns=_text_columns(fields_) or ("text",), label_column="label", format=fmt,
+                        family="user")
     else:
         raise DataError(f"{sample}: unsupported file type; use tsv, csv, jsonl or json")
     ext = f".{fmt}"
     return spec.with_overrides(files={"train": f"train{ext}", "dev": f"dev{ext}", "test": f"test{ext}"},
                                original={"train": f"train{ext}", "test": f"test{ext}"}, **overrides)
+
+
+def _first_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            return next(csv.reader(f), [])
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+
+
+def _text_columns(header: list[str]) -> tuple[Column, ...] | None:
+    """The text columns a header names (``sentence1``/``sentence2``, ``sentence`` or ``text``), else None."""
+    if "sentence1" in header and "sentence2" in header:
+        return ("sentence1", "sentence2")
+    for name in ("sentence", "text"):
+        if name in header:
+            return (name,)
+    return None
 
 
 def known_task(name: str) -> TaskSpec | None:

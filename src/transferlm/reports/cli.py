@@ -37,7 +37,7 @@ def add_report_commands(subparsers: Any) -> None:
                     help="lmbff: slide 25 (prompting, K=16); peft: slide 33; dapt: slide 8")
     rs.add_argument("--quick", action="store_true",
                     help="a smoke-sized suite: 1 seed, 1 task, few steps, a test subset (minutes on 2 cores)")
-    rs.add_argument("--output", help="folder for the runs, suite.json and the report (default runs/reproduce-SUITE)")
+    rs.add_argument("--output", help="folder for the runs, suite.json and the report (default runs/reproduce-SUITE, '-quick' added with --quick)")
     rs.add_argument("--model", help="model for every run (default: smollm2-135m for lmbff, minilm-l6 otherwise; "
                                     "splade-tiny for lmbff --quick)")
     rs.add_argument("--data-dir", help="data root (default: $TRANSFERLM_DATA)")
