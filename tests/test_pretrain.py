@@ -245,6 +245,19 @@ def test_unfinished_work_on_edited_text_is_not_resumed(tiny_bert: Path, text_fil
     assert report["phases"][0]["resumed_from_step"] is None
 
 
+def test_unfinished_work_on_a_rewritten_base_model_is_not_resumed(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    base = tmp_path / "base"  # a model folder trained again under the same name (DAPT under DAPT + TAPT)
+    shutil.copytree(tiny_bert, base)
+    _cut_after_step_4(monkeypatch, _cfg(base, [str(text_file)], tmp_path / "cut"))
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "rewritten": True}))
+    report = pretrain(_cfg(base, [str(text_file)], tmp_path / "cut"))
+    assert report["phases"][0]["resumed_from_step"] is None, "resumed a checkpoint built on the old base model"
+
+
 def test_no_weight_decay_on_biases_and_layer_norms(tiny_bert: Path, text_file: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from transferlm.training import pretrain as pretrain_mod

@@ -202,6 +202,8 @@ class Pretrainer:
                 raw = piece.encode("utf-8")
                 digest.update(len(raw).to_bytes(8, "little") + raw)
         settings["texts_sha256"] = digest.hexdigest()
+        # The base model's files too: DAPT + TAPT continues from a DAPT folder that a rerun may train again.
+        settings["model_digest"] = model_digest(self.cfg.model)
         stamp = self.work / "settings.json"
         if self.work.exists():
             try:
