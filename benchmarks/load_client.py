@@ -54,13 +54,17 @@ class RawConnection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        # Requests sent a second time because a reused keep-alive connection failed before their answer: the
+        # server may have closed it idle, or dropped the request itself; the stats report them, never hide them.
+        self.resent = 0
 
     async def connect(self) -> None:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
     async def post(self, request: bytes) -> int:
-        for attempt in (0, 1):  # a keep-alive connection the server closed: reconnect once
+        for attempt in (0, 1):  # a reused keep-alive connection the server closed: reconnect and send once more
+            reused = self.writer is not None
             await self.connect()
             assert self.reader is not None
             try:
@@ -68,8 +72,9 @@ class RawConnection:
                 head = await self.reader.readuntil(b"\r\n\r\n")
             except (ConnectionError, asyncio.IncompleteReadError):
                 await self.close()
-                if attempt:
+                if attempt or not reused:  # a new connection that fails is a failed request, not a stale one
                     raise
+                self.resent += 1
                 continue
             status = int(head[9:12])
             length, close = 0, False
@@ -111,6 +116,7 @@ async def closed_loop(url: str, inputs: dict[str, list[Any]], clients: int, seco
     lat: list[float] = []
     statuses: list[int] = []
     errors: list[str] = []
+    resent: list[int] = []
     rss: list[tuple[float, float]] = []
     cpu: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -137,6 +143,8 @@ async def closed_loop(url: str, inputs: dict[str, list[Any]], clients: int, seco
                     if now >= measure_from:
                         lat.append(time.perf_counter() - t0)
                         statuses.append(status)
+                        resent.append(conn.resent)
+                    conn.resent = 0
             finally:
                 await conn.close()
 
@@ -154,6 +162,7 @@ async def closed_loop(url: str, inputs: dict[str, list[Any]], clients: int, seco
         jobs = [one_client() for _ in range(clients)] + [client_cpu()] + ([sample_rss()] if rss_pid else [])
         await asyncio.gather(*jobs)
     out = summarise(lat, statuses, seconds)
+    out["resent"] = sum(resent)  # measured requests answered only after being sent again on a new connection
     out.update(cpu)
     out["_raw"] = (lat, statuses)
     if errors:

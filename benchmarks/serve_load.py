@@ -298,7 +298,8 @@ async def fault_burst(server: Server, inputs: dict[str, list[Any]], n: int, max_
             "server_side_mean_ms_rejected": round(1000 * delta(after, before, "transferlm_rejection_latency_seconds_sum")
                                                   / max(1.0, delta(after, before,
                                                                    "transferlm_rejection_latency_seconds_count")), 2),
-            "request_after_burst": after_status}
+            "request_after_burst": after_status,
+            "resent": sum(c.resent for c in conns)}  # answered only on a second connection: dropped once
 
 
 # -- main -------------------------------------------------------------------------------------------------------
@@ -334,17 +335,20 @@ def measure_modes(servers: dict[str, Server], inputs: dict[str, list[Any]], clie
     raw: dict[str, tuple[list[float], list[int]]] = {m: ([], []) for m in modes}
     per_round: dict[str, list[float]] = {m: [] for m in modes}
     client_cpu: dict[str, list[float]] = {m: [] for m in modes}
+    resent: dict[str, int] = dict.fromkeys(modes, 0)
     for r in range(args.rounds):
         order = modes[r % len(modes):] + modes[:r % len(modes)]
         for mode in order:
             stats = asyncio.run(closed_loop(servers[mode].url, inputs, clients, args.seconds, args.warmup, seed=r,
                                             client=args.client))
             client_cpu[mode].append(stats["client_cpu"])
+            resent[mode] += stats["resent"]
             raw[mode][0].extend(stats["_raw"][0])
             raw[mode][1].extend(stats["_raw"][1])
             per_round[mode].append(stats["throughput_rps"])
             print(f"  {clients} clients, round {r + 1} {mode:8s} {stats['throughput_rps']:6.1f} req/s  "
                   f"p50 {stats['p50_ms']} ms  p99 {stats['p99_ms']} ms  failed {stats['failed']}  "
+                  f"resent {stats['resent']}  "
                   f"client cpu {stats['client_cpu']}", flush=True)
     out = {}
     for mode in modes:
@@ -352,6 +356,7 @@ def measure_modes(servers: dict[str, Server], inputs: dict[str, list[Any]], clie
         # Between the scrapes this server was loaded for its rounds' warm-up and measured seconds only.
         stats.update(batch_stats(scrape(servers[mode].url), before[mode], args.rounds * (args.seconds + args.warmup)))
         stats["throughput_rps_per_round"] = per_round[mode]
+        stats["resent"] = resent[mode]  # answered, but only on a second try: the server dropped a connection
         stats["client_cpu"] = round(float(np.mean(client_cpu[mode])), 2)  # ~1.0: the load generator was the limit
         stats["startup_seconds"] = servers[mode].startup_s
         stats["rss_mb_after_load"] = round(rss_mb(servers[mode].proc.pid), 1)
@@ -435,7 +440,7 @@ def main() -> None:
     # The detailed per-mode report is the largest concurrency's; the sweep keeps the headline numbers of each.
     report["modes"] = by_clients[str(client_counts[-1])]
     if len(client_counts) > 1:
-        report["by_clients"] = {n: {m: {k: s[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "failed",
+        report["by_clients"] = {n: {m: {k: s[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "failed", "resent",
                                                            "mean_rows_per_pass", "forward_busy")}
                                     for m, s in stats.items()} | ratios(stats)
                                 for n, stats in by_clients.items()}
@@ -466,7 +471,7 @@ def main() -> None:
                                "fitted_slope_mb_per_min": round(60 * float(np.polyfit(
                                    [t for t, _ in soak["rss_mb"]], rss, 1)[0]), 2) if len(rss) > 2 else 0.0}
         report["soak"] = soak
-        print(f"[soak] {soak['throughput_rps']} req/s, failed {soak['failed']}, rss {soak['rss_summary']}",
+        print(f"[soak] {soak['throughput_rps']} req/s, failed {soak['failed']}, resent {soak['resent']}, rss {soak['rss_summary']}",
               flush=True)
     for mode, server in servers.items():
         report["modes"][mode]["shutdown"] = server.stop()

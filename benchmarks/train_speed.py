@@ -12,7 +12,8 @@ then predicts on test examples. Reported:
 * achieved FLOP/s as a fraction of this machine's matmul peak, measured here with a torch.mm loop in
   the run's precision on the same threads. Model FLOPs per token: 6·N for full fine-tuning (forward 2N, backward 4N),
   4·N for LoRA (the frozen weights need no weight gradients), N = non-embedding parameters, over the batches'
-  non-padding tokens;
+  non-padding tokens; plus attention's own matmuls (QKᵀ and the weighted sum of V, which hold no parameters):
+  12·L·d·len² per sequence of len real tokens (forward 4·L·d·len², backward twice that, for both methods);
 * the estimated cost of the whole 5-seed protocol at these rates (5 × (100 steps × batch 8 + 872 SST-2
   test examples + 5 dev evaluations of 32 examples: every 25 steps and once after training)), at this
   benchmark's sequence length;
@@ -103,13 +104,25 @@ def steady_rate(times: list[float], examples_per_step: int, steps: int) -> float
 
 
 def steady_tokens_per_step(tokens: list[int], steps: int) -> float:
-    """Mean non-padding tokens of the steps ``steady_rate`` times: the 2nd to the ``steps``-th batch.
+    """Mean per-batch count (non-padding tokens, or attention FLOPs) of the steps ``steady_rate`` times: the 2nd to
+    the ``steps``-th batch.
 
     ``tokens`` holds one count per collated training batch, in order; HF's data loader collates one batch ahead,
     so it may hold one batch more than was trained.
     """
     timed = tokens[1:steps]
     return sum(timed) / len(timed)
+
+
+def attention_flops(attention_mask: Any, config: Any) -> int:
+    """Training FLOPs of attention's score and value matmuls for one batch, over its real tokens.
+
+    Per layer and sequence of ``len`` tokens the forward pass multiplies QKᵀ and (softmax)·V, 2·len²·d each
+    (d = heads × head size = the hidden size); the backward pass takes twice the forward's. These matmuls hold
+    no parameters, so 6·N (or 4·N) leaves them out: 12·L·d·Σ len² per batch.
+    """
+    lengths = attention_mask.sum(1).tolist()
+    return 12 * config.num_hidden_layers * config.hidden_size * sum(int(n) ** 2 for n in lengths)
 
 
 def load_data(data_dir: str, n_eval: int):
@@ -135,6 +148,7 @@ def worker_transferlm(model: str, method: str, p: dict[str, Any], data_dir: str)
     m = get_method(method)
     backbone = load_backbone(model, head=m.head_for(model))
     n_flop_params = non_embedding_params(backbone.model)
+    model_config = backbone.model.config
     torch.manual_seed(13)
     prepared = m.prepare(backbone, spec, m.parse_config({}), max_length=p["max_length"], train=train)
     freeze_unused_parameters(prepared.model, prepared.collate(train[:2]))  # as run() does
@@ -145,9 +159,11 @@ def worker_transferlm(model: str, method: str, p: dict[str, Any], data_dir: str)
     engine = Engine(prepared, spec, cfg, seed=13, quiet=True)
     times: list[float] = []
     tokens: list[int] = []
+    attention: list[int] = []
 
     def count(*, batch: dict[str, torch.Tensor], logits: torch.Tensor, **_: Any) -> torch.Tensor:
         tokens.append(int(batch["attention_mask"].sum()))  # FLOPs are the real tokens', not the padding's
+        attention.append(attention_flops(batch["attention_mask"], model_config))
         return logits.new_zeros(())
 
     engine.loss_hooks.append(count)
@@ -155,7 +171,9 @@ def worker_transferlm(model: str, method: str, p: dict[str, Any], data_dir: str)
     fit = engine.fit(train, [])
     ev = engine.evaluate(test, desc="test")
     return {"train_examples_per_s": steady_rate(times, p["batch_size"], p["steps"]), "train_seconds": fit.train_seconds,
-            "tokens_per_step": steady_tokens_per_step(tokens, p["steps"]), "eval_examples_per_s": len(test) / ev.seconds,
+            "tokens_per_step": steady_tokens_per_step(tokens, p["steps"]),
+            "attention_flops_per_step": steady_tokens_per_step(attention, p["steps"]),
+            "eval_examples_per_s": len(test) / ev.seconds,
             "eval_seconds": ev.seconds, "trainable_params": trainable, "total_params": total,
             "flop_params": n_flop_params, "peak_rss_mb": peak_rss_mb()}
 
@@ -200,11 +218,14 @@ def worker_hf(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict
         return rows
 
     tokens: list[int] = []
+    attention: list[int] = []
     pad = DataCollatorWithPadding(tok)
+    model_config = hf.config
 
     def collate(rows):
         batch = pad(rows)
         tokens.append(int(batch["attention_mask"].sum()))  # as in worker_transferlm: padding is not counted
+        attention.append(attention_flops(batch["attention_mask"], model_config))
         return batch
 
     times: list[float] = []
@@ -229,12 +250,13 @@ def worker_hf(model: str, method: str, p: dict[str, Any], data_dir: str) -> dict
         t0 = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - t0
-        train_tokens = list(tokens)
+        train_tokens, train_attention = list(tokens), list(attention)
         t0 = time.perf_counter()
         trainer.predict(encode(test))
         eval_seconds = time.perf_counter() - t0
     return {"train_examples_per_s": steady_rate(times, p["batch_size"], p["steps"]), "train_seconds": train_seconds,
             "tokens_per_step": steady_tokens_per_step(train_tokens, p["steps"]),
+            "attention_flops_per_step": steady_tokens_per_step(train_attention, p["steps"]),
             "eval_examples_per_s": len(test) / eval_seconds,
             "eval_seconds": eval_seconds, "trainable_params": trainable, "total_params": total,
             "flop_params": n_flop_params, "peak_rss_mb": peak_rss_mb()}
@@ -289,10 +311,12 @@ def add_derived(r: dict[str, Any], method: str, peak: float) -> None:
     if "error" in r:
         return
     per_token = (6 if method == "finetune" else 4) * r["flop_params"]
-    tokens_per_s = r["train_examples_per_s"] * r["tokens_per_step"] / r["batch_size"]
-    r["train_flops_per_s"] = per_token * tokens_per_s
+    steps_per_s = r["train_examples_per_s"] / r["batch_size"]
+    # The parameters' matmuls per real token, and attention's (QKᵀ, ·V), which no parameter count holds.
+    r["train_flops_per_s"] = steps_per_s * (per_token * r["tokens_per_step"] + r["attention_flops_per_step"])
     r["fraction_of_matmul_peak"] = r["train_flops_per_s"] / peak
-    r["flops_formula"] = f"{6 if method == 'finetune' else 4}·N·tokens, N = {r['flop_params']:,} non-embedding params"
+    r["flops_formula"] = (f"{6 if method == 'finetune' else 4}·N·tokens + 12·L·d·Σ len² (attention), "
+                          f"N = {r['flop_params']:,} non-embedding params")
     r["protocol_estimate_s"] = PROTOCOL["seeds"] * (
         PROTOCOL["steps"] * PROTOCOL["batch_size"] / r["train_examples_per_s"]
         + (PROTOCOL["test_examples"] + PROTOCOL["dev_examples"]) / r["eval_examples_per_s"])

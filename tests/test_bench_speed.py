@@ -37,7 +37,7 @@ def test_protocol_estimate_counts_the_dev_evaluations() -> None:
     # A run trains 100 steps of 8, evaluates SST-2's 32 dev examples every 25 steps and once after training,
     # then the 872 test examples.
     r = {"flop_params": 1000, "train_examples_per_s": 8.0, "eval_examples_per_s": 10.0, "tokens_per_step": 64,
-         "batch_size": 8}
+         "attention_flops_per_step": 0, "batch_size": 8}
     train_speed.add_derived(r, "finetune", peak=1e9)
     assert r["protocol_estimate_s"] == pytest.approx(5 * (100 * 8 / 8.0 + (872 + 5 * 32) / 10.0))
 
@@ -83,3 +83,21 @@ def test_tokens_per_step_are_those_of_the_timed_steps() -> None:
     # The steady rate times steps 2..N; HF's loader may have collated batch N+1 already.
     assert train_speed.steady_tokens_per_step([71, 1024, 1000, 1024, 512], steps=4) == pytest.approx(
         (1024 + 1000 + 1024) / 3)
+
+
+def test_achieved_flops_count_attention_matmuls_over_real_tokens() -> None:
+    # QKᵀ and softmax·V hold no parameters, so 6·N leaves them out: 12·L·d·len² per sequence (forward 4·L·d·len²,
+    # backward twice that), over each sequence's real tokens, not the padded length.
+    import torch
+    from transformers import BertConfig
+
+    config = BertConfig(num_hidden_layers=2, hidden_size=8, num_attention_heads=2, intermediate_size=16)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert train_speed.attention_flops(mask, config) == 12 * 2 * 8 * (3**2 + 2**2)
+    # One step per second (8 examples/s at batch 8): the step's parameter FLOPs plus its attention FLOPs.
+    for method, per_token in (("finetune", 6), ("lora", 4)):
+        r = {"flop_params": 1000, "train_examples_per_s": 8.0, "eval_examples_per_s": 10.0, "tokens_per_step": 64,
+             "attention_flops_per_step": 5000.0, "batch_size": 8}
+        train_speed.add_derived(r, method, peak=1e6)
+        assert r["train_flops_per_s"] == pytest.approx(per_token * 1000 * 64 + 5000.0)
+        assert r["fraction_of_matmul_peak"] == pytest.approx((per_token * 1000 * 64 + 5000.0) / 1e6)
