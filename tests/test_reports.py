@@ -88,6 +88,39 @@ def test_markdown_round_trip_keeps_every_cell_and_mark(coll) -> None:
     assert "**83.0 (1.6)**" in to_markdown(table)
 
 
+# Labels come from configs and folder names: none of these may split a row, end a bold cell or become markup.
+ODD_LABELS = ["**x** | `code` <b>y</b> &amp; [z](http://e.org)\nline 2", "*a*_b_ ~~c~~ $d$ \\", "t*ask_<i>"]
+
+
+def test_markdown_escapes_every_special_character_of_a_label(tmp_path: Path) -> None:
+    write_compare(tmp_path / "a", ODD_LABELS[2], {ODD_LABELS[0]: {"per_seed": [0.9, 0.9, 0.9]},
+                                                   ODD_LABELS[1]: {"per_seed": [0.5, 0.6, 0.7]}})
+    table = build_table(collect([tmp_path / "a"]))
+    text = to_markdown(table)
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(lines) == 2 + len(table.rows)  # the line break in a label did not split its row
+    parsed = parse_markdown_table(text)
+    assert [c for c, _ in parsed[0]] == table.header
+    flat = [[(c.text.replace("\n", " "), c.best) for c in row] for row in table.rows]
+    assert parsed[1:] == flat and flat[0][0][0].endswith("http://e.org) line 2")
+    for raw in ("<b>", "<i>", "`code`", "&amp;", "~~c~~", "$d$", "*a*", "](", "**x**"):
+        assert not re.search(r"(?<!\\)" + re.escape(raw), text), raw  # only escaped
+    # A Markdown renderer shows each label as written, in its own row, and bold only the best cells.
+    markdown_it = pytest.importorskip("markdown_it")
+    page = markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(text)
+    assert "<b>" not in page and "<i>" not in page and "<a " not in page and "<code>" not in page and "<s>" not in page
+    body = page.split("<tbody>")[1]
+    cells = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S) for r in body.split("<tr>")[1:]]
+    import html as html_lib
+    assert [html_lib.unescape(re.sub(r"</?strong>", "", r[0])) for r in cells] == [f[0][0] for f in flat]
+    assert [[c.startswith("<strong>") for c in r] for r in cells] == [[b for _, b in f] for f in flat]
+    assert html_lib.unescape(re.findall(r"<th[^>]*>(.*?)</th>", page)[1]) == table.header[1]
+    # The HTML page (tables, plots, run list) escapes them too.
+    coll = collect([tmp_path / "a"])
+    report = render_html(coll, table, None, [params_plot(coll), seeds_plot(coll)])
+    assert "<b>" not in report and "<i>" not in report and "&lt;b&gt;y&lt;/b&gt;" in report
+
+
 def test_csv_round_trip_is_exact(coll) -> None:
     rows = read_csv(to_csv(coll))
     assert len(rows) == len(coll.cells) == 7

@@ -182,8 +182,25 @@ def build_pretraining_table(collection: Collection) -> Table | None:
 
 # --- Markdown -------------------------------------------------------------------------------------------
 
+# Characters that mean something inside a Markdown table cell (GitHub-flavoured: code spans, emphasis and bold,
+# raw HTML and entities, strikethrough, math, the cell separator), each escaped with a backslash; "]" only where a
+# link would start ("[x](url)", "[x][ref]"), so that "[n=3]" and "[bf16]" stay as written.
+_MD_SPECIAL = re.compile(r"[\\`*_<&|~$]|\](?=[(\[])")
+_MD_UNESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")  # CommonMark: a backslash escapes any ASCII punctuation
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """``text`` as literal Markdown inline text: a label from a config or a folder name ("a|b", "*x*",
+    "<br>", a line break) shows as written and cannot split its row or end the bold of a best cell."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), re.sub(r"\s*[\r\n]+\s*", " ", text))
+
+
+def _md_code(text: str) -> str:
+    """``text`` as a code span: fenced by more backticks than any run inside it (a folder named "a`b")."""
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    one_line = re.sub(r"[\r\n]+", " ", text)
+    return f"{fence}{pad}{one_line}{pad}{fence}"
 
 
 def to_markdown(table: Table) -> str:
@@ -195,7 +212,7 @@ def to_markdown(table: Table) -> str:
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.header))) + "|"]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in table.rows]
     if table.caption:
-        lines += ["", f"*{table.caption}*"]
+        lines += ["", f"*{_md_escape(table.caption)}*"]
     return "\n".join(lines)
 
 
@@ -208,11 +225,32 @@ def parse_markdown_table(text: str) -> list[list[tuple[str, bool]]]:
             if rows:
                 break
             continue
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line[1:-1])]
+        cells = [c.strip() for c in _split_row(line)]
         if all(set(c) <= set("-:") and c for c in cells):
             continue  # the separator row
-        rows.append([(c[2:-2], True) if c.startswith("**") and c.endswith("**") else (c, False) for c in cells])
+        rows.append([(_MD_UNESCAPE.sub(r"\1", c[2:-2]), True) if c.startswith("**") and c.endswith("**")
+                     else (_MD_UNESCAPE.sub(r"\1", c), False) for c in cells])
     return rows
+
+
+def _split_row(line: str) -> list[str]:
+    """A table row's cells, split at the pipes that are not backslash-escaped (escapes are kept)."""
+    cells, current, i = [], "", 1  # line[0] is the leading pipe
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and i + 1 < len(line):
+            current += line[i:i + 2]
+            i += 2
+            continue
+        if ch == "|":
+            cells.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    if current.strip():
+        cells.append(current)  # a row without the closing pipe
+    return cells
 
 
 # --- CSV ------------------------------------------------------------------------------------------------
@@ -273,6 +311,6 @@ def markdown_report(collection: Collection, table: Table, reference: Table | Non
     if collection.notes:
         parts += ["", "## Notes", "", *[f"- {n}" for n in collection.notes]]
     sources = list(dict.fromkeys(c.source for c in collection.cells))
-    parts += ["", "## Sources", "", *[f"- `{s}`" for s in sources], "",
+    parts += ["", "## Sources", "", *[f"- {_md_code(s)}" for s in sources], "",
               "Plots (accuracy vs trainable parameters, per-seed spread, learning curves) are in report.html.", ""]
     return "\n".join(parts)
