@@ -317,6 +317,45 @@ def test_folder_without_summary_is_a_one_line_error(tmp_path: Path) -> None:
         collect([bad])
 
 
+@pytest.mark.parametrize("where, damage", [
+    ("rows[0].mean", lambda s: s["rows"][0].update(mean="0.8")),
+    ("rows[0].mean", lambda s: s["rows"][0].update(mean=None)),
+    ("rows[0].per_seed", lambda s: s["rows"][0].update(per_seed=0.8)),
+    ("rows[0].seeds", lambda s: s["rows"][0].update(seeds="13,21,42")),
+    ("rows[0].method", lambda s: s["rows"][0].update(method=5)),
+    ("rows[0].train_seconds", lambda s: s["rows"][0].update(train_seconds=None)),
+    ("rows[0].selected", lambda s: s["rows"][0].update(selected=["a", "b", "c"])),
+    ("rows[1]", lambda s: s["rows"].append("lora")),
+    ("rows", lambda s: s.update(rows={"finetune": 1})),
+    ("grid", lambda s: s.update(grid=[1])),
+    ("config", lambda s: s.update(config=["run"])),
+])
+def test_a_summary_with_a_value_of_the_wrong_type_is_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, damage) -> None:
+    # README: a malformed summary.json is a one-line error (naming the file and what to do), as truncated JSON
+    # already was; a value of the wrong type was a traceback (ValueError, TypeError, AttributeError).
+    good = write_compare(tmp_path / "runs" / "sst2", "SST-2", {"finetune": {"per_seed": [0.8, 0.82, 0.84]}})
+    bad = write_compare(tmp_path / "runs" / "cr", "cr", {"finetune": {"per_seed": [0.7, 0.72, 0.74]}})
+    summary = json.loads((bad / "summary.json").read_text())
+    damage(summary)
+    (bad / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ReportError, match=re.escape(f"{bad / 'summary.json'}: {where} is")):
+        collect([good, bad])
+    assert main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(bad / "summary.json") in err and "rerun" in err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_a_damaged_run_record_is_a_one_line_error(tmp_path: Path) -> None:
+    folder = write_compare(tmp_path / "sst2", "SST-2", {"finetune": {"per_seed": [0.8, 0.82, 0.84]}})
+    record = folder / "finetune" / "seed-13" / "results.json"
+    res = json.loads(record.read_text())
+    record.write_text(json.dumps({**res, "history": [{"step": "one", "loss": 1.0}]}))
+    with pytest.raises(ReportError, match=re.escape(f"{record}: unreadable run record")):
+        collect([folder])
+
+
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dirs = two_task_dirs(tmp_path / "in")
     assert main(["report", *map(str, dirs), "--output", str(tmp_path / "rep")]) == 0

@@ -114,6 +114,69 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+_DAMAGED = ("the file is damaged or not a compare summary: rerun `transferlm compare` into that folder, or leave "
+            "the folder out of the report")
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A compare summary.json, checked for every key and type the report reads: a damaged one (a value of the
+    wrong type as much as truncated JSON) is a one-line error naming the file, never a traceback."""
+    summary = _read_json(path)
+    for key in ("task", "rows", "primary_metric"):
+        if key not in summary:
+            raise ReportError(f"{path}: missing key '{key}'; is it a compare summary?")
+    if summary["rows"] == []:
+        raise ReportError(f"{path}: no rows (no method finished); rerun compare")
+
+    def check(where: str, value: Any, ok: bool, expected: str) -> None:
+        if not ok:
+            kind = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+                    float: "a number"}.get(type(value))
+            shown = f"{kind} {json.dumps(value)[:40]}" if kind else "null"
+            raise ReportError(f"{path}: {where} is {shown}, expected {expected}; {_DAMAGED}")
+
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    def ints(x: Any) -> bool:
+        return isinstance(x, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+
+    for key in ("task", "primary_metric", "split"):
+        if key in summary:
+            check(key, summary[key], isinstance(summary[key], str), "a string")
+    check("seeds", summary.get("seeds"), summary.get("seeds") is None or ints(summary["seeds"]), "a list of integers")
+    grid = summary.get("grid")
+    check("grid", grid, grid is None or (isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values())),
+          "an object of lists")
+    config = summary.get("config")
+    check("config", config, config is None or isinstance(config, dict), "an object")
+    run = (config or {}).get("run")
+    check("config.run", run, run is None or isinstance(run, dict), "an object")
+    args = (run or {}).get("method_args")
+    check("config.run.method_args", args, args is None or isinstance(args, dict), "an object")
+    check("rows", summary["rows"], isinstance(summary["rows"], list), "a list of method rows")
+    for i, row in enumerate(summary["rows"]):
+        check(f"rows[{i}]", row, isinstance(row, dict), "an object")
+        missing = [k for k in _ROW_KEYS if k not in row]
+        if missing:
+            raise ReportError(f"{path}: a row lacks {', '.join(missing)}; is it a compare summary?")
+        check(f"rows[{i}].method", row["method"], isinstance(row["method"], str), "a string")
+        for key in ("mean", "std"):
+            check(f"rows[{i}].{key}", row[key], number(row[key]), "a number")
+        for key in ("trainable_params", "total_params", "trainable_percent", "train_seconds", "eval_seconds"):
+            if key in row and not (row[key] is None and key.endswith("_params")):  # params: None reads as 0
+                check(f"rows[{i}].{key}", row[key], number(row[key]), "a number")
+        check(f"rows[{i}].per_seed", row["per_seed"],
+              isinstance(row["per_seed"], list) and all(number(x) for x in row["per_seed"]), "a list of numbers")
+        check(f"rows[{i}].seeds", row.get("seeds"), row.get("seeds") is None or ints(row["seeds"]),
+              "a list of integers")
+        selected = row.get("selected")
+        check(f"rows[{i}].selected", selected, selected is None or (
+            isinstance(selected, list) and all(p is None or isinstance(p, dict) for p in selected)),
+              "a list of grid points (objects)")
+    return summary
+
+
 def _grid_index(grid: dict[str, list[Any]], selected: dict[str, Any]) -> int:
     """Which grid point (compare's grid-<i> folder) a seed's selected settings were."""
     from ..protocol.compare import grid_points
@@ -156,29 +219,25 @@ def load_compare_dir(folder: str | Path, labels: dict[str, str] | None = None) -
     if not path.is_file():
         raise ReportError(f"{folder} has no {SUMMARY}: pass a folder written by `transferlm compare` "
                           "or `transferlm reproduce`")
-    summary = _read_json(path)
-    for key in ("task", "rows", "primary_metric"):
-        if key not in summary:
-            raise ReportError(f"{path}: missing key '{key}'; is it a compare summary?")
-    if not isinstance(summary["rows"], list) or not summary["rows"]:
-        raise ReportError(f"{path}: no rows (no method finished); rerun compare")
+    summary = _read_summary(path)
     metric = summary["primary_metric"]
     run_cfg = (summary.get("config") or {}).get("run") or {}
     cells = []
     for row in summary["rows"]:
-        missing = [k for k in _ROW_KEYS if k not in row]
-        if missing:
-            raise ReportError(f"{path}: a row lacks {', '.join(missing)}; is it a compare summary?")
         seeds = [int(s) for s in row.get("seeds") or summary.get("seeds") or []]
         selected = row.get("selected") or [{} for _ in seeds]
         curves = []
         for seed, point, score in zip(seeds, selected, row["per_seed"], strict=False):
             res_path = run_dir(folder, row["method"], seed, summary.get("grid") or {}, point or {}) / RESULTS
             res = _read_json(res_path) if res_path.is_file() else {}
-            if _is_reported_run(res, summary, row["method"], seed, point or {}, score):
-                curve = _curve(res, seed, metric)
-                if curve is not None:
-                    curves.append(curve)
+            try:
+                curve = _curve(res, seed, metric) if _is_reported_run(res, summary, row["method"], seed, point or {},
+                                                                      score) else None
+            except (TypeError, ValueError, AttributeError, KeyError) as e:  # a value of the wrong type
+                raise ReportError(f"{res_path}: unreadable run record ({type(e).__name__}: {e}); the file is "
+                                  "damaged: rerun `transferlm compare` into that folder") from None
+            if curve is not None:
+                curves.append(curve)
         total = int(row.get("total_params") or 0)
         trainable = int(row.get("trainable_params") or 0)
         cells.append(Cell(
@@ -248,7 +307,7 @@ def load_suite(folder: Path) -> tuple[list[Cell], dict[str, Any]]:
         sub = folder / entry["dir"]
         if not (sub / SUMMARY).is_file():
             continue  # not run yet (an interrupted reproduce); the report shows what finished
-        if not _of_entry(_read_json(sub / SUMMARY), entry):
+        if not _of_entry(_read_summary(sub / SUMMARY), entry):
             stale.append(entry["dir"])  # a rerun with other settings stopped before it reached this entry
             continue
         cells.extend(load_compare_dir(sub, {entry["method"]: entry["label"]}))
