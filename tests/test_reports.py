@@ -168,6 +168,22 @@ def test_curves_plot_only_for_methods_that_train(coll) -> None:
     assert not any("zero-shot" in i for i in ids)
 
 
+def test_a_dollar_in_a_label_is_drawn_as_written_not_as_math(tmp_path: Path) -> None:
+    # matplotlib reads text between two "$" as mathtext: "cost $5 vs $10" was drawn as math, "t$x^$" failed.
+    write_compare(tmp_path / "a", "t$x^$", {"cost $5 vs $10": {"per_seed": [0.8, 0.82, 0.84]},
+                                            "lora": {"per_seed": [0.5, 0.6, 0.6]}})
+    coll = collect([tmp_path / "a"])
+
+    def texts(svg: str) -> list[str]:  # text drawn as plain text (svg.fonttype none; mathtext is tspans)
+        return re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+
+    params, seeds, curves = params_plot(coll), seeds_plot(coll), curves_plot(coll)
+    assert "cost $5 vs $10" in texts(params.svg) and "t$x^$" in texts(params.svg)  # legend, title
+    assert "cost $5 vs $10" in texts(seeds.svg) and "t$x^$ (acc) ×100" in texts(seeds.svg)  # tick, y label
+    assert "t$x^$: training loss" in texts(curves.svg) and "t$x^$: dev acc" in texts(curves.svg)
+    assert not any("<tspan" in p.svg for p in (params, seeds, curves))
+
+
 def test_html_page_is_self_contained(coll) -> None:
     table = build_table(coll)
     page = render_html(coll, table, build_reference_table(coll), [params_plot(coll), seeds_plot(coll)])

@@ -38,6 +38,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
 
 
+def plain(label: str) -> str:
+    """``label`` as literal matplotlib text: an unescaped "$" starts mathtext (a method named "cost $5 vs $10"
+    was drawn as math, and "t$x^$" made drawing fail), so each is escaped; "\\$" is drawn as "$"."""
+    return label.replace("$", r"\$")
+
+
 def colors(methods: list[str]) -> dict[str, str]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
 
@@ -58,13 +64,13 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
 
 
 def _metric_label(cell: Cell) -> str:
-    return f"{cell.task} ({METRIC_ABBREV.get(cell.metric, cell.metric)}) ×100"
+    return plain(f"{cell.task} ({METRIC_ABBREV.get(cell.metric, cell.metric)}) ×100")
 
 
 def _legend(fig: Figure, methods: list[str], palette: dict[str, str], marker: str = "o") -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=palette[m], marker=marker, linestyle="", label=m) for m in methods]
+    handles = [Line2D([], [], color=palette[m], marker=marker, linestyle="", label=plain(m)) for m in methods]
     fig.legend(handles=handles, loc="lower center", ncols=min(len(methods), 3), frameon=False,
                bbox_to_anchor=(0.5, 0), fontsize=8)
 
@@ -98,7 +104,7 @@ def params_plot(collection: Collection) -> Plot:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel(_metric_label(cells[0]))
-        ax.set_title(task)
+        ax.set_title(plain(task))
         ax.grid(True, alpha=0.3)
     _legend(fig, methods, palette)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * math.ceil(len(methods) / 3), 1, 1))
@@ -122,10 +128,10 @@ def seeds_plot(collection: Collection) -> Plot:
             ax.scatter(xs, [100 * s for s in c.per_seed], color=palette[c.method], s=22, zorder=3,
                        gid=f"seeds-{slug(task)}-{slug(c.method)}")
             ax.hlines(100 * c.mean, i - 0.28, i + 0.28, color="black", linewidth=1.5, zorder=4)
-        ax.set_xticks(range(len(cells)), [c.method for c in cells], rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(range(len(cells)), [plain(c.method) for c in cells], rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(cells) - 0.4)
         ax.set_ylabel(_metric_label(cells[0]))
-        ax.set_title(task)
+        ax.set_title(plain(task))
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     # Tasks without a test split (MNLI, QQP, ...) are scored on dev: the caption names what was plotted.
@@ -175,11 +181,11 @@ def curves_plot(collection: Collection) -> Plot | None:
                     scale = 100 if dev else 1
                     ax.fill_between(steps, [scale * v for v in lo], [scale * v for v in hi], color=palette[m],
                                     alpha=0.15, linewidth=0)
-        metric = METRIC_ABBREV.get(collection.metric(task), collection.metric(task))
-        ax_loss.set_title(f"{task}: training loss")
+        metric = plain(METRIC_ABBREV.get(collection.metric(task), collection.metric(task)))
+        ax_loss.set_title(plain(f"{task}: training loss"))
         ax_loss.set_xlabel("step")
         ax_loss.set_ylabel("loss")
-        ax_dev.set_title(f"{task}: dev {metric}")
+        ax_dev.set_title(f"{plain(task)}: dev {metric}")
         ax_dev.set_xlabel("step")
         ax_dev.set_ylabel(f"dev {metric} ×100")
         for ax in (ax_loss, ax_dev):
