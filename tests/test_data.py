@@ -295,7 +295,7 @@ def test_empty_tsv_in_an_unknown_folder_is_a_data_error(tmp_path: Path) -> None:
     assert "empty" in _one_line(e)
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json"])
 def test_unknown_folder_columns_come_from_the_header(tmp_path: Path, fmt: str) -> None:
     # README: a folder the registry does not know has its columns inferred from the header. A csv with a
     # header was read as LM-BFF's headerless label,text: the header row became an example and every text a label.
@@ -305,6 +305,8 @@ def test_unknown_folder_columns_come_from_the_header(tmp_path: Path, fmt: str) -
         path = tmp_path / "mine" / f"{split}.{fmt}"
         if fmt == "csv":
             path.write_text("sentence,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+        elif fmt == "json":  # a JSON array of records
+            path.write_text(json.dumps([{"sentence": t, "label": y} for t, y in rows]))
         else:
             path.write_text("".join(json.dumps({"sentence": t, "label": y}) + "\n" for t, y in rows))
     spec, data = load_task("mine", tmp_path, DataOptions(shots=None))
