@@ -55,11 +55,23 @@ def borrowed_finetune_row(files: list[str], task: str, seeds: list[int], model: 
                              f"--seeds {','.join(map(str, missing))} --out {f}")
         scores = dict(zip(src["seeds"], src["per_seed"], strict=True))
         per_seed = [scores[s] for s in seeds]
-        return {"task": task, "variant": "finetune", "seeds": seeds, "mean": float(np.mean(per_seed)),
-                "std": float(np.std(per_seed)), "per_seed": per_seed,
-                "train_seconds_per_seed": src["train_seconds_per_seed"], "wall_seconds": None,
-                "source": f"seeds {', '.join(map(str, seeds))} of the {task} finetune row of {f}: the identical "
-                          "run config (method finetune, these train settings), computed there"}
+        row = {"task": task, "variant": "finetune", "seeds": seeds, "mean": float(np.mean(per_seed)),
+               "std": float(np.std(per_seed)), "per_seed": per_seed,
+               "train_seconds_per_seed": src["train_seconds_per_seed"], "wall_seconds": None,
+               "source": f"seeds {', '.join(map(str, seeds))} of the {task} finetune row of {f}: the identical "
+                         "run config (method finetune, these train settings), computed there"}
+        # LM-BFF rows keep one mean of the seconds, not each seed's: with fewer seeds borrowed than the row
+        # has, that mean is over the source's seeds, and the row says so. The source's own note on its seconds
+        # (a paused or resumed seed) holds for the borrowed number as well.
+        notes = []
+        if sorted(set(seeds)) != sorted(set(src["seeds"])):
+            notes.append(f"train_seconds_per_seed is the mean over seeds {', '.join(map(str, src['seeds']))} of "
+                         f"the source row ({f} keeps no per-seed seconds), not over the borrowed seeds alone")
+        if src.get("timing_note"):
+            notes.append(f"source row's note: {src['timing_note']}")
+        if notes:
+            row["timing_note"] = "; ".join(notes)
+        return row
     raise SystemExit(f"--finetune-from: no {task} finetune row in {', '.join(files)}; run benchmarks/lmbff.py "
                      f"--tasks {task} --variants finetune into one of them, or drop --finetune-from")
 

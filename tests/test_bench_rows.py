@@ -85,6 +85,26 @@ def test_stability_borrows_the_finetune_row_of_an_lmbff_file(tmp_path: Path) -> 
         borrowed_finetune_row([str(src)], "SST-2", [13], "m", {"max_steps": 100})
 
 
+def test_a_borrowed_finetune_row_says_whose_seeds_its_seconds_cover(tmp_path: Path) -> None:
+    # LM-BFF rows keep one mean of the seconds over all their seeds; a subset borrowed took it as its own.
+    from stability import borrowed_finetune_row
+
+    src = tmp_path / "lmbff.json"
+    row = {**_row([13, 21, 42], [0.5, 0.6, 0.9]), "train_seconds_per_seed": 30.0}
+    src.write_text(json.dumps({"model": "m", "train": TRAIN, "rows": [row]}))
+    whole = borrowed_finetune_row([str(src)], "SST-2", [42, 13, 21], "m", TRAIN)
+    assert whole["train_seconds_per_seed"] == 30.0 and "timing_note" not in whole  # the seconds are its seeds'
+    part = borrowed_finetune_row([str(src)], "SST-2", [13, 42], "m", TRAIN)
+    assert part["train_seconds_per_seed"] == 30.0
+    assert part["timing_note"].startswith("train_seconds_per_seed is the mean over seeds 13, 21, 42 of the source row")
+    # The source's own note on its seconds (a paused seed) travels with them.
+    src.write_text(json.dumps({"model": "m", "train": TRAIN, "rows": [{**row, "timing_note": "seed 21 was paused"}]}))
+    assert borrowed_finetune_row([str(src)], "SST-2", [13, 21, 42], "m", TRAIN)["timing_note"] == (
+        "source row's note: seed 21 was paused")
+    assert borrowed_finetune_row([str(src)], "SST-2", [13], "m", TRAIN)["timing_note"].endswith(
+        "not over the borrowed seeds alone; source row's note: seed 21 was paused")
+
+
 def test_stability_records_a_borrowed_finetune_row_without_training(tmp_path: Path, monkeypatch) -> None:
     import stability
 
