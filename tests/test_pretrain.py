@@ -470,3 +470,84 @@ def test_pretrain_cli_tapt_protocol_flags(tapt_data: Path, tmp_path: Path, monke
     assert main(base) == 0
     assert [(c.tapt_shots, c.tapt_seeds) for c in seen] == [(None, [13, 21]), (8, list(PROTOCOL_SEEDS)),
                                                            (16, list(PROTOCOL_SEEDS))]
+
+
+# --- learning-rate warm-up -------------------------------------------------------------------------------
+
+def _spy_rates(monkeypatch: pytest.MonkeyPatch, head: set[str] | None = None) -> list[list[tuple[bool, float]]]:
+    """Per optimizer update: (whether the group is new-head weights, its learning rate) for every group."""
+    from transferlm.training import pretrain as pretrain_mod
+
+    seen: list[list[tuple[bool, float]]] = []
+    real = pretrain_mod.adamw
+
+    def spy(*a, **k):
+        opt = real(*a, **k)
+        opt.register_step_pre_hook(lambda o, *_: seen.append([(bool(head) and set(g["names"]) <= head, g["lr"])
+                                                               for g in o.param_groups]))
+        return opt
+
+    monkeypatch.setattr(pretrain_mod, "adamw", spy)
+    return seen
+
+
+def test_warmup_then_linear_decay_in_every_phase(tiny_llama: Path, text_file: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gururangan et al.'s schedule: linear warm-up over warmup_ratio of each phase's steps, then linear decay to 0,
+    as the fine-tuning engine's (failed before: no warmup_ratio; the rate decayed from the first step)."""
+    seen = _spy_rates(monkeypatch)
+    cfg = _cfg(tiny_llama, [str(text_file), str(text_file)], tmp_path / "o", warmup_ratio=0.2)
+    cfg.steps, cfg.checkpoint_every, cfg.eval_every = 10, 0, 0
+    pretrain(cfg)
+    expected = [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]  # 2 warm-up steps of 10
+    assert len(seen) == 20
+    for phase in (seen[:10], seen[10:]):
+        assert [rates[0][1] for rates in phase] == pytest.approx([5e-5 * f for f in expected])
+        assert all(len({lr for _, lr in rates}) == 1 for rates in phase), "one rate for every group"
+
+
+def test_the_encoder_warms_up_when_it_starts_training_behind_a_new_head(tiny_bert: Path, text_file: Path,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a new MLM head trained alone for head_warmup_steps, a warm-up from step 0 would be spent while the
+    encoder is frozen: the head warms up from step 0, the encoder from its first step of training."""
+    trainer = Pretrainer(_cfg(tiny_bert, [str(text_file)], tmp_path / "o"))
+    seen = _spy_rates(monkeypatch, set(trainer.new_head))
+    cfg = _cfg(tiny_bert, [str(text_file)], tmp_path / "o", warmup_ratio=0.2)
+    cfg.steps, cfg.head_warmup_steps, cfg.checkpoint_every, cfg.eval_every = 10, 3, 0, 0
+    pretrain(cfg)
+    head = [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    encoder = [0.0, 0.0, 0.0, 0.5, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]  # ramps from step 3, capped by the decay
+    assert len(seen) == 10 and {is_head for is_head, _ in seen[0]} == {True, False}
+    for kind, factors in ((True, head), (False, encoder)):
+        for rates, f in zip(seen, factors, strict=True):
+            assert all(lr == pytest.approx(5e-5 * f) for is_head, lr in rates if is_head == kind)
+
+
+def test_no_warmup_keeps_the_old_schedule_to_the_bit(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _spy_rates(monkeypatch)
+    cfg = _cfg(tiny_bert, [str(text_file)], tmp_path / "o")  # warmup_ratio 0 (the default)
+    cfg.steps, cfg.checkpoint_every, cfg.eval_every = 7, 0, 0
+    pretrain(cfg)
+    assert [{lr for _, lr in rates} for rates in seen] == [{5e-5 * max(0.0, 1 - s / 7)} for s in range(7)]
+
+
+def test_resume_with_warmup_matches_an_uninterrupted_run(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedule's state is in the checkpoint: a run cut after step 4 (of 6, 3 of them warm-up, the encoder's
+    from step 2) and resumed takes the same steps at the same rates."""
+    ref = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "ref", warmup_ratio=0.5))["phases"][0]
+    _cut_after_step_4(monkeypatch, _cfg(tiny_bert, [str(text_file)], tmp_path / "cut", warmup_ratio=0.5))
+    cut = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut", warmup_ratio=0.5))["phases"][0]
+    assert cut["resumed_from_step"] == 4 and cut["history"] == ref["history"]
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warmup_ratio_out_of_range_is_a_config_error(tiny_bert: Path, text_file: Path, tmp_path: Path) -> None:
+    from transferlm.errors import ConfigError
+
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=r"warmup_ratio must be in \[0, 1\)"):
+            _cfg(tiny_bert, [str(text_file)], tmp_path / "o", warmup_ratio=bad).validate()

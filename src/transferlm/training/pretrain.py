@@ -36,7 +36,7 @@ from ..io import atomic_dir, atomic_path, write_json
 from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
 from ..models.zoo import model_digest, resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
-from .optim import adamw
+from .optim import adamw, linear_factor
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
 from .texts import load_phase_texts
@@ -64,6 +64,10 @@ class PretrainConfig:
     batch_size: int = 16
     learning_rate: float = 5e-5
     steps: int = 200  # per phase
+    # Linear warm-up over this fraction of each phase's steps, then linear decay to 0 (Gururangan et al. use
+    # 0.06); as train.warmup_ratio. 0: decay from the first step. Behind a new MLM head the encoder warms up
+    # from its first step after ``head_warmup_steps``.
+    warmup_ratio: float = 0.0
     head_warmup_steps: int = 50  # new MLM head alone first
     eval_fraction: float = 0.05
     max_eval_texts: int = 256
@@ -81,6 +85,8 @@ class PretrainConfig:
             raise ConfigError(f"objective must be auto, mlm or clm, got '{self.objective}'")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         for name in ("steps", "batch_size", "max_length"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -129,6 +135,15 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):  # a head that reshapes: the model's own loss
         return model(**batch).loss
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float, starts: list[int]
+              ) -> torch.optim.lr_scheduler.LambdaLR:
+    """One phase's schedule: per parameter group, warm-up from the step the group starts training (``starts``),
+    then linear decay to 0 at the phase's end (optim.linear_factor, as fine-tuning's)."""
+    if int(warmup_ratio * steps) == 0:  # no warm-up: the decay from step 0 this always had, to the bit
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [linear_factor(steps, warmup_ratio, start) for start in starts])
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int, wwm: bool) -> list[dict[str, list[int]]]:
@@ -298,8 +313,15 @@ class Pretrainer:
         head_only = bool(self.new_head) and idx == 0 and cfg.head_warmup_steps > 0
         params = dict(self.model.named_parameters())
         # BERT's recipe, as in fine-tuning: no weight decay on biases and LayerNorm weights.
-        optimizer = adamw(build_param_groups(self.model, None, cfg.learning_rate, 0.01), lr=cfg.learning_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.steps))
+        groups = build_param_groups(self.model, None, cfg.learning_rate, 0.01)
+        starts = [0] * len(groups)
+        if head_only:  # the encoder trains only after the head's steps alone: its warm-up starts there
+            split = [({**g, "names": names, "params": [params[n] for n in names]}, 0 if head else cfg.head_warmup_steps)
+                     for g in groups for head in (True, False)
+                     if (names := [n for n in g["names"] if (n in self.new_head) == head])]
+            groups, starts = [g for g, _ in split], [start for _, start in split]
+        optimizer = adamw(groups, lr=cfg.learning_rate)
+        scheduler = _schedule(optimizer, cfg.steps, cfg.warmup_ratio, starts)
         start, history, ppl_before = 0, [], None
         restored = load_checkpoint(ck_dir, self.model, optimizer, scheduler) if ck_dir.exists() else None
         if restored is not None:
