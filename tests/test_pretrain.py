@@ -551,3 +551,133 @@ def test_warmup_ratio_out_of_range_is_a_config_error(tiny_bert: Path, text_file:
     for bad in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=r"warmup_ratio must be in \[0, 1\)"):
             _cfg(tiny_bert, [str(text_file)], tmp_path / "o", warmup_ratio=bad).validate()
+
+
+# --- gradient accumulation -------------------------------------------------------------------------------
+
+def _fixed_masks(counts: list[int]):
+    """A ``Pretrainer._batch`` whose MLM masks are a function of each row alone (not of the batch it is in or
+    the step's seed), so B + B rows and the same 2B rows in one batch are masked alike; ``counts`` gets each
+    training batch's number of masked tokens."""
+    def batch(self, rows, key):
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.tensor([r["input_ids"] + [self.tokenizer.pad_token_id] * (n - len(r["input_ids"])) for r in rows])
+        special = torch.tensor([r["special_tokens_mask"] + [1] * (n - len(r["input_ids"])) for r in rows])
+        pick = ((ids * 7 + torch.arange(n)) % 4 == 0) & (special == 0)
+        labels = torch.where(pick, ids, torch.full_like(ids, -100))
+        if key < 10**9:
+            counts.append(int(pick.sum()))
+        return {"input_ids": torch.where(pick, torch.full_like(ids, self.tokenizer.mask_token_id), ids),
+                "attention_mask": (special == 0) | (ids != self.tokenizer.pad_token_id), "labels": labels}
+    return batch
+
+
+def _spy_grads(monkeypatch: pytest.MonkeyPatch) -> list[dict[int, torch.Tensor]]:
+    """The gradients each optimizer update applies (after clipping), by parameter position."""
+    from transferlm.training import pretrain as pretrain_mod
+
+    seen: list[dict[int, torch.Tensor]] = []
+    real = pretrain_mod.adamw
+
+    def spy(*a, **k):
+        opt = real(*a, **k)
+        opt.register_step_pre_hook(lambda o, *_: seen.append(
+            {i: p.grad.clone() for i, p in enumerate(p for g in o.param_groups for p in g["params"])
+             if p.grad is not None}))
+        return opt
+
+    monkeypatch.setattr(pretrain_mod, "adamw", spy)
+    return seen
+
+
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_accumulating_two_micro_batches_equals_one_batch_of_both(objective: str, tiny_bert: Path, tiny_llama: Path,
+                                                                 text_file: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """grad_accum_steps=2 at batch_size 4 takes the update of one batch of those 8 rows (dropout is off in the
+    tiny models). Each micro-batch's loss is a mean over its own predicted tokens, so the two are weighted by their
+    token counts, not halved (failed before: no grad_accum_steps)."""
+    counts: list[int] = []
+    if objective == "mlm":
+        monkeypatch.setattr(Pretrainer, "_batch", _fixed_masks(counts))
+    grads = _spy_grads(monkeypatch)
+    outputs = {}
+    for batch_size, accum in ((8, 1), (4, 2)):
+        cfg = _cfg(tiny_bert if objective == "mlm" else tiny_llama, [str(text_file)], tmp_path / f"b{batch_size}",
+                   grad_accum_steps=accum)
+        cfg.batch_size, cfg.steps, cfg.head_warmup_steps, cfg.checkpoint_every, cfg.eval_every = batch_size, 2, 0, 0, 0
+        outputs[accum] = pretrain(cfg)["phases"][0]
+    if objective == "mlm":
+        assert counts[2] != counts[3], "micro-batches of unequal masked counts: a plain mean of the two would differ"
+    assert len(grads) == 4
+    for one, two in zip(grads[:2], grads[2:], strict=True):
+        assert one.keys() == two.keys()
+        for i in one:
+            assert torch.allclose(one[i], two[i], rtol=1e-4, atol=1e-7), i
+    for h1, h2 in zip(outputs[1]["history"], outputs[2]["history"], strict=True):
+        assert h1["step"] == h2["step"] and h1["loss"] == pytest.approx(h2["loss"], rel=1e-5)
+    a, b = load_file(str(tmp_path / "b8" / "model.safetensors")), load_file(str(tmp_path / "b4" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_accumulation_counts_every_micro_batchs_tokens(tiny_llama: Path, text_file: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from transferlm.training import pretrain as pretrain_mod
+
+    seen: list[int] = []
+    original = Pretrainer._batch
+
+    def counting(self, rows, key):
+        batch = original(self, rows, key)
+        if key < 10**9:
+            seen.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    monkeypatch.setattr(Pretrainer, "_batch", counting)
+    clock = iter([100.0, 102.0])  # the phase's training takes 2 s
+    monkeypatch.setattr(pretrain_mod, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    cfg = _cfg(tiny_llama, [str(text_file)], tmp_path / "o", grad_accum_steps=3)
+    cfg.steps, cfg.checkpoint_every, cfg.eval_every = 2, 0, 0
+    phase = pretrain(cfg)["phases"][0]
+    assert len(seen) == 6, "2 updates of 3 micro-batches"
+    assert phase["seconds"] == 2.0 and phase["tokens_per_second"] == round(sum(seen) / 2, 1)
+    assert [h["step"] for h in phase["history"]] == [1, 2], "steps count optimizer updates"
+
+
+def test_resume_in_the_middle_of_an_accumulation(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints fall on update boundaries: a run killed in the second micro-batch of update 5 resumes from
+    update 4 and takes update 5 whole, once (no micro-batch counted twice, none lost)."""
+    ref = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "ref", grad_accum_steps=2))["phases"][0]
+    original = Pretrainer._batch
+    keys: list[int] = []
+
+    def dying(self, rows, key):
+        if key == 9:  # update 5's second micro-batch (keys 2 * update + j)
+            raise KeyboardInterrupt
+        if key < 10**9:
+            keys.append(key)
+        return original(self, rows, key)
+
+    with monkeypatch.context() as m:
+        m.setattr(Pretrainer, "_batch", dying)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut", grad_accum_steps=2))
+        assert keys == list(range(9))
+        keys.clear()
+        m.setattr(Pretrainer, "_batch", lambda self, rows, key: (keys.append(key) if key < 10**9 else None,
+                                                                  original(self, rows, key))[1])
+        cut = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut", grad_accum_steps=2))["phases"][0]
+    assert keys == [8, 9, 10, 11], "update 5 from its first micro-batch, then update 6"
+    assert cut["resumed_from_step"] == 4 and cut["history"] == ref["history"]
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_grad_accum_steps_must_be_positive(tiny_bert: Path, text_file: Path, tmp_path: Path) -> None:
+    from transferlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="grad_accum_steps must be > 0, got 0"):
+        _cfg(tiny_bert, [str(text_file)], tmp_path / "o", grad_accum_steps=0).validate()

@@ -62,6 +62,9 @@ class PretrainConfig:
     mlm_probability: float = 0.15
     max_length: int = 128
     batch_size: int = 16
+    # Micro-batches of batch_size summed into each optimizer update (effective batch batch_size x this); steps
+    # counts updates. Each micro-batch weighs by its predicted tokens: the gradient of one big batch.
+    grad_accum_steps: int = 1
     learning_rate: float = 5e-5
     steps: int = 200  # per phase
     # Linear warm-up over this fraction of each phase's steps, then linear decay to 0 (Gururangan et al. use
@@ -87,7 +90,7 @@ class PretrainConfig:
             raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("steps", "batch_size", "max_length"):
+        for name in ("steps", "batch_size", "max_length", "grad_accum_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.tapt_shots is not None and self.tapt_shots <= 0:
@@ -332,23 +335,34 @@ class Pretrainer:
         t0, tokens = time.perf_counter(), 0
         bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {name}", unit="step", disable=cfg.quiet, leave=False)
         self.model.train()
+        accum = cfg.grad_accum_steps
+        per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))  # micro-batches
         for step in range(start, cfg.steps):
             warm = head_only and step < cfg.head_warmup_steps
             torch.manual_seed(step_seed(cfg.seed, offset + step, 0))
-            per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))
-            epoch, pos = divmod(step, per_epoch)
-            perm = np.random.RandomState(cfg.seed * 31 + epoch + idx * 1000).permutation(len(train_rows))
-            rows = [train_rows[i] for i in perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
-            batch = self._batch(rows, offset + step)
-            tokens += int(batch["attention_mask"].sum())
+            batches = []
+            for micro in range(step * accum, (step + 1) * accum):  # data and masks: functions of the micro-batch
+                epoch, pos = divmod(micro, per_epoch)
+                perm = np.random.RandomState(cfg.seed * 31 + epoch + idx * 1000).permutation(len(train_rows))
+                rows = [train_rows[i] for i in perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
+                batches.append(self._batch(rows, offset * accum + micro))
+            tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+            # Each micro-batch's loss is a mean over its own predicted tokens (MLM: the ~15% masked, a number
+            # that varies): weighted by its share of the update's tokens, the summed gradient is the big batch's.
+            predicted = [self._predicted_tokens(b) for b in batches]
+            total = sum(predicted)
             # The new head trains alone first, so its random start does not disturb the encoder. Freezing
             # the rest for those steps also skips the backward pass through the encoder (same update).
             frozen = [p for n, p in params.items() if n not in self.new_head and p.requires_grad] if warm else []
             for p in frozen:
                 p.requires_grad_(False)
+            logged = 0.0
             try:
-                loss = self._loss(batch)
-                loss.backward()
+                for batch, count in zip(batches, predicted, strict=True):
+                    weight = count / total if total else 1 / accum
+                    loss = self._loss(batch)
+                    (loss * weight).backward()
+                    logged += float(loss.detach()) * weight
             finally:
                 for p in frozen:
                     p.requires_grad_(True)
@@ -357,7 +371,7 @@ class Pretrainer:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
-            record: dict[str, Any] = {"step": step + 1, "loss": float(loss.detach())}
+            record: dict[str, Any] = {"step": step + 1, "loss": logged}
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 record["perplexity"] = self.perplexity(eval_rows)
                 bar.set_postfix(ppl=f"{record['perplexity']:.1f}")
