@@ -681,3 +681,53 @@ def test_grad_accum_steps_must_be_positive(tiny_bert: Path, text_file: Path, tmp
 
     with pytest.raises(ConfigError, match="grad_accum_steps must be > 0, got 0"):
         _cfg(tiny_bert, [str(text_file)], tmp_path / "o", grad_accum_steps=0).validate()
+
+
+# --- a batch with nothing masked; no NaN in pretrain.json ----------------------------------------------------
+
+def _strict_json(path: Path):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("step", [0, 2])
+def test_a_batch_with_nothing_masked_is_skipped_not_nan(step: int, tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collator can mask nothing in a batch (short texts, small batches): its mean loss is 0/0. The update is
+    skipped, the history says so, and pretrain.json stays valid JSON (failed before: "loss": NaN in the file)."""
+    original = Pretrainer._batch
+
+    def unmasked(self, rows, key):
+        batch = original(self, rows, key)
+        if key == step:
+            keep = batch["labels"] != -100
+            batch["input_ids"][keep] = batch["labels"][keep]
+            batch["labels"][:] = -100
+        return batch
+
+    monkeypatch.setattr(Pretrainer, "_batch", unmasked)
+    updates = _spy_grads(monkeypatch)
+    phase = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "o"))["phases"][0]
+    skipped = phase["history"][step]
+    assert skipped["step"] == step + 1 and skipped["loss"] is None and skipped["skipped"] == "nothing masked"
+    assert all(isinstance(h["loss"], float) and math.isfinite(h["loss"]) and "skipped" not in h
+               for i, h in enumerate(phase["history"]) if i != step)
+    assert len(updates) == 5, "no optimizer update for the skipped step"
+    assert all(torch.isfinite(g).all() for grads in updates for g in grads.values())
+    weights = load_file(str(tmp_path / "o" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    recorded = _strict_json(tmp_path / "o" / "pretrain.json")["phases"][0]["history"][step]
+    assert recorded == {**skipped, "loss": None}
+
+
+def test_pretrain_json_never_holds_nan(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A perplexity over no masked token is NaN: written as null, not as NaN (not JSON)."""
+    monkeypatch.setattr(Pretrainer, "perplexity", lambda self, rows: float("nan"))
+    cfg = _cfg(tiny_bert, [str(text_file)], tmp_path / "o")
+    report = pretrain(cfg)
+    assert math.isnan(report["phases"][0]["perplexity_before"])
+    phase = _strict_json(tmp_path / "o" / "pretrain.json")["phases"][0]
+    assert phase["perplexity_before"] is None and phase["perplexity_after"] is None
+    assert phase["history"][2]["perplexity"] is None

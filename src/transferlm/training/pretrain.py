@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,18 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float,
     if int(warmup_ratio * steps) == 0:  # no warm-up: the decay from step 0 this always had, to the bit
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [linear_factor(steps, warmup_ratio, start) for start in starts])
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: ``json`` would write NaN/Infinity, which strict JSON
+    parsers (browsers) reject (a perplexity over no masked token is NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int, wwm: bool) -> list[dict[str, list[int]]]:
@@ -300,8 +313,8 @@ class Pretrainer:
             self.tokenizer.save_pretrained(tmp)
             # The base model's files: reproduce reuses this output only while they are unchanged (DAPT + TAPT
             # continues from a DAPT folder that a rerun with other settings trains again).
-            write_json(tmp / "pretrain.json", report | {"config": cfg.__dict__,
-                                                        "model_digest": model_digest(cfg.model)})
+            write_json(tmp / "pretrain.json", _finite(report | {"config": cfg.__dict__,
+                                                                "model_digest": model_digest(cfg.model)}))
         shutil.rmtree(self.work, ignore_errors=True)
         return report
 
@@ -351,27 +364,34 @@ class Pretrainer:
             # that varies): weighted by its share of the update's tokens, the summed gradient is the big batch's.
             predicted = [self._predicted_tokens(b) for b in batches]
             total = sum(predicted)
-            # The new head trains alone first, so its random start does not disturb the encoder. Freezing
-            # the rest for those steps also skips the backward pass through the encoder (same update).
-            frozen = [p for n, p in params.items() if n not in self.new_head and p.requires_grad] if warm else []
-            for p in frozen:
-                p.requires_grad_(False)
-            logged = 0.0
-            try:
-                for batch, count in zip(batches, predicted, strict=True):
-                    weight = count / total if total else 1 / accum
-                    loss = self._loss(batch)
-                    (loss * weight).backward()
-                    logged += float(loss.detach()) * weight
-            finally:
+            logged: float | None = None
+            if total:  # else nothing was masked (or is to predict): no loss (its mean would be NaN), no update
+                # The new head trains alone first, so its random start does not disturb the encoder. Freezing
+                # the rest for those steps also skips the backward pass through the encoder (same update).
+                frozen = [p for n, p in params.items() if n not in self.new_head and p.requires_grad] if warm else []
                 for p in frozen:
-                    p.requires_grad_(True)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+                    p.requires_grad_(False)
+                logged = 0.0
+                try:
+                    for batch, count in zip(batches, predicted, strict=True):
+                        if count:
+                            weight = count / total
+                            loss = self._loss(batch)
+                            (loss * weight).backward()
+                            logged += float(loss.detach()) * weight
+                finally:
+                    for p in frozen:
+                        p.requires_grad_(True)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                optimizer.step()
+            with warnings.catch_warnings():  # a skipped first update: the schedule still follows the step
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             record: dict[str, Any] = {"step": step + 1, "loss": logged}
+            if logged is None:
+                record["skipped"] = "nothing masked" if self.objective == "mlm" else "nothing to predict"
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 record["perplexity"] = self.perplexity(eval_rows)
                 bar.set_postfix(ppl=f"{record['perplexity']:.1f}")
