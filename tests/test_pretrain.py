@@ -470,6 +470,7 @@ def test_pretrain_cli_tapt_protocol_flags(tapt_data: Path, tmp_path: Path, monke
     assert main(base) == 0
     assert [(c.tapt_shots, c.tapt_seeds) for c in seen] == [(None, [13, 21]), (8, list(PROTOCOL_SEEDS)),
                                                            (16, list(PROTOCOL_SEEDS))]
+    assert [(c.warmup_ratio, c.grad_accum_steps) for c in seen] == [(0.0, 1)] * 3, "the defaults"
 
 
 # --- learning-rate warm-up -------------------------------------------------------------------------------
@@ -731,3 +732,27 @@ def test_pretrain_json_never_holds_nan(tiny_bert: Path, text_file: Path, tmp_pat
     phase = _strict_json(tmp_path / "o" / "pretrain.json")["phases"][0]
     assert phase["perplexity_before"] is None and phase["perplexity_after"] is None
     assert phase["history"][2]["perplexity"] is None
+
+
+def test_pretrain_cli_schedule_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlm.cli import main
+
+    seen: list[PretrainConfig] = []
+    monkeypatch.setattr("transferlm.training.pretrain.pretrain", lambda cfg: seen.append(cfg) or {"phases": []})
+    base = ["pretrain", "--text", str(tmp_path / "t.txt"), "--output", str(tmp_path / "o")]
+    assert main([*base, "--warmup-ratio", "0.06", "--grad-accum-steps", "4"]) == 0
+    assert (seen[0].warmup_ratio, seen[0].grad_accum_steps) == (0.06, 4)
+
+
+@pytest.mark.parametrize("setting", [{"warmup_ratio": 0.5}, {"grad_accum_steps": 2}])
+def test_unfinished_work_with_another_warmup_or_accumulation_is_not_resumed(setting: dict, tiny_bert: Path,
+                                                                            text_file: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both settings are in the resume stamp: a checkpoint of another schedule or batch is not continued."""
+    _cut_after_step_4(monkeypatch, _cfg(tiny_bert, [str(text_file)], tmp_path / "cut"))
+    stamp = json.loads((tmp_path / ".cut.pretrain" / "settings.json").read_text())
+    assert stamp["warmup_ratio"] == 0.0 and stamp["grad_accum_steps"] == 1
+    report = pretrain(_cfg(tiny_bert, [str(text_file)], tmp_path / "cut", **setting))
+    assert report["phases"][0]["resumed_from_step"] is None
+    config = json.loads((tmp_path / "cut" / "pretrain.json").read_text())["config"]
+    assert all(config[k] == v for k, v in setting.items())
