@@ -317,7 +317,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     flags = {"model": args.model, "output": args.output, "text_field": args.text_field, "objective": args.objective,
              "data_dir": args.data_dir or os.environ.get("TRANSFERLM_DATA"), "steps": args.steps,
              "learning_rate": args.lr, "batch_size": args.batch_size, "max_length": args.max_length,
-             "seed": args.seed, "mlm_probability": args.mlm_probability}
+             "seed": args.seed, "mlm_probability": args.mlm_probability, "warmup_ratio": args.warmup_ratio,
+             "grad_accum_steps": args.grad_accum_steps}
     d.update({k: v for k, v in flags.items() if v is not None})
     texts = list(d.get("texts") or []) + list(args.text or []) + [f"task:{t}" for t in args.tapt_task or []]
     d["texts"] = texts
@@ -411,7 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--mlm-probability", type=float)
     pt.add_argument("--steps", type=int, help="optimisation steps per phase (default 200)")
     pt.add_argument("--lr", type=float)
+    pt.add_argument("--warmup-ratio", type=float, help="linear warm-up over this fraction of each phase's steps, "
+                    "then linear decay (default 0; Gururangan et al. 0.06)")
     pt.add_argument("--batch-size", type=int)
+    pt.add_argument("--grad-accum-steps", type=int, help="micro-batches of --batch-size per optimizer step "
+                    "(effective batch = batch size x this; default 1)")
     pt.add_argument("--max-length", type=int)
     pt.add_argument("--seed", type=int)
     pt.add_argument("--output", help="folder for the adapted model")

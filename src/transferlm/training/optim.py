@@ -7,7 +7,7 @@ about 3x faster. It needs floating-point parameters on one device type that has 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -28,17 +28,29 @@ def adamw(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float, 
     return torch.optim.AdamW(items, lr=lr, fused=can_fuse(tensors) or None, **kwargs)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_ratio`` of ``total`` steps, then linear decay to 0 (BERT's, LM-BFF's)."""
+def linear_factor(total: int, warmup_ratio: float, start: int = 0) -> Callable[[int], float]:
+    """The factor on the base rate at each step: linear warm-up over ``warmup_ratio`` of ``total`` steps, then
+    linear decay to 0 at ``total`` (BERT's, LM-BFF's).
+
+    ``start``: parameters that only begin training at that step (an encoder frozen while a new head trains
+    alone) warm up from there instead, over as many steps, capped by the decay (0 before it). With ``start`` 0
+    this is exactly the warm-up then decay above.
+    """
     warmup = int(warmup_ratio * total)
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
+        decay = max(0.0, (total - step) / max(1, total - warmup))
+        if step < start + warmup:
+            return min(max(0.0, (step - start + 1) / warmup), decay)
+        return decay
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of ``total`` steps, then linear decay to 0 (BERT's, LM-BFF's)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_factor(total, warmup_ratio))
 
 
 def optimizer_step(acc: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:

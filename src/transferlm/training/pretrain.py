@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ..io import atomic_dir, atomic_path, write_json
 from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
 from ..models.zoo import model_digest, resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
-from .optim import adamw
+from .optim import adamw, linear_factor
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
 from .texts import load_phase_texts
@@ -62,8 +63,15 @@ class PretrainConfig:
     mlm_probability: float = 0.15
     max_length: int = 128
     batch_size: int = 16
+    # Micro-batches of batch_size summed into each optimizer update (effective batch batch_size x this); steps
+    # counts updates. Each micro-batch weighs by its predicted tokens: the gradient of one big batch.
+    grad_accum_steps: int = 1
     learning_rate: float = 5e-5
     steps: int = 200  # per phase
+    # Linear warm-up over this fraction of each phase's steps, then linear decay to 0 (Gururangan et al. use
+    # 0.06); as train.warmup_ratio. 0: decay from the first step. Behind a new MLM head the encoder warms up
+    # from its first step after ``head_warmup_steps``.
+    warmup_ratio: float = 0.0
     head_warmup_steps: int = 50  # new MLM head alone first
     eval_fraction: float = 0.05
     max_eval_texts: int = 256
@@ -81,7 +89,9 @@ class PretrainConfig:
             raise ConfigError(f"objective must be auto, mlm or clm, got '{self.objective}'")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        for name in ("steps", "batch_size", "max_length"):
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("steps", "batch_size", "max_length", "grad_accum_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.tapt_shots is not None and self.tapt_shots <= 0:
@@ -129,6 +139,27 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):  # a head that reshapes: the model's own loss
         return model(**batch).loss
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float, starts: list[int]
+              ) -> torch.optim.lr_scheduler.LambdaLR:
+    """One phase's schedule: per parameter group, warm-up from the step the group starts training (``starts``),
+    then linear decay to 0 at the phase's end (optim.linear_factor, as fine-tuning's)."""
+    if int(warmup_ratio * steps) == 0:  # no warm-up: the decay from step 0 this always had, to the bit
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [linear_factor(steps, warmup_ratio, start) for start in starts])
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: ``json`` would write NaN/Infinity, which strict JSON
+    parsers (browsers) reject (a perplexity over no masked token is NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int, wwm: bool) -> list[dict[str, list[int]]]:
@@ -282,8 +313,8 @@ class Pretrainer:
             self.tokenizer.save_pretrained(tmp)
             # The base model's files: reproduce reuses this output only while they are unchanged (DAPT + TAPT
             # continues from a DAPT folder that a rerun with other settings trains again).
-            write_json(tmp / "pretrain.json", report | {"config": cfg.__dict__,
-                                                        "model_digest": model_digest(cfg.model)})
+            write_json(tmp / "pretrain.json", _finite(report | {"config": cfg.__dict__,
+                                                                "model_digest": model_digest(cfg.model)}))
         shutil.rmtree(self.work, ignore_errors=True)
         return report
 
@@ -298,8 +329,15 @@ class Pretrainer:
         head_only = bool(self.new_head) and idx == 0 and cfg.head_warmup_steps > 0
         params = dict(self.model.named_parameters())
         # BERT's recipe, as in fine-tuning: no weight decay on biases and LayerNorm weights.
-        optimizer = adamw(build_param_groups(self.model, None, cfg.learning_rate, 0.01), lr=cfg.learning_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.steps))
+        groups = build_param_groups(self.model, None, cfg.learning_rate, 0.01)
+        starts = [0] * len(groups)
+        if head_only:  # the encoder trains only after the head's steps alone: its warm-up starts there
+            split = [({**g, "names": names, "params": [params[n] for n in names]}, 0 if head else cfg.head_warmup_steps)
+                     for g in groups for head in (True, False)
+                     if (names := [n for n in g["names"] if (n in self.new_head) == head])]
+            groups, starts = [g for g, _ in split], [start for _, start in split]
+        optimizer = adamw(groups, lr=cfg.learning_rate)
+        scheduler = _schedule(optimizer, cfg.steps, cfg.warmup_ratio, starts)
         start, history, ppl_before = 0, [], None
         restored = load_checkpoint(ck_dir, self.model, optimizer, scheduler) if ck_dir.exists() else None
         if restored is not None:
@@ -310,32 +348,50 @@ class Pretrainer:
         t0, tokens = time.perf_counter(), 0
         bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {name}", unit="step", disable=cfg.quiet, leave=False)
         self.model.train()
+        accum = cfg.grad_accum_steps
+        per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))  # micro-batches
         for step in range(start, cfg.steps):
             warm = head_only and step < cfg.head_warmup_steps
             torch.manual_seed(step_seed(cfg.seed, offset + step, 0))
-            per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))
-            epoch, pos = divmod(step, per_epoch)
-            perm = np.random.RandomState(cfg.seed * 31 + epoch + idx * 1000).permutation(len(train_rows))
-            rows = [train_rows[i] for i in perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
-            batch = self._batch(rows, offset + step)
-            tokens += int(batch["attention_mask"].sum())
-            # The new head trains alone first, so its random start does not disturb the encoder. Freezing
-            # the rest for those steps also skips the backward pass through the encoder (same update).
-            frozen = [p for n, p in params.items() if n not in self.new_head and p.requires_grad] if warm else []
-            for p in frozen:
-                p.requires_grad_(False)
-            try:
-                loss = self._loss(batch)
-                loss.backward()
-            finally:
+            batches = []
+            for micro in range(step * accum, (step + 1) * accum):  # data and masks: functions of the micro-batch
+                epoch, pos = divmod(micro, per_epoch)
+                perm = np.random.RandomState(cfg.seed * 31 + epoch + idx * 1000).permutation(len(train_rows))
+                rows = [train_rows[i] for i in perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
+                batches.append(self._batch(rows, offset * accum + micro))
+            tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+            # Each micro-batch's loss is a mean over its own predicted tokens (MLM: the ~15% masked, a number
+            # that varies): weighted by its share of the update's tokens, the summed gradient is the big batch's.
+            predicted = [self._predicted_tokens(b) for b in batches]
+            total = sum(predicted)
+            logged: float | None = None
+            if total:  # else nothing was masked (or is to predict): no loss (its mean would be NaN), no update
+                # The new head trains alone first, so its random start does not disturb the encoder. Freezing
+                # the rest for those steps also skips the backward pass through the encoder (same update).
+                frozen = [p for n, p in params.items() if n not in self.new_head and p.requires_grad] if warm else []
                 for p in frozen:
-                    p.requires_grad_(True)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+                    p.requires_grad_(False)
+                logged = 0.0
+                try:
+                    for batch, count in zip(batches, predicted, strict=True):
+                        if count:
+                            weight = count / total
+                            loss = self._loss(batch)
+                            (loss * weight).backward()
+                            logged += float(loss.detach()) * weight
+                finally:
+                    for p in frozen:
+                        p.requires_grad_(True)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                optimizer.step()
+            with warnings.catch_warnings():  # a skipped first update: the schedule still follows the step
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
-            record: dict[str, Any] = {"step": step + 1, "loss": float(loss.detach())}
+            record: dict[str, Any] = {"step": step + 1, "loss": logged}
+            if logged is None:
+                record["skipped"] = "nothing masked" if self.objective == "mlm" else "nothing to predict"
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 record["perplexity"] = self.perplexity(eval_rows)
                 bar.set_postfix(ppl=f"{record['perplexity']:.1f}")
