@@ -369,10 +369,8 @@ def test_auto_picks_the_best_label_words_on_dev_and_records_them(tiny_mlm: Path,
     assert res["prompt"]["label_words"] == {k: [v] for k, v in expected.items()}
 
 
-@pytest.mark.parametrize("auto, searcher", [("labels", "search_label_words"), ("templates", "search_templates")])
-def test_auto_search_ranks_under_the_runs_max_length(auto: str, searcher: str, tiny_mlm: Path, toy_data: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # Candidates must be ranked with the truncation the run will use, not a fixed one.
+def _spy_search_length(monkeypatch: pytest.MonkeyPatch, searcher: str) -> list[int]:
+    """Record the max_length each call of the search function ``searcher`` ranks candidates at."""
     import transferlm.prompts.search as search
 
     seen: list[int] = []
@@ -383,6 +381,14 @@ def test_auto_search_ranks_under_the_runs_max_length(auto: str, searcher: str, t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(search, searcher, spy)
+    return seen
+
+
+@pytest.mark.parametrize("auto, searcher", [("labels", "search_label_words"), ("templates", "search_templates")])
+def test_auto_search_ranks_under_the_runs_max_length(auto: str, searcher: str, tiny_mlm: Path, toy_data: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Candidates must be ranked with the truncation the run will use, not a fixed one.
+    seen = _spy_search_length(monkeypatch, searcher)
     cfg = prompt_cfg(tiny_mlm, toy_data, "prompt-zero-shot", auto=auto, auto_k=2)
     cfg.train.max_length = 40
     run(cfg)
@@ -394,17 +400,9 @@ def test_auto_search_ranks_at_the_length_a_nested_soft_prompt_leaves(auto: str, 
                                                                     tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # BERT with 48 positions, 8 soft tokens: the run cuts inputs to 40, and the search must rank at 40 as well.
-    import transferlm.prompts.search as search
     from conftest import make_tiny_bert
 
-    seen: list[int] = []
-    real = getattr(search, searcher)
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["max_length"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(search, searcher, spy)
+    seen = _spy_search_length(monkeypatch, searcher)
     model = make_tiny_bert(tmp_path / "bert48", mlm=True, positions=48)
     cfg = prompt_cfg(model, toy_data, "prompt-finetune", auto=auto, auto_k=2,
                      peft={"name": "prompt-tuning", "length": 8, "init": "random"})

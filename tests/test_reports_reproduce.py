@@ -131,6 +131,19 @@ def _tiny_plan(out: Path, model: Path, data: Path, mlm: Path | None = None) -> P
     return Plan("test", True, str(out), "Tiny suite", entries, pretrains)
 
 
+def _assert_interrupted_rerun_hides_bitfit(plan, out: Path, monkeypatch: pytest.MonkeyPatch, interrupt,
+                                           what: str) -> None:
+    """Rerun ``plan`` with compare's run replaced by ``interrupt`` (stopping in BitFit): the report that is
+    written shows FT and leaves BitFit's stale summary out, saying so."""
+    monkeypatch.setattr(compare_mod, "run", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, log=lambda s: None)
+    text = (out / "report.md").read_text()
+    assert "| FT |" in text
+    assert "| BitFit |" not in text, f"{what} are reported as the suite's"
+    assert "Not shown: toy/bitfit" in text
+
+
 def test_rerun_computes_nothing_and_interrupted_plan_continues(tiny_bert: Path, tiny_mlm: Path, toy_data: Path,
                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:
@@ -211,13 +224,7 @@ def test_interrupted_rerun_with_a_changed_setting_reports_no_earlier_numbers(
     def interrupt(cfg, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compare_mod, "run", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(plan, log=lambda s: None)
-    text = (out / "report.md").read_text()
-    assert "| FT |" in text
-    assert "| BitFit |" not in text, "the old settings' numbers are reported as the suite's"
-    assert "Not shown: toy/bitfit" in text
+    _assert_interrupted_rerun_hides_bitfit(plan, out, monkeypatch, interrupt, "the old settings' numbers")
 
 
 def test_bad_plan_fails_before_writing(tmp_path: Path, toy_data: Path) -> None:
@@ -362,13 +369,7 @@ def test_interrupted_rerun_on_a_rewritten_model_folder_reports_no_earlier_number
             raise KeyboardInterrupt
         return real_run(cfg, **kw)
 
-    monkeypatch.setattr(compare_mod, "run", interrupt_bitfit)
-    with pytest.raises(KeyboardInterrupt):
-        execute(plan, log=lambda s: None)
-    text = (out / "report.md").read_text()
-    assert "| FT |" in text
-    assert "| BitFit |" not in text, "the old model's numbers are reported as the suite's"
-    assert "Not shown: toy/bitfit" in text
+    _assert_interrupted_rerun_hides_bitfit(plan, out, monkeypatch, interrupt_bitfit, "the old model's numbers")
 
 
 def test_dapt_plan_tapt_leaves_out_the_dev_texts_of_its_own_runs(tmp_path: Path) -> None:
