@@ -386,3 +386,23 @@ def test_saved_predictions_of_another_config_are_not_reused(tiny_mlm: Path, toy_
     monkeypatch.setattr(eval_resume.PartialPredictions, "add", add)
     run(cfg("{sentence} It is {answer}."))
     assert first == [1], "the evaluation of the other template started from the saved batches"
+
+
+def test_weights_the_checkpoint_lacks_are_initialised_from_the_run_seed(tiny_bert: Path, toy_data: Path,
+                                                                         tmp_path: Path) -> None:
+    # A checkpoint missing weights the model uses (transformers initialises them at load time): they must come
+    # from the run's seed, not from whatever a previous run in the process (compare's seeds) left in torch's RNG.
+    import torch
+    from safetensors.torch import save_file
+
+    model = tmp_path / "partial"
+    shutil.copytree(tiny_bert, model)
+    weights = load_file(str(model / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("encoder.layer.1.output.dense")},
+              str(model / "model.safetensors"), metadata={"format": "pt"})
+    cfg = _cfg(model, toy_data, None, max_steps=2, eval_every=0)
+    torch.manual_seed(1)
+    a = run(cfg).results
+    torch.manual_seed(2)
+    b = run(cfg).results
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]

@@ -98,6 +98,9 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     spec, data = load_run_data(cfg)
     if not data.train and method.trains:
         raise ConfigError(f"task {spec.name}: empty training split")
+    # Weights the checkpoint lacks are initialised as it loads: from the run's seed, not from the RNG state a
+    # previous run in this process (compare's other seeds) left.
+    torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.model, head=method.head_for(cfg.model))
     intermediate = None
     if cfg.intermediate is not None:
