@@ -321,3 +321,28 @@ def test_unknown_csv_folder_with_named_text_column(tmp_path: Path) -> None:
     spec, data = _run_data("rev", data_dir=str(tmp_path), shots=None, text_columns=["review"],
                            label_column="stars")
     assert len(data.test) == 4 and data.test[1].text_a == "bad" and spec.labels == ("0", "1")
+
+
+@pytest.mark.parametrize("name, metric", [("hf:glue:mrpc", "f1"), ("hf:nyu-mll/glue:qqp", "f1"),
+                                          ("hf:glue:cola", "mcc"), ("hf:glue:sst2", "accuracy")])
+def test_hub_glue_tasks_are_scored_by_their_registry_metric(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                            metric: str) -> None:
+    # The same task read from the hub is scored as the local copy is (LM-BFF: MRPC/QQP F1, CoLA MCC), not by
+    # accuracy, so the two routes report comparable numbers.
+    import sys
+    import types
+
+    class ClassLabel:
+        names = ["no", "yes"]
+
+    rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "label": i % 2} for i in range(40)]
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(path, config=None):
+        feats = {"sentence1": object(), "sentence2": object(), "label": ClassLabel()}
+        return {"train": _FakeSplit(rows, feats), "validation": _FakeSplit(rows[:10], feats)}
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    spec, _ = load_task(name, None, DataOptions(shots=4, seed=13))
+    assert spec.metric == metric

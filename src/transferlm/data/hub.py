@@ -13,9 +13,12 @@ from typing import Any
 from ..errors import DataError
 from .example import Example, TaskData
 from .sampling import holdout, sample_kshot
-from .tasks import TaskSpec
+from .tasks import TASKS, TaskSpec
 
 PREFIX = "hf:"
+# GLUE configs on the hub -> the registry's task: scored by its metric (LM-BFF: MRPC/QQP F1, CoLA MCC), as the
+# local copy is, not by accuracy.
+GLUE_TASKS = {"cola": "CoLA", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B"}
 
 
 def is_hub_task(name: str) -> bool:
@@ -59,9 +62,12 @@ def load_hub_task(name: str, shots: int | None, seed: int, spec: TaskSpec | None
     names = tuple(getattr(feat, "names", None) or ())
     regression = not names and "float" in str(getattr(feat, "dtype", ""))
     labels = tuple(str(i) for i in range(len(names)))
+    path, _, config = name[len(PREFIX):].partition(":")
+    known = TASKS[GLUE_TASKS[config]] if path.split("/")[-1] == "glue" and config in GLUE_TASKS else None
+    metric = known.metric if known is not None and known.regression == regression else (
+        "pearson" if regression else "accuracy")
     out = TaskSpec(name=name, labels=labels, label_names=names, text_columns=text_cols, label_column=label_col,
-                   format="hub", family="hub", regression=regression,
-                   metric="pearson" if regression else "accuracy")
+                   format="hub", family="hub", regression=regression, metric=metric)
 
     def convert(split: str) -> list[Example]:
         if split not in ds:
