@@ -233,7 +233,7 @@ class Engine:
                 record["dev"] = dev_metrics
                 score = dev_metrics[self.spec.metric]
                 model.train()
-                if score > best_score:
+                if score > best_score:  # ties keep the earlier step (as LM-BFF); NaN never wins
                     best_score, best_step = score, done
                     best = self._deployed_state(average) if cfg.select_on_dev else None
             history.append(record)
