@@ -295,6 +295,23 @@ def test_a_cell_over_other_seeds_says_how_many(tmp_path: Path) -> None:
     assert "[n=" not in same.caption and all("[n=" not in c.text for r in same.rows for c in r)
 
 
+def test_a_task_scored_on_its_dev_split_is_flagged_as_optimistic(tmp_path: Path) -> None:
+    # MNLI-like: no test split, so the dev split that chose each run's checkpoint also scores it.
+    import json
+
+    from transferlm.protocol.table import format_table
+
+    folder = write_compare(tmp_path / "a", "MNLI", {"finetune": {"per_seed": [0.4, 0.5, 0.6]}})
+    assert "optimistic" not in build_table(collect([folder])).caption
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "split": "dev"}))
+    caption = build_table(collect([folder])).caption
+    assert "on the dev split" in caption and "optimistic" in caption
+    text = format_table({**summary, "split": "dev"})
+    assert text.splitlines()[-1].endswith("so these numbers are optimistic")
+    assert "optimistic" not in format_table(summary)
+
+
 def test_suite_folder_labels_order_and_reference(tmp_path: Path) -> None:
     write_compare(tmp_path / "s" / "SST-2" / "ft", "SST-2", {"finetune": {"per_seed": [0.7]}}, seeds=(13,))
     write_compare(tmp_path / "s" / "SST-2" / "zs", "SST-2", {"prompt-zero-shot": {"per_seed": [0.6], "params": 0}},

@@ -9,6 +9,11 @@ METRIC_ABBREV = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "
                  "spearman": "Spear."}
 
 
+# A task without a test split is scored on the dev split that also chose each run's checkpoint: say so.
+DEV_ONLY_NOTE = ("no test split: the dev split that selected each run's checkpoint also scores it, "
+                 "so these numbers are optimistic")
+
+
 def human_count(n: int) -> str:
     units = (("B", 1e9), ("M", 1e6), ("K", 1e3))
     for i, (unit, size) in enumerate(units):
@@ -42,6 +47,8 @@ def format_table(summary: dict[str, Any]) -> str:
     split = summary.get("split", "test")
     lines.append(f"mean (std) over seeds {', '.join(map(str, summary['seeds']))} on the {split} split; "
                  f"model {summary['model']}, K={summary['shots']}")
+    if split == "dev":
+        lines.append(DEV_ONLY_NOTE)
     reused = sum(r.get("reused_runs", 0) for r in summary["rows"])
     if reused:
         total = sum(r.get("runs", 0) for r in summary["rows"])

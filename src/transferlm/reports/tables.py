@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol.table import METRIC_ABBREV, human_count, percent_text
+from ..protocol.table import DEV_ONLY_NOTE, METRIC_ABBREV, human_count, percent_text
 from .collect import Cell, Collection
 
 CSV_COLUMNS = ("task", "method", "metric", "split", "mean", "std", "n_seeds", "seeds", "per_seed", "best",
@@ -87,7 +87,8 @@ def _caption(cells: list[Cell]) -> str:
     return (f"mean (std) over {len(main)} seed(s) ({', '.join(map(str, main))}) on the {split} split, ×100"
             + ("; [n=k]: that cell's mean (std) is over its own k seeds (listed in results.csv)" if others else "") +
             f"; model {joined([c.model for c in cells])}, K={joined([c.shots for c in cells])}; "
-            "std is the population std over seeds; best per column in bold")
+            "std is the population std over seeds; best per column in bold"
+            + (f" ({DEV_ONLY_NOTE})" if "dev" in {c.split for c in cells} else ""))
 
 
 def build_table(collection: Collection) -> Table:
