@@ -406,3 +406,34 @@ def test_weights_the_checkpoint_lacks_are_initialised_from_the_run_seed(tiny_ber
     torch.manual_seed(2)
     b = run(cfg).results
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+@pytest.mark.parametrize("from_step", [1, 9])
+def test_a_diverged_model_scores_nan_not_the_majority_class(tiny_bert: Path, toy_data: Path, from_step: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Weights that turned NaN make every output NaN; argmax then says class 0 for every input, which scored like
+    # an ordinary model that always predicts it (and could win dev selection). NaN metrics never win: diverging
+    # at step 9 keeps a state from before (dev at steps 4 and 8); diverging at once leaves nothing to keep.
+    import torch
+
+    from transferlm.training import engine as engine_mod
+
+    real, taken = engine_mod.optimizer_step, []
+
+    def poisoned(acc, optimizer, scheduler):
+        real(acc, optimizer, scheduler)
+        taken.append(1)
+        if len(taken) >= from_step:
+            with torch.no_grad():
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        p.fill_(float("nan"))
+
+    monkeypatch.setattr(engine_mod, "optimizer_step", poisoned)
+    res = run(_cfg(tiny_bert, toy_data, None)).results
+    dev = [h["dev"]["accuracy"] for h in res["history"] if "dev" in h]
+    if from_step == 1:
+        assert all(math.isnan(d) for d in dev) and math.isnan(res["metrics"]["accuracy"])
+    else:
+        assert [math.isnan(d) for d in dev] == [False, False, True]
+        assert res["best_step"] in (4, 8) and not math.isnan(res["metrics"]["accuracy"])

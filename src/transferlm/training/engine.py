@@ -350,4 +350,12 @@ class Engine:
         preds, scores, seconds_before = self._predict(examples, desc)
         metrics = compute_metrics([e.label for e in examples], preds, regression=self.spec.regression,
                                   primary=self.spec.metric, num_labels=self.spec.num_labels)
+        bad = int(np.isnan(scores).any(axis=-1).sum()) if scores.ndim > 1 else int(np.isnan(scores).sum())
+        if bad:
+            # Diverged weights: argmax over NaN says class 0 for every input, which scores like a model that
+            # always predicts that class. NaN metrics never win dev selection and show in the table as nan.
+            log.warning("%s seed %s: the model's outputs are NaN on %d of %d %s examples (training diverged); "
+                        "its %s metrics are NaN (lower train.learning_rate or set train.max_grad_norm)",
+                        self.spec.name, self.seed, bad, len(examples), desc, desc)
+            metrics = {k: float("nan") for k in metrics}
         return Predictions(preds, scores, metrics, time.perf_counter() - t0 + seconds_before)
