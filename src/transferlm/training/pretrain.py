@@ -211,6 +211,8 @@ class Pretrainer:
         self.excluded_dev = [excluded for _, _, excluded in loaded]
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         resolved = resolve_model(cfg.model)
+        # The base model's files, read once: the resume stamp and pretrain.json record the base this run started on.
+        self.base_digest = model_digest(cfg.model)
         self.tokenizer = load_tokenizer(str(resolved.path), trust_remote_code=False)
         # A new MLM head is initialised from the global RNG: seed it, or the same seed gives another model
         # depending on what ran before in this process.
@@ -234,7 +236,7 @@ class Pretrainer:
                 digest.update(len(raw).to_bytes(8, "little") + raw)
         settings["texts_sha256"] = digest.hexdigest()
         # The base model's files too: DAPT + TAPT continues from a DAPT folder that a rerun may train again.
-        settings["model_digest"] = model_digest(self.cfg.model)
+        settings["model_digest"] = self.base_digest
         stamp = self.work / "settings.json"
         if self.work.exists():
             try:
@@ -314,7 +316,7 @@ class Pretrainer:
             # The base model's files: reproduce reuses this output only while they are unchanged (DAPT + TAPT
             # continues from a DAPT folder that a rerun with other settings trains again).
             write_json(tmp / "pretrain.json", _finite(report | {"config": cfg.__dict__,
-                                                                "model_digest": model_digest(cfg.model)}))
+                                                                "model_digest": self.base_digest}))
         shutil.rmtree(self.work, ignore_errors=True)
         return report
 
