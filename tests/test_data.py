@@ -263,13 +263,17 @@ def test_labels_on_an_unknown_task_folder_keep_its_files(tmp_path: Path) -> None
     assert [e.label for e in data.train] == [1, 1, 0, 0]
 
 
-def test_text_columns_on_an_unknown_tsv_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ext, sep", [("tsv", "\t"), ("csv", ",")])
+def test_text_columns_on_an_unknown_folder(tmp_path: Path, ext: str, sep: str) -> None:
+    # --text-columns names a header column the inference does not know (review): tsv and csv alike.
     (tmp_path / "rev").mkdir()
     for split in ("train", "dev", "test"):
-        (tmp_path / "rev" / f"{split}.tsv").write_text("review\tstars\ngood\t1\nbad\t0\nfine\t1\nawful\t0\n")
+        rows = ["review", "stars"], ["good", "1"], ["bad", "0"], ["fine", "1"], ["awful", "0"]
+        (tmp_path / "rev" / f"{split}.{ext}").write_text("".join(sep.join(r) + "\n" for r in rows))
     spec, data = _run_data("rev", data_dir=str(tmp_path), shots=None, text_columns=["review"],
                            label_column="stars")
-    assert spec.text_columns == ("review",) and len(data.train) == 4 and data.test[1].text_a == "bad"
+    assert spec.text_columns == ("review",) and len(data.train) == 4 and len(data.test) == 4
+    assert data.test[1].text_a == "bad" and spec.labels == ("0", "1")
 
 
 def test_overrides_on_a_registry_task_named_in_other_case(data_dir: Path) -> None:
@@ -312,15 +316,6 @@ def test_unknown_folder_columns_come_from_the_header(tmp_path: Path, fmt: str) -
     spec, data = load_task("mine", tmp_path, DataOptions(shots=None))
     assert spec.labels == ("neg", "pos") and spec.text_columns == ("sentence",)
     assert len(data.test) == 4 and data.test[1].text_a == "bad film" and data.test[1].label == 0
-
-
-def test_unknown_csv_folder_with_named_text_column(tmp_path: Path) -> None:
-    (tmp_path / "rev").mkdir()
-    for split in ("train", "dev", "test"):
-        (tmp_path / "rev" / f"{split}.csv").write_text("review,stars\ngood,1\nbad,0\nfine,1\nawful,0\n")
-    spec, data = _run_data("rev", data_dir=str(tmp_path), shots=None, text_columns=["review"],
-                           label_column="stars")
-    assert len(data.test) == 4 and data.test[1].text_a == "bad" and spec.labels == ("0", "1")
 
 
 @pytest.mark.parametrize("name, metric", [("hf:glue:mrpc", "f1"), ("hf:nyu-mll/glue:qqp", "f1"),
