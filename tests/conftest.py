@@ -97,6 +97,14 @@ def toy_data(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """Unlabelled text for continued pretraining: one line per text (``pretrain_helpers.TEXT``)."""
+    from pretrain_helpers import write_text_file
+
+    return write_text_file(tmp_path / "text.txt")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models on a shared 2-core CPU: one torch thread avoids contention and keeps timings stable."""
