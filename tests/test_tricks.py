@@ -145,6 +145,40 @@ def test_layer_selection_and_freezing(tiny_bert: Path, toy_data: Path) -> None:
         _prepared(tiny_bert, toy_data, layers=[5])
 
 
+@pytest.fixture(scope="module")
+def tiny_albert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ALBERT: 2 layers sharing one set of weights (``albert_layer_groups.0``, no per-layer index in names)."""
+    from transformers import AlbertConfig, AlbertModel, BertTokenizerFast
+
+    from conftest import _vocab
+
+    folder = tmp_path_factory.mktemp("tiny-albert")
+    tok = BertTokenizerFast(vocab=_vocab(), do_lower_case=True)
+    torch.manual_seed(0)
+    AlbertModel(AlbertConfig(vocab_size=len(tok), embedding_size=8, hidden_size=16, num_hidden_layers=2,
+                             num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_layer_options_on_shared_layers_are_refused_not_ignored(tiny_albert: Path, toy_data: Path) -> None:
+    """ALBERT's shared block has no layer index, so it counted as "above the blocks": freeze_layers=1 froze only the
+    embeddings and layer_decay gave the block the head's rate, both silently (failed before: no error)."""
+    from transferlm.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"freeze_layers=1 needs one set of weights per layer.*num_hidden_groups=1"):
+        _prepared(tiny_albert, toy_data, freeze_layers=1)
+    _, _, prepared = _prepared(tiny_albert, toy_data)
+    with pytest.raises(ModelError, match="train.layer_decay needs one set of weights per layer"):
+        build_param_groups(prepared.model, prepared.model.backbone, 1e-3, 0.0, 0.9)
+    assert {g["lr"] for g in build_param_groups(prepared.model, prepared.model.backbone, 1e-3, 0.0)} == {1e-3}
+    # Freezing every layer is well defined with shared weights: the whole backbone, as a probe wants.
+    _, data, probe = _prepared(tiny_albert, toy_data, layers=[1], freeze_layers=2)
+    trainable = {n for n, p in probe.model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    assert probe.model(**probe.collate(data.train[:2])).shape == (2, 2)
+
+
 def test_window_average_equals_mean_of_snapshots() -> None:
     model = torch.nn.Linear(3, 2)
     avg = ParameterAverage(model, "window", window=3)

@@ -20,7 +20,7 @@ from ..data.example import Example
 from ..data.tasks import TaskSpec
 from ..errors import CheckpointError, ConfigError
 from ..io import write_json
-from ..training.layers import layer_of, num_layers
+from ..training.layers import layer_of, layers_without_weights, num_layers, require_per_layer_weights
 from .base import Batch, Method, MethodConfig, Prepared
 from .registry import register
 
@@ -112,6 +112,11 @@ def freeze_lower_layers(model: nn.Module, n: int, depth: int) -> None:
     """Freeze the embeddings and blocks 1..n of the backbone (the head stays trainable)."""
     if n > depth:
         raise ConfigError(f"method_args.freeze_layers={n} exceeds the model's {depth} layers; use 0..{depth}")
+    if n == depth and layers_without_weights(model.backbone, depth):
+        # Blocks that share weights (ALBERT) are all frozen or none are: freezing every layer is well defined.
+        model.backbone.requires_grad_(False)
+        return
+    require_per_layer_weights(model.backbone, depth, f"method_args.freeze_layers={n}")
     for name, p in model.named_parameters():
         k = layer_of(name)
         if name.startswith("backbone.") and k is not None and k <= n:

@@ -41,3 +41,28 @@ def layer_of(param_name: str) -> int | None:
     if _EMBEDDING.search(param_name):
         return 0
     return None
+
+
+def layers_without_weights(model: nn.Module, depth: int) -> list[int]:
+    """Blocks 1..depth that no parameter name of ``model`` points to (all of them for ALBERT)."""
+    found = {k for name, _ in model.named_parameters() if (k := layer_of(name))}
+    return sorted(set(range(1, depth + 1)) - found)
+
+
+def require_per_layer_weights(model: nn.Module, depth: int, option: str) -> None:
+    """Refuse a layer-wise option on a model whose parameter names do not give every block its own weights.
+
+    Layer options key on the block index in parameter names. ALBERT's blocks share one set of weights
+    (``albert_layer_groups.0...``, no per-layer index), so they would silently count as "above the blocks":
+    never frozen, always at the top learning rate.
+    """
+    missing = layers_without_weights(model, depth)
+    if not missing:
+        return
+    groups = getattr(getattr(model, "config", None), "num_hidden_groups", None)
+    if isinstance(groups, int) and groups < depth:
+        why = f"its {depth} layers share {groups} set{'s' if groups > 1 else ''} of weights (num_hidden_groups={groups})"
+    else:
+        why = f"no parameter name carries the index of layer {missing[0]} ('...layer.{missing[0] - 1}...' or alike)"
+    raise ModelError(f"{option} needs one set of weights per layer, but in {type(model).__name__} {why}; "
+                     "remove it for this model")

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import layer_of, num_layers
+from .layers import layer_of, num_layers, require_per_layer_weights
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ def build_param_groups(model: nn.Module, backbone: nn.Module | None, lr: float, 
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise ConfigError(f"train.layer_decay (ξ) must be in (0, 1], got {layer_decay}")
     depth = num_layers(backbone if backbone is not None else model) if layer_decay is not None else 0
+    if layer_decay is not None:
+        require_per_layer_weights(backbone if backbone is not None else model, depth, "train.layer_decay")
     if layer_decay is not None and depth and layer_decay ** depth < 0.01:
         # Measured: ξ=0.8 on 30-layer SmolLM2 cost 7.6 points on SST-2; the bottom rate is ξ^L, not ξ.
         log.warning("train.layer_decay ξ=%g over %d layers gives the embeddings %.2g of the base rate, so the lower "
