@@ -98,6 +98,15 @@ def toy_data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def two_tasks(tmp_path: Path) -> Path:
+    """Two learnable toy tasks (toy, toy2) in one data folder: intermediate-task and multi-task runs."""
+    root = tmp_path / "data"
+    write_toy_task(root / "toy")
+    write_toy_task(root / "toy2", n_per_class=30)
+    return root
+
+
+@pytest.fixture
 def text_file(tmp_path: Path) -> Path:
     """Unlabelled text for continued pretraining: one line per text (``pretrain_helpers.TEXT``)."""
     from pretrain_helpers import write_text_file

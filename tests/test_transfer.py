@@ -8,20 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_toy_task
 from helpers import run_cli
 from transferlm.config import RunConfig
 from transferlm.errors import ConfigError
 from transferlm.protocol.multitask import MultitaskConfig, multitask, sampling_probabilities
 from transferlm.protocol.run import run
-
-
-@pytest.fixture
-def two_tasks(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    write_toy_task(root / "toy")
-    write_toy_task(root / "toy2", n_per_class=30)
-    return root
 
 
 def _cfg(model: Path, data: Path, **kw) -> RunConfig:

@@ -47,7 +47,8 @@ EXAMPLES = {
   transferlm pretrain --model smollm2-135m --text reviews.jsonl --text-field review --output models/smol-rev""",
     "multitask": """examples:
   transferlm multitask --tasks SST-2,cr,mr --data-dir ../shared/data --model minilm-l6 --sampling temperature \
-      --temperature 2 --steps 300 --output runs/mt""",
+      --temperature 2 --steps 300 --output runs/mt
+  transferlm run --task SST-2 --shots 16 --model runs/mt/model --output runs/sst2-after-mt""",
     "kshot": """examples:
   transferlm kshot --task SST-2 --data-dir ../shared/data --output /tmp/kshot
   transferlm kshot --task mr --data-dir ../shared/data --k 16 --seeds 13,21 --output /tmp/kshot --verify""",
@@ -358,11 +359,15 @@ def cmd_multitask(args: argparse.Namespace) -> int:
         set_dotted(d, "train.learning_rate", args.lr)
     if args.quiet:
         d["quiet"] = True
+    if args.no_resume:
+        d["resume"] = False
     res = multitask(from_dict(MultitaskConfig, d, source=args.config or "flags"))
     for task, r in res["tasks"].items():
         m = r["metrics"] or r["dev_metrics"]
         print(f"{task}: {r['primary_metric']} = {m.get(r['primary_metric'], float('nan')):.4f} "
               f"(sampling p = {res['probabilities'][task]})")
+    if "model_dir" in res:
+        print(f"model: {res['model_dir']} (transferlm run --model {res['model_dir']} ...)")
     return 0
 
 
@@ -432,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--lr", type=float)
     mt.add_argument("--sampling", choices=["proportional", "temperature", "uniform"])
     mt.add_argument("--temperature", type=float, help="T for temperature sampling: p ∝ n^(1/T)")
-    mt.add_argument("--output")
+    mt.add_argument("--output", help="writes multitask.json, the model (OUTPUT/model) and checkpoints")
+    mt.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     mt.add_argument("--quiet", action="store_true")
     k = add("kshot", "regenerate LM-BFF k-shot splits from a task's original/ files", cmd_kshot)
     k.add_argument("--task", required=True)

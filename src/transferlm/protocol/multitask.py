@@ -3,12 +3,23 @@ head per task. Each step trains on one task, drawn with probability ∝ n_task^(
 T=1 is proportional sampling, larger T flattens towards uniform (temperature sampling).
 
 It runs on accelerate in one process (device, mixed precision) with the engine's learning-rate schedule,
-``epochs`` and dev selection; it does not checkpoint, and the engine's layer-wise rates, self-ensemble and
-self-distillation are one-line errors here rather than silently ignored.
+``epochs`` and dev selection; the engine's layer-wise rates, self-ensemble and self-distillation are one-line
+errors here rather than silently ignored.
+
+With an ``output`` folder it writes ``multitask.json`` (metrics, history) and the (dev-selected) model in
+``output/model/``: the shared encoder and its tokenizer in Hugging Face format, so ``transferlm run --model
+output/model`` fine-tunes on a target task from it (MT-DNN style pre-finetuning), plus every task's head in
+``heads.safetensors`` described by ``heads.json`` (``load_multitask_model`` reads both back). Every
+``train.checkpoint_every`` steps it checkpoints to ``output/checkpoint/`` as the one-task engine does; a rerun
+of the same config resumes there and ends with the same weights and history as an uninterrupted run, while a
+checkpoint written under other settings or data is discarded. The checkpoint goes once the run is recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,20 +29,34 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import DataConfig, TrainConfig
 from ..data.loading import DataOptions, load_task
-from ..errors import ConfigError
+from ..data.tasks import TaskSpec
+from ..errors import CheckpointError, ConfigError
 from ..evaluation.metrics import compute_metrics
-from ..io import write_json
+from ..io import atomic_dir, write_json
 from ..methods.finetune import make_collate, pool, resolve_pooling
-from ..models.loading import load_backbone
-from ..training.checkpoint import trainable_state
+from ..models.loading import Backbone, load_backbone
+from ..models.zoo import model_digest
+from ..training.checkpoint import (
+    checkpoint_state,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
 from ..training.engine import effective_precision, get_accelerator
 from ..training.optim import adamw, linear_schedule, optimizer_step
 from ..training.seeding import set_seed, step_seed
+from .run import IGNORED_TRAIN, LOCATION
+
+log = logging.getLogger(__name__)
+HEADS_FILE, HEADS_JSON = "heads.safetensors", "heads.json"
 
 
 @dataclass
@@ -46,6 +71,7 @@ class MultitaskConfig:
     temperature: float = 2.0
     pooling: str = "auto"
     quiet: bool = False
+    resume: bool = True  # False: ignore a checkpoint in output and start over (--no-resume)
 
     def validate(self) -> None:
         if len(self.tasks) < 2:
@@ -110,6 +136,42 @@ def total_steps(train: TrainConfig, sizes: list[int]) -> int:
     return max(1, math.ceil(train.epochs * sum(math.ceil(n / train.batch_size) for n in sizes)))
 
 
+def training_fingerprint(cfg: MultitaskConfig, digests: dict[str, dict[str, str]]) -> str:
+    """A digest of what the training depends on (config, each task's data, the model's files), as ``run``'s:
+    a checkpoint written under another one is not resumed."""
+    config = asdict(cfg)
+    for key in ("output", "quiet", "resume"):
+        config.pop(key)
+    config["train"] = {k: v for k, v in config["train"].items() if k not in IGNORED_TRAIN}
+    config["data"] = {k: v for k, v in config["data"].items() if k not in LOCATION}
+    payload = json.dumps({"config": config, "data": digests, "model": model_digest(cfg.model)}, sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def _rng_state(rng: np.random.RandomState) -> list[Any]:
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_rng_state(rng: np.random.RandomState, state: list[Any]) -> None:
+    name, keys, pos, has_gauss, cached = state
+    rng.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _restore(out_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None,
+                                      dict[str, torch.Tensor] | None] | None:
+    """The checkpoint in ``out_dir`` loaded into model/optimizer/scheduler, or None; one that another config
+    or data wrote is removed (resuming it would train on with the old settings under the new config)."""
+    found = checkpoint_state(out_dir)
+    if found is not None and found.get("fingerprint") != fingerprint:
+        log.warning("checkpoint in %s was written by a multitask run with another config or data (step %s); "
+                    "starting over", out_dir, found.get("step"))
+        remove_checkpoint(out_dir)
+    return load_checkpoint(out_dir, model, optimizer, scheduler)
+
+
 def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     cfg.validate()
     _check_supported(cfg.train)
@@ -131,18 +193,34 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
                       weight_decay=cfg.train.weight_decay)
     scheduler = linear_schedule(optimizer, total, cfg.train.warmup_ratio)  # as the one-task engine
+
+    rng = np.random.RandomState(cfg.seed)
+    cursors = {t: 0 for t in cfg.tasks}
+    orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}
+    start, best, best_score, history, seconds_before, resumed_from = 0, None, -math.inf, [], 0.0, None
+    out_dir = Path(cfg.output) if cfg.output else None
+    fingerprint = training_fingerprint(cfg, {t: d.digests() for t, (_, d) in loaded.items()})
+    if out_dir is not None and cfg.resume:
+        restored = _restore(out_dir, fingerprint, model, optimizer, scheduler)
+        if restored is not None:
+            state, best, extra = restored
+            start = resumed_from = state["step"]
+            best_score, history, cursors = state["best_score"], state["history"], state["cursors"]
+            seconds_before = float(state["train_seconds"])  # the run's time is the whole training's
+            _set_rng_state(rng, state["rng"])
+            orders = {t: extra[t].numpy() for t in cfg.tasks} if extra else orders
+            if acc.scaler is not None and "scaler" in state:  # fp16's loss scale, grown over the steps taken
+                acc.scaler.load_state_dict(state["scaler"])
     model, optimizer = acc.prepare(model, optimizer)
     inner = acc.unwrap_model(model)
 
     def evaluate(task: str, examples: list) -> dict[str, float]:
         return _evaluate(model, task, loaded[task][0], examples, collate[task], cfg.train.eval_batch_size, acc)
 
-    rng = np.random.RandomState(cfg.seed)
-    cursors = {t: 0 for t in cfg.tasks}
-    orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}
-    best, best_score, history = None, -math.inf, []
     t0 = time.perf_counter()
-    for step in tqdm(range(total), desc="multitask", disable=cfg.quiet, leave=False):
+    every = cfg.train.checkpoint_every if out_dir is not None else 0  # no output: nowhere to checkpoint
+    for step in tqdm(range(start, total), desc="multitask", disable=cfg.quiet, leave=False, initial=start,
+                     total=total):
         model.train()
         torch.manual_seed(step_seed(cfg.seed, step, 0))
         task = cfg.tasks[rng.choice(len(cfg.tasks), p=probs)]
@@ -162,8 +240,9 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
             acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer_step(acc, optimizer, scheduler)  # fp16: a skipped step leaves the schedule where it was
         optimizer.zero_grad(set_to_none=True)
-        record: dict[str, Any] = {"step": step + 1, "task": task, "loss": float(loss.detach())}
-        if (cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0) or step + 1 == total:
+        done = step + 1
+        record: dict[str, Any] = {"step": done, "task": task, "loss": float(loss.detach())}
+        if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total:
             dev = {t: evaluate(t, loaded[t][1].dev) for t in cfg.tasks}
             record["dev"] = dev
             score = float(np.mean([dev[t][loaded[t][0].metric] for t in cfg.tasks]))
@@ -171,20 +250,67 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
                 best_score = score
                 best = trainable_state(inner) if cfg.train.select_on_dev else None
         history.append(record)
-    train_seconds = time.perf_counter() - t0
+        # The last step too, as the engine: a run killed in its final evaluations does not train again.
+        if every and (done % every == 0 or done == total):
+            save_checkpoint(out_dir, inner, optimizer, scheduler,
+                            {"step": done, "best_score": best_score, "history": history, "seed": cfg.seed,
+                             "fingerprint": fingerprint, "train_seconds": seconds_before + time.perf_counter() - t0,
+                             "rng": _rng_state(rng), "cursors": cursors,
+                             **({"scaler": acc.scaler.state_dict()} if acc.scaler is not None else {})},
+                            best, {t: torch.from_numpy(o) for t, o in orders.items()})
+    train_seconds = seconds_before + time.perf_counter() - t0
     if best is not None:
         inner.load_state_dict(best, strict=False)
     results = {"tasks": {}, "model": cfg.model, "seed": cfg.seed, "sampling": cfg.sampling,
                "probabilities": dict(zip(cfg.tasks, probs.round(4).tolist(), strict=True)),
-               "steps": total, "train_seconds": round(train_seconds, 3), "history": history, "config": asdict(cfg),
+               "steps": total, "resumed_from_step": resumed_from, "train_seconds": round(train_seconds, 3),
+               "history": history, "config": asdict(cfg),
                "environment": {"device": str(acc.device), "precision": effective_precision(acc)}}
     for t in cfg.tasks:
         spec, data = loaded[t]
         results["tasks"][t] = {"primary_metric": spec.metric, "dev_metrics": evaluate(t, data.dev),
                                "metrics": evaluate(t, data.test) if data.test else {}}
-    if cfg.output:
-        write_json(Path(cfg.output) / "multitask.json", results)
+    if out_dir is not None:
+        save_multitask_model(out_dir / "model", inner, backbone.tokenizer, {t: s for t, (s, _) in loaded.items()})
+        results["model_dir"] = str(out_dir / "model")
+        write_json(out_dir / "multitask.json", results)
+        if not cfg.train.keep_checkpoint:  # recorded: the checkpoint (kept through the evaluations) goes
+            remove_checkpoint(out_dir)
     return results
+
+
+def save_multitask_model(folder: Path, model: MultiTaskModel, tokenizer: Any, specs: dict[str, TaskSpec]) -> None:
+    """The shared encoder and its tokenizer in Hugging Face format (a model folder that ``load_backbone`` and
+    ``run --model`` take) with every task's head beside it; written atomically, never half."""
+    with atomic_dir(folder) as tmp:
+        model.backbone.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_file({f"{t}.{k}": v.detach().cpu().contiguous() for t in specs
+                   for k, v in model.heads[_key(t)].state_dict().items()}, str(tmp / HEADS_FILE))
+        write_json(tmp / HEADS_JSON, {"pooling": model.pooling, "tasks": {
+            t: {"num_labels": s.num_labels, "labels": list(s.labels), "regression": s.regression, "metric": s.metric}
+            for t, s in specs.items()}})
+
+
+def load_multitask_model(folder: str | Path) -> tuple[Backbone, MultiTaskModel]:
+    """The backbone and the multi-task model (eval mode) that ``multitask`` saved in ``folder``."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / HEADS_JSON).read_text(encoding="utf-8"))
+        state = load_file(str(folder / HEADS_FILE))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"{folder}: cannot read the multitask heads ({str(e).splitlines()[0]}); a multitask "
+                              f"model folder holds {HEADS_FILE} and {HEADS_JSON}") from None
+    backbone = load_backbone(str(folder))
+    tasks = meta["tasks"]
+    model = MultiTaskModel(backbone.model, backbone.hidden_size, {t: m["num_labels"] for t, m in tasks.items()},
+                           meta["pooling"])
+    try:
+        for t in tasks:
+            model.heads[_key(t)].load_state_dict({k: state[f"{t}.{k}"] for k in ("weight", "bias")})
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{folder / HEADS_FILE}: no fitting head for a task ({e})") from None
+    return backbone, model.eval()
 
 
 @torch.no_grad()
