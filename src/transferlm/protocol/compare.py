@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..config import CompareConfig, RunConfig, from_dict, set_dotted
 from ..errors import ConfigError
+from ..evaluation.significance import vs_best
 from ..io import write_json, write_text
 from ..methods import get_method
 from ..models.zoo import model_digest
@@ -119,6 +120,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                # The files behind the model name: a report of a suite shows this summary only while they are.
                "model_digest": model_digest(cfg.run.model),
                "std": "population std (ddof=0) over seeds, as LM-BFF reports", "rows": rows,
+               # Is the best mean's lead beyond seed noise? Each other method paired with it by seed.
+               "vs_best": vs_best(rows, cfg.seeds),
                "config": {"run": cfg.run.to_dict(), "methods": cfg.methods, "seeds": cfg.seeds}}
     table = format_table(summary)
     write_json(out / "summary.json", summary)

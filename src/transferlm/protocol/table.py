@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..evaluation.significance import ALPHA, vs_best
+
 METRIC_ABBREV = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "Matt.", "pearson": "Pear.",
                  "spearman": "Spear."}
 
@@ -47,6 +49,7 @@ def format_table(summary: dict[str, Any]) -> str:
     split = summary.get("split", "test")
     lines.append(f"mean (std) over seeds {', '.join(map(str, summary['seeds']))} on the {split} split; "
                  f"model {summary['model']}, K={summary['shots']}")
+    lines += vs_best_lines(summary)
     if split == "dev":
         lines.append(DEV_ONLY_NOTE)
     reused = sum(r.get("reused_runs", 0) for r in summary["rows"])
@@ -55,3 +58,45 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{reused} of {total} runs reused from the cache (same config); "
                      "train s/run is as measured when each was computed")
     return "\n".join(lines)
+
+
+def p_text(p: float) -> str:
+    """A p-value with two significant digits; never rounded up to the threshold it is under (0.0496 is not
+    "p=0.05", which would read as within noise)."""
+    if p < 0.001:
+        return "p<0.001"
+    shown = f"{p:.2f}" if p >= 0.1 else f"{p:.2g}"
+    return f"p<{ALPHA:g}" if p < ALPHA <= float(shown) else f"p={shown}"
+
+
+def _versus(c: dict[str, Any]) -> str:
+    """One method against the best: "finetune -21.9 (behind on 5/5 seeds, p<0.001)"."""
+    if c["mean_diff"] is None:
+        return f"{c['method']} (no seed with both scores: no test possible)"
+    parts = [f"behind on {c['losses']}/{c['n']} seed{'s' if c['n'] != 1 else ''}"]
+    if c["ties"]:
+        parts.append(f"{c['ties']} tied")
+    if c["excluded"]:
+        parts.append(f"{c['excluded']} NaN seed{'s' if c['excluded'] != 1 else ''} left out")
+    if c["p_value"] is None:
+        parts.append("no test possible")
+    else:
+        parts.append(p_text(c["p_value"]) + (": within seed noise" if c["within_noise"] else ""))
+    return f"{c['method']} {100 * c['mean_diff']:+.1f} ({', '.join(parts)})"
+
+
+def vs_best_lines(summary: dict[str, Any], width: int = 110) -> list[str]:
+    """Whether the best mean's lead is beyond seed noise, from the summary's ``vs_best`` (computed from the
+    rows when a summary from before it lacks one); nothing with one method."""
+    section = summary.get("vs_best") or vs_best(summary["rows"], summary.get("seeds"))
+    if not section or not section["comparisons"]:
+        return []
+    lines = [f"vs best mean ({section['best']}), ×100:"]
+    for entry in map(_versus, section["comparisons"]):  # wrapped between methods, never inside one
+        if len(lines[-1]) + 2 + len(entry) > width and lines[-1].strip().endswith(";"):
+            lines.append(" ")
+        lines[-1] += f" {entry};"
+    lines[-1] = lines[-1].rstrip(";")
+    tested = any(c["p_value"] is not None for c in section["comparisons"])
+    lines.append(f"  ({section['test']})" if tested else "  (fewer than 2 seeds in common: no paired test possible)")
+    return lines
