@@ -7,9 +7,10 @@ import re
 import time
 
 from .. import __version__
+from ..protocol.table import p_text
 from .collect import Collection
 from .plots import Plot
-from .tables import Table, build_pretraining_table
+from .tables import NEAR, Table, build_pretraining_table
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -22,6 +23,8 @@ th, td { padding: .3rem .7rem; border-bottom: 1px solid #e3e3e3; text-align: rig
 th { background: #f5f5f7; border-bottom: 2px solid #ccc; }
 th:first-child, td:first-child { text-align: left; }
 td.best { font-weight: 700; background: #e8f4ea; }
+td.near { background: #f4f9f5; }
+.legend { color: #555; font-size: .85rem; margin-top: -.4rem; }
 caption { caption-side: bottom; text-align: left; color: #555; font-size: .85rem; padding-top: .4rem; }
 figure { margin: 1rem 0 2rem; }
 figure svg { max-width: 100%; height: auto; }
@@ -43,12 +46,16 @@ def table_html(table: Table, table_id: str) -> str:
                 cells.append(f"<th scope=\"row\">{text}</th>")
             elif c.best:
                 cells.append(f"<td class=\"best\"><strong>{text}</strong></td>")
+            elif c.near_best and c.p_vs_best is not None:
+                tip = html.escape(f"within seed noise of the best (paired t-test, {p_text(c.p_vs_best)})")
+                cells.append(f"<td class=\"near\">{text} <span title=\"{tip}\">{NEAR}</span></td>")
             else:
                 cells.append(f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
+    legend = f"<p class=\"legend\" id=\"{table_id}-legend\">{html.escape(table.legend)}</p>" if table.legend else ""
     return (f"<div class=\"scroll\"><table id=\"{table_id}\">{caption}<thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+            f"<tbody>{''.join(body)}</tbody></table></div>{legend}")
 
 
 def plot_html(plot: Plot) -> str:

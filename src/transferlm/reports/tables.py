@@ -2,7 +2,9 @@
 
 Scores are shown ×100 with one decimal, as LM-BFF, Gururangan et al. and the LoRA paper print them. In
 each score column the best mean is marked (every method whose shown value equals the best one, so a
-tie is never broken by digits the reader cannot see). Parameter and time columns are not marked.
+tie is never broken by digits the reader cannot see). Parameter and time columns are not marked. Beside it,
+each task column marks with "≈" the methods whose gap to that column's best mean is within seed noise (a paired
+t-test over seeds, p >= 0.05; see ``evaluation.significance``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..evaluation.significance import ALPHA, TEST, paired_test
 from ..protocol.table import DEV_ONLY_NOTE, METRIC_ABBREV, human_count, percent_text
 from .collect import Cell, Collection
 
 CSV_COLUMNS = ("task", "method", "metric", "split", "mean", "std", "n_seeds", "seeds", "per_seed", "best",
-               "trainable_params", "total_params", "trainable_percent", "train_seconds", "eval_seconds",
-               "model", "shots", "raw_method", "source")
+               "p_vs_best", "near_best", "trainable_params", "total_params", "trainable_percent", "train_seconds",
+               "eval_seconds", "model", "shots", "raw_method", "source")
 MISSING = "–"
+NEAR = "≈"  # behind the column's best, but within seed noise
 
 
 @dataclass
@@ -28,6 +32,13 @@ class TableCell:
     text: str
     value: float | None = None  # the number the text shows (for marking the best)
     best: bool = False
+    p_vs_best: float | None = None  # the paired test against the column's best mean (None: not tested)
+    near_best: bool = False  # not the best, but its gap to the best is within seed noise
+
+    @property
+    def shown_text(self) -> str:
+        """The text with the within-noise mark, as Markdown and HTML show it."""
+        return f"{self.text} {NEAR}" if self.near_best else self.text
 
 
 @dataclass
@@ -36,6 +47,7 @@ class Table:
     rows: list[list[TableCell]]
     caption: str = ""
     score_columns: list[int] = field(default_factory=list)
+    legend: str = ""  # a line under the table: what the within-noise mark means
 
     def column(self, name: str) -> list[TableCell]:
         i = self.header.index(name)
@@ -64,6 +76,37 @@ def mark_best(rows: list[list[TableCell]], columns: list[int]) -> None:
         top = max(values)
         for r in rows:
             r[j].best = r[j].value is not None and math.isclose(r[j].value, top, abs_tol=1e-9)
+
+
+def mark_near_best(rows: list[list[TableCell]], j: int, cells: list[Cell | None]) -> bool:
+    """Test, in column ``j``, every cell against the cell with the column's best mean (paired by seed), and
+    mark those not significantly behind. ``cells``: the row's Cell per row. Whether any pair was tested.
+
+    Only cells over the same K and split as the best are paired: another K draws other examples per seed."""
+    scored = [(r, c) for r, c in zip(rows, cells, strict=True) if c is not None and math.isfinite(c.mean)]
+    if not scored:
+        return False
+    _, top = max(scored, key=lambda rc: rc[1].mean)  # the first of equal means, as compare's vs_best
+    tested = False
+    for r, c in zip(rows, cells, strict=True):
+        if c is None or c is top or c.shots != top.shots or c.split != top.split:
+            continue
+        try:
+            r[j].p_vs_best = paired_test(c.per_seed, c.seeds, top.per_seed, top.seeds).p_value
+        except ValueError:  # scores and seeds that do not line up (a hand-edited summary): no test
+            continue
+        tested = tested or r[j].p_vs_best is not None
+        r[j].near_best = not r[j].best and r[j].p_vs_best is not None and r[j].p_vs_best >= ALPHA
+    return tested
+
+
+def _legend(tested: bool, with_avg: bool) -> str:
+    if not tested:
+        return "No gap to a column's best is tested: fewer than 2 seeds in common."
+    return (f"{NEAR}: behind the column's best mean, but within seed noise ({TEST}: p ≥ {ALPHA:g}; p_vs_best in "
+            "results.csv). Within noise is not equal: with a handful of seeds the test has little power. Neither "
+            f"bold nor {NEAR}: behind at p below {ALPHA:g}, or not tested (fewer than 2 shared seeds, or another K)"
+            + ("; the Avg. column is not tested." if with_avg else "."))
 
 
 def main_seeds(cells: list[Cell]) -> list[int]:
@@ -123,7 +166,10 @@ def build_table(collection: Collection) -> Table:
         rows.append(row)
     scores = list(range(1, 1 + len(tasks) + (1 if with_avg else 0)))
     mark_best(rows, scores)
-    return Table(header=header, rows=rows, caption=_caption(collection.cells), score_columns=scores)
+    # The average over tasks has no per-seed scores of its own: only the task columns are tested.
+    tested = [mark_near_best(rows, j, [collection.get(t, m) for m in methods]) for j, t in enumerate(tasks, 1)]
+    legend = _legend(any(tested), with_avg) if len(methods) > 1 else ""
+    return Table(header=header, rows=rows, caption=_caption(collection.cells), score_columns=scores, legend=legend)
 
 
 def build_reference_table(collection: Collection) -> Table | None:
@@ -205,15 +251,17 @@ def _md_code(text: str) -> str:
 
 
 def to_markdown(table: Table) -> str:
-    """A GitHub-flavoured Markdown table; best cells in **bold**."""
+    """A GitHub-flavoured Markdown table; best cells in **bold**, cells within noise of the best with "≈"."""
     def fmt(c: TableCell) -> str:
-        return f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text)
+        return f"**{_md_escape(c.shown_text)}**" if c.best else _md_escape(c.shown_text)
 
     lines = ["| " + " | ".join(_md_escape(h) for h in table.header) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.header))) + "|"]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in table.rows]
     if table.caption:
         lines += ["", f"*{_md_escape(table.caption)}*"]
+    if table.legend:
+        lines += ["", f"*{_md_escape(table.legend)}*"]
     return "\n".join(lines)
 
 
@@ -259,16 +307,13 @@ def _split_row(line: str) -> list[str]:
 def csv_rows(collection: Collection, table: Table | None = None) -> list[dict[str, Any]]:
     """One tidy row per (task, method), with the exact numbers (fractions, not ×100)."""
     table = table or build_table(collection)
-    best = set()
-    for j, task in enumerate(collection.tasks, start=1):
-        for row in table.rows:
-            if row[j].best:
-                best.add((task, row[0].text))
+    marks = {(task, row[0].text): row[j] for j, task in enumerate(collection.tasks, start=1) for row in table.rows}
     out = []
     for c in collection.cells:
         out.append({"task": c.task, "method": c.method, "metric": c.metric, "split": c.split, "mean": c.mean,
                     "std": c.std, "n_seeds": len(c.per_seed), "seeds": ";".join(map(str, c.seeds)),
-                    "per_seed": ";".join(repr(x) for x in c.per_seed), "best": int((c.task, c.method) in best),
+                    "per_seed": ";".join(repr(x) for x in c.per_seed), "best": int(marks[c.task, c.method].best),
+                    "p_vs_best": marks[c.task, c.method].p_vs_best, "near_best": int(marks[c.task, c.method].near_best),
                     "trainable_params": c.trainable_params, "total_params": c.total_params,
                     "trainable_percent": c.trainable_percent, "train_seconds": c.train_seconds,
                     "eval_seconds": c.eval_seconds, "model": c.model, "shots": c.shots, "raw_method": c.raw_method,
@@ -288,7 +333,7 @@ def to_csv(collection: Collection, table: Table | None = None) -> str:
 def read_csv(text: str) -> list[dict[str, Any]]:
     """Parse :func:`to_csv`'s output back into typed rows."""
     floats = ("mean", "std", "trainable_percent", "train_seconds", "eval_seconds")
-    ints = ("n_seeds", "best", "trainable_params", "total_params")
+    ints = ("n_seeds", "best", "near_best", "trainable_params", "total_params")
     rows = []
     for r in csv.DictReader(io.StringIO(text)):
         row: dict[str, Any] = dict(r)
@@ -297,6 +342,7 @@ def read_csv(text: str) -> list[dict[str, Any]]:
         for k in ints:
             row[k] = int(row[k])
         row["per_seed"] = [float(x) for x in row["per_seed"].split(";") if x]
+        row["p_vs_best"] = float(row["p_vs_best"]) if row["p_vs_best"] else None  # empty: not tested
         row["seeds"] = [int(x) for x in row["seeds"].split(";") if x]
         rows.append(row)
     return rows
