@@ -48,3 +48,24 @@ def test_a_directory_of_safetensors_files_is_readable_by_others(tmp_path: Path) 
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     for folder in (tmp_path / "model", tmp_path / "model" / "sub"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+
+
+def test_check_output_dir_refuses_what_cannot_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlm.errors import ConfigError
+    from transferlm.io import check_output_dir
+
+    f = tmp_path / "f.txt"
+    f.write_text("keep me")
+    with pytest.raises(ConfigError, match="is an existing file"):
+        check_output_dir(f)
+    with pytest.raises(ConfigError, match="is a file, so no folder can be made below it"):
+        check_output_dir(f / "a" / "b")
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists() and f.read_text() == "keep me"  # creates nothing
+    # Not writable (root ignores chmod, so the refusal is simulated).
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.TemporaryFile", refuse)
+    with pytest.raises(ConfigError, match=r"cannot write in .*Permission denied"):
+        check_output_dir(tmp_path / "x")

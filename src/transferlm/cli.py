@@ -282,10 +282,11 @@ def cmd_kshot(args: argparse.Namespace) -> int:
 
     from .data.kshot import generate_kshot, read_checksums, verify_kshot
     from .data.loading import find_task_dir, resolve_data_dir
+    from .io import check_output_dir
 
     root = resolve_data_dir(args.data_dir)
     task_dir = find_task_dir(args.task, root)
-    out = Path(args.output) / args.task
+    out = check_output_dir(Path(args.output) / args.task)
     seeds = _list_arg(args.seeds, int)
     files = generate_kshot(args.task, task_dir / "original", out, k=args.k, seeds=seeds)
     print(f"wrote {len(files)} files under {out}")

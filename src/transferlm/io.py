@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -99,3 +101,24 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str = "--output") -> Path:
+    """Fail now, before any work, when folder ``path`` cannot be made or written: an existing file in its place
+    (or above it), or a parent this process may not write in. Creates nothing."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{what} {target} is an existing file, not a folder; give a folder path (new or existing)")
+    ancestor = target
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} {target}: {ancestor} is a file, so no folder can be made below it; "
+                          "give another path")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what} {target}: cannot write in {ancestor} ({e.strerror}); give a folder you may "
+                          "write in") from None
+    return target

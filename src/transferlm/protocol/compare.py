@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..config import CompareConfig, RunConfig, from_dict, set_dotted
 from ..errors import ConfigError
 from ..evaluation.significance import vs_best
-from ..io import write_json, write_text
+from ..io import check_output_dir, write_json, write_text
 from ..methods import get_method
 from ..models.zoo import model_digest
 from .run import run
@@ -52,6 +52,7 @@ def _dev_score(res: dict[str, Any]) -> float:
 def compare(cfg: CompareConfig) -> dict[str, Any]:
     if not cfg.output:
         raise ConfigError("compare needs --output (a folder for the runs and summary.json)")
+    check_output_dir(cfg.output)
     if not cfg.methods or not cfg.seeds:
         raise ConfigError("compare needs at least one method (--methods) and one seed (--seeds)")
     for name, values in (("seeds", cfg.seeds), ("methods", cfg.methods)):

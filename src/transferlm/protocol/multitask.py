@@ -39,7 +39,7 @@ from ..data.loading import DataOptions, load_task
 from ..data.tasks import TaskSpec
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.metrics import compute_metrics
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, check_output_dir, write_json
 from ..methods.finetune import make_collate, pool, resolve_pooling
 from ..models.loading import Backbone, load_backbone
 from ..models.zoo import model_digest
@@ -174,6 +174,8 @@ def _restore(out_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch
 
 def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     cfg.validate()
+    if cfg.output:
+        check_output_dir(cfg.output)
     _check_supported(cfg.train)
     options = data_options(cfg)
     acc = get_accelerator(cfg.train.mixed_precision)

@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..data.loading import DataOptions, load_task, spec_with_overrides
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, check_output_dir, write_json
 from ..methods import get_method
 from ..methods.base import count_parameters, freeze_unused_parameters
 from ..models.loading import load_backbone
@@ -90,6 +90,8 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     ``RunResult.finish_test`` evaluates the test split, which compare does for the selected candidate only.
     """
     cfg.train.validate()
+    if cfg.output:
+        check_output_dir(cfg.output)
     method = get_method(cfg.method)
     method_cfg = method.parse_config(cfg.method_args)
     settings = method_cfg.settings()  # before resolve(): what the user asked, defaults included

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import write_text
+from ..io import check_output_dir, write_text
 from .collect import Collection, collect
 from .html import render_html
 from .plots import all_plots
@@ -22,7 +22,7 @@ class ReportFiles:
 
 def write_report(collection: Collection, output: str | Path) -> ReportFiles:
     """Render and write the three files (each atomically: a reader never sees a half-written one)."""
-    out = Path(output)
+    out = check_output_dir(output)
     table = build_table(collection)
     reference = build_reference_table(collection)
     page = render_html(collection, table, reference, all_plots(collection))

@@ -16,7 +16,6 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from transformers import (
 
 from ..config import DEFAULT_SEEDS, DEFAULT_SHOTS
 from ..errors import ConfigError, DataError, ModelError
-from ..io import atomic_dir, atomic_path, write_json
+from ..io import atomic_dir, atomic_path, check_output_dir, write_json
 from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
 from ..models.zoo import model_digest, resolve_model
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
@@ -201,7 +200,11 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.out = Path(cfg.output)
+        self.out = check_output_dir(cfg.output)
+        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / "pretrain.json").is_file():
+            # The adapted model replaces the folder whole: never a folder of something else.
+            raise ConfigError(f"--output {self.out} is a folder with other files in it, and pretrain replaces its "
+                              "output folder whole; give a new folder (or an earlier pretrain output)")
         self.work = self.out.with_name(f".{self.out.name}.pretrain")
         # Read every source before loading the model: bad text files fail fast, nothing written.
         loaded = [load_phase_texts(src, cfg.text_field, cfg.data_dir, dev_shots=cfg.tapt_shots,
