@@ -167,3 +167,35 @@ def test_set_values_follow_yaml_1_2() -> None:
     run = build_run_dict(args)["run"]
     assert run["seed"] == 13
     assert run["method_args"]["label_words"] == {"not_entailment": "No", "entailment": "Yes"}
+
+
+@pytest.mark.parametrize("d, needle", [
+    ({"output": {"a": 1}}, "x.yaml.output must be a single str"),  # was the folder "{'a': 1}"
+    ({"task": ["SST-2", "cr"]}, "x.yaml.task must be a single str"),
+    ({"method_args": 5}, "x.yaml.method_args must be a mapping"),  # was a TypeError in the method
+    ({"data": {"labels": {"a": 1}}}, "x.yaml.data.labels must be a single str"),
+])
+def test_wrong_shapes_are_one_line_errors(d: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        RunConfig.from_dict(d, source="x.yaml")
+
+
+@pytest.mark.parametrize("d, needle", [
+    ({"data": 5}, "x.yaml.data must be a mapping"), ({"train": [1]}, "x.yaml.train must be a mapping"),
+    ({"method_args": "lora"}, "x.yaml.method_args must be a mapping"),
+    ({"intermediate": 3}, "x.yaml.intermediate must be a mapping"),
+])
+def test_sections_are_checked_before_flags_are_merged(d: dict, needle: str) -> None:
+    from transferlm.config import check_sections
+
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        check_sections(RunConfig, d, "x.yaml")
+    check_sections(RunConfig, {"data": None, "intermediate": None, "train": {}, "seed": 3}, "x.yaml")  # fine
+
+
+@pytest.mark.parametrize("key", ["", "train..x", ".seed", "train."])
+def test_set_dotted_refuses_empty_key_parts(key: str) -> None:
+    from transferlm.config import set_dotted
+
+    with pytest.raises(ConfigError, match="bad key"):
+        set_dotted({}, key, 1)

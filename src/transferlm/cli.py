@@ -13,7 +13,16 @@ from typing import Any
 
 import yaml
 
-from .config import CompareConfig, RunConfig, from_dict, load_yaml, parse_shots, set_dotted, yaml_loads
+from .config import (
+    CompareConfig,
+    RunConfig,
+    check_sections,
+    from_dict,
+    load_yaml,
+    parse_shots,
+    set_dotted,
+    yaml_loads,
+)
 from .errors import ConfigError, TransferLMError
 
 EXAMPLES = {
@@ -125,6 +134,8 @@ def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
     d: dict[str, Any] = load_yaml(args.config) if args.config else {}
     run_keys = {k: d.pop(k) for k in list(d) if k not in ("methods", "seeds", "grid")}
     compare_keys = d
+    check_sections(RunConfig, run_keys, args.config)
+    check_sections(CompareConfig, compare_keys, args.config)
     r = run_keys
     flags = {"task": args.task, "model": args.model, "output": args.output,
              "method": getattr(args, "method", None), "seed": getattr(args, "seed", None)}
@@ -139,10 +150,8 @@ def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
     for k, v in data.items():
         if v is not None:
             set_dotted(r, f"data.{k}", v)
-    if args.shots is not None:
-        set_dotted(r, "data.shots", args.shots)
-    if "data" in r and "shots" in r["data"]:
-        r["data"]["shots"] = parse_shots(r["data"]["shots"])
+    if args.shots is not None:  # the file's data.shots is read by from_dict (parse_shots), naming the file
+        set_dotted(r, "data.shots", parse_shots(args.shots))
     for k, v in {"learning_rate": args.lr, "max_steps": args.steps, "batch_size": args.batch_size,
                  "max_length": args.max_length}.items():
         if v is not None:
@@ -157,7 +166,8 @@ def build_run_dict(args: argparse.Namespace) -> dict[str, Any]:
         set_dotted(r, "intermediate.task", args.intermediate_task)
     if args.quiet:
         r["quiet"] = True
-    r.setdefault("data", {}).setdefault("data_dir", os.environ.get("TRANSFERLM_DATA"))
+    if "data_dir" not in (r.get("data") or {}):
+        set_dotted(r, "data.data_dir", os.environ.get("TRANSFERLM_DATA"))
     return {"run": r, **compare_keys}
 
 
@@ -193,12 +203,19 @@ def _prompt_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _list_arg(raw: Any, cast: type) -> list[Any]:
+def _list_arg(raw: Any, cast: type, where: str = "list") -> list[Any]:
+    """A comma-separated option (or a config file's list) as a list of ``cast``; ``where`` names it in errors."""
+    bad = ConfigError(f"{where}: bad value {raw!r}; expected comma-separated {cast.__name__}s (e.g. "
+                      f"{'13,21' if cast is int else 'a,b'})")
+    if isinstance(raw, dict) or isinstance(raw, bool):
+        raise bad
     items = raw if isinstance(raw, list) else str(raw).split(",")
+    if any(isinstance(x, dict | list | bool) or (isinstance(x, float) and cast is int) for x in items):
+        raise bad
     try:
         return [cast(str(x).strip()) for x in items if str(x).strip()]
     except ValueError:
-        raise ConfigError(f"bad list value {raw!r}: expected comma-separated {cast.__name__}s") from None
+        raise bad from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -228,8 +245,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         k, v = item.split("=", 1)
         grid[k.strip()] = [_yaml_value(x) for x in v.split(",")]
     cfg = CompareConfig(run=run_cfg, output=run_cfg.output,
-                        methods=_list_arg(args.methods or d.get("methods") or "finetune", str),
-                        seeds=_list_arg(args.seeds or d.get("seeds") or "13,21,42,87,100", int),
+                        methods=_list_arg(args.methods or d.get("methods") or "finetune", str,
+                                          "--methods" if args.methods else f"{args.config}.methods"),
+                        seeds=_list_arg(args.seeds or d.get("seeds") or "13,21,42,87,100", int,
+                                        "--seeds" if args.seeds else f"{args.config}.seeds"),
                         grid=grid)
     summary = compare(cfg)
     print(summary["table"])
@@ -287,7 +306,7 @@ def cmd_kshot(args: argparse.Namespace) -> int:
     root = resolve_data_dir(args.data_dir)
     task_dir = find_task_dir(args.task, root)
     out = check_output_dir(Path(args.output) / args.task)
-    seeds = _list_arg(args.seeds, int)
+    seeds = _list_arg(args.seeds, int, "--seeds")
     files = generate_kshot(args.task, task_dir / "original", out, k=args.k, seeds=seeds)
     print(f"wrote {len(files)} files under {out}")
     if args.verify:
@@ -304,7 +323,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .protocol.probe import format_probe, probe
 
     cfg = RunConfig.from_dict(build_run_dict(args)["run"], source=args.config or "flags")
-    layers = _list_arg(args.layers, int) if args.layers else None
+    layers = _list_arg(args.layers, int, "--layers") if args.layers else None
     report = probe(cfg, layers)
     print(format_probe(report))
     if cfg.output:
@@ -322,12 +341,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
              "seed": args.seed, "mlm_probability": args.mlm_probability, "warmup_ratio": args.warmup_ratio,
              "grad_accum_steps": args.grad_accum_steps}
     d.update({k: v for k, v in flags.items() if v is not None})
-    texts = list(d.get("texts") or []) + list(args.text or []) + [f"task:{t}" for t in args.tapt_task or []]
+    texts = d.get("texts") or []
+    texts = [texts] if isinstance(texts, str) else texts  # `texts: domain.txt`: one source
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ConfigError(f"{args.config}.texts must be a list of text files or folders (or task:NAME), "
+                          f"got {texts!r:.60}")
+    texts = texts + list(args.text or []) + [f"task:{t}" for t in args.tapt_task or []]
     d["texts"] = texts
     if args.tapt_shots is not None:
         d["tapt_shots"] = args.tapt_shots  # "full" is read by from_dict (parse_shots)
     if args.tapt_seeds is not None:
-        d["tapt_seeds"] = _list_arg(args.tapt_seeds, int)
+        d["tapt_seeds"] = _list_arg(args.tapt_seeds, int, "--tapt-seeds")
     if args.whole_word_mask:
         d["whole_word_mask"] = True
     if args.quiet:
@@ -345,13 +369,14 @@ def cmd_multitask(args: argparse.Namespace) -> int:
     from .protocol.multitask import MultitaskConfig, multitask
 
     d: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    check_sections(MultitaskConfig, d, args.config)
     for k, v in {"model": args.model, "output": args.output, "seed": args.seed, "sampling": args.sampling,
                  "temperature": args.temperature}.items():
         if v is not None:
             d[k] = v
     if args.tasks:
-        d["tasks"] = _list_arg(args.tasks, str)
-    set_dotted(d, "data.data_dir", args.data_dir or d.get("data", {}).get("data_dir") or os.environ.get("TRANSFERLM_DATA"))
+        d["tasks"] = _list_arg(args.tasks, str, "--tasks")
+    set_dotted(d, "data.data_dir", args.data_dir or (d.get("data") or {}).get("data_dir") or os.environ.get("TRANSFERLM_DATA"))
     if args.shots is not None:
         set_dotted(d, "data.shots", parse_shots(args.shots))
     if args.steps is not None:

@@ -203,7 +203,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin in (list, tuple):
         (inner,) = typing.get_args(tp)[:1] or (Any,)
         return [_coerce(inner, v, where) for v in _as_list(value, inner)]
-    if origin is dict or tp is Any:
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of keys to values, got {type(value).__name__} {value!r:.40}")
+        return value
+    if tp is Any:
         return value
     if tp is bool:
         return _coerce_bool(value, where)
@@ -258,6 +262,10 @@ def _coerce_scalar(tp: type, value: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be a number, got {value!r}; write a number, not true/false")
     if tp is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if isinstance(value, dict | list | tuple):
+        # str() would accept anything: `output: {a: 1}` must not become the folder "{'a': 1}".
+        raise ConfigError(f"{where} must be a single {tp.__name__}, got a {'mapping' if isinstance(value, dict) else 'list'} "
+                          f"{value!r:.40}")
     try:
         return tp(value)
     except (TypeError, ValueError):
@@ -321,9 +329,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_sections(cls: type, d: dict[str, Any], source: str) -> None:
+    """Fail on a section of a config file (a field of ``cls`` that takes a mapping: ``data``, ``train``,
+    ``grid``, ...) that is not one, before command-line flags are merged into it."""
+    hints = typing.get_type_hints(cls)
+    for k, v in d.items():
+        tp = hints.get(k)
+        if tp is None or v is None or isinstance(v, dict):
+            continue
+        union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+        if all(dataclasses.is_dataclass(a) or typing.get_origin(a) is dict for a in args):
+            raise ConfigError(f"{source}.{k} must be a mapping of keys to values, got {type(v).__name__} {v!r:.40}")
+
+
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     """Set ``train.learning_rate``-style keys in a nested dict."""
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"bad key '{key}': expected a dotted key such as train.learning_rate")
     for i, p in enumerate(parts[:-1]):
         if d.get(p) is None:  # absent, or `intermediate: null` in the YAML: a section starts empty
             d[p] = {}

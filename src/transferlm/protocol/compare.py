@@ -60,9 +60,13 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         repeated = sorted({str(v) for v in values if values.count(v) > 1})
         if repeated:
             raise ConfigError(f"compare: {name} {', '.join(repeated)} listed more than once; list each once")
-    for m in cfg.methods:
-        get_method(m)  # fail fast on a typo, before any training
     points = grid_points(cfg.grid)
+    for m in cfg.methods:
+        method = get_method(m)  # fail fast on a typo, before any training
+        for point in points:  # and on a bad grid value: not after the candidates before it have trained
+            candidate = _apply(cfg.run, point, method=m)
+            candidate.train.validate()
+            method.parse_config(candidate.method_args)
     out = Path(cfg.output)
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
     # Which runs came from the cache: wall time is only known for the ones computed now.
