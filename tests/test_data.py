@@ -341,3 +341,38 @@ def test_hub_glue_tasks_are_scored_by_their_registry_metric(monkeypatch: pytest.
     monkeypatch.setitem(sys.modules, "datasets", fake)
     spec, _ = load_task(name, None, DataOptions(shots=4, seed=13))
     assert spec.metric == metric
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("train.json", "5", "the top level is int 5"),  # was a TypeError
+    ("train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n', "train.jsonl:2: empty label"),
+    ("train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": ["x"]}\n', "train.jsonl:2: column 'label' holds a list"),
+    ("train.jsonl", '{"text": {"t": 1}, "label": "x"}\n', "train.jsonl:1: column 'text' holds a JSON object"),
+    ("train.csv", "text,label\n", "train.csv has no data rows"),  # was "could not find any labels"
+])
+def test_bad_user_file_contents(tmp_path: Path, name: str, content: str, needle: str) -> None:
+    f = tmp_path / name
+    f.write_text(content)
+    spec = TaskSpec(name="mine", text_columns=("text",), label_column="label", format="", family="user")
+    with pytest.raises(DataError, match=needle.replace("[", r"\[")):
+        load_task(spec, options=DataOptions(train_file=str(f), shots=None))
+
+
+def test_empty_train_file_in_a_task_folder_is_named(tmp_path: Path) -> None:
+    (tmp_path / "t" / "original").mkdir(parents=True)
+    (tmp_path / "t" / "original" / "train.csv").write_text("")
+    with pytest.raises(DataError, match="train.csv has no data rows"):
+        load_task("t", tmp_path)
+
+
+@pytest.mark.parametrize("which", ["train_file", "dev_file", "test_file"])
+def test_missing_user_file_names_its_flag(tmp_path: Path, which: str) -> None:
+    f = tmp_path / "train.csv"
+    f.write_text("text,label\na,x\nb,y\n")
+    files = {"train_file": str(f), which: str(tmp_path / "nope.csv")}
+    flag = "--" + which.replace("_", "-")
+    with pytest.raises(DataError, match=f"{flag} .*nope.csv: not found"):
+        load_task("mine", options=DataOptions(shots=None, **files))
+    files[which] = str(tmp_path)  # a folder
+    with pytest.raises(DataError, match=f"{flag} .*: is a folder, not a file"):
+        load_task("mine", options=DataOptions(shots=None, **files))

@@ -167,11 +167,17 @@ def with_inferred_labels(spec: TaskSpec, files: list[Path]) -> TaskSpec:
         return spec
     # Read with a permissive spec: every raw label becomes its own class, in sorted order.
     seen: set[str] = set()
-    for path in files:
-        if path.is_file():
-            fmt = spec.format or path.suffix.lstrip(".")
-            seen.update(cell(row, spec.label_column, path, i).strip() for i, row in iter_rows(path, fmt, spec.header))
+    present = [path for path in files if path.is_file()]
+    for path in present:
+        fmt = spec.format or path.suffix.lstrip(".")
+        for i, row in iter_rows(path, fmt, spec.header):
+            label = cell(row, spec.label_column, path, i).strip()
+            if not label:  # would become a class "" of its own
+                raise DataError(f"{path}:{i}: empty label in column {spec.label_column!r}; fill it in or remove the row")
+            seen.add(label)
     if not seen:
+        if present:
+            raise DataError(f"{present[0]} has no data rows; put a row per example in it")
         raise DataError(f"task {spec.name}: could not find any labels; declare them with --labels")
     labels = tuple(sorted(seen, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s)))
     return spec.with_overrides(labels=labels, label_names=spec.label_names or labels)
@@ -294,6 +300,11 @@ def _test_path(spec: TaskSpec, task_dir: Path, original: Path) -> Path | None:
 
 def _load_user_files(spec: TaskSpec, options: DataOptions) -> tuple[TaskSpec, TaskData]:
     train_path = Path(options.train_file)
+    for flag, name in (("--train-file", options.train_file), ("--dev-file", options.dev_file),
+                       ("--test-file", options.test_file)):
+        if name and not Path(name).is_file():
+            what = "is a folder, not a file" if Path(name).is_dir() else "not found"
+            raise DataError(f"{flag} {name}: {what}; give a .csv, .tsv, .jsonl or .json file")
     if not spec.format:
         spec = spec.with_overrides(format=train_path.suffix.lstrip(".").lower())
     paths = [Path(p) for p in (options.train_file, options.dev_file, options.test_file) if p]

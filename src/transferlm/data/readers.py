@@ -100,6 +100,9 @@ def iter_rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, Any]]:
                         yield i, _json_obj(line, path, i)
         elif fmt == "json":
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict | list):
+                raise DataError(f"{path}: the top level is {type(data).__name__} {data!r:.40}, not a list of records "
+                                "(or an object of them); write [{\"text\": ..., \"label\": ...}, ...]")
             records = data.values() if isinstance(data, dict) else data
             for i, rec in enumerate(records, 1):
                 yield i, _json_record(rec, path, i)
@@ -156,6 +159,11 @@ def cell(row: Any, col: Column, path: Path, lineno: int) -> str:
         have = [k for k in row if k != "__cells__"] if isinstance(row, dict) else f"{len(row)} columns"
         raise DataError(f"{path}:{lineno}: missing column {col!r} (found {have}); "
                         "set text/label columns with --text-columns/--label-column") from None
+    if isinstance(value, dict | list):
+        # str() would make "['pos']" a label (or text) of its own.
+        raise DataError(f"{path}:{lineno}: column {col!r} holds a {'list' if isinstance(value, list) else 'JSON object'} "
+                        f"{value!r:.40}, not a text or label value; fix the row or point --text-columns/--label-column "
+                        "at another column")
     return "" if value is None else str(value)
 
 
