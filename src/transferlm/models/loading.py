@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from .. import compat
@@ -46,8 +47,18 @@ class Backbone:
         return getattr(cfg, "hidden_size", None) or cfg.d_model
 
 
+# Any one of these in a model folder is a saved tokenizer (fast, WordPiece, BPE or SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
     """The tokenizer saved with the model at ``path``, with a pad token (decoders often lack one)."""
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would load an empty vocabulary from such a folder: every word [UNK], a run of noise.
+        raise ModelError(f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                         "save the tokenizer into it too (tokenizer.save_pretrained(folder))")
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     # Right padding whatever the folder saved: left padding shifts the positions of a short row in an
     # absolute-position decoder (GPT-2), so its prediction would depend on the batch it is in.
@@ -76,6 +87,9 @@ def load_backbone(name: str, *, head: str = "base", trust_remote_code: bool = Fa
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model '{name}' with a {head} head ({_first_line(e)})"
                          + (SAFETENSORS_ONLY if not _has_safetensors(path) else "")) from None
+    except SafetensorError as e:
+        raise ModelError(f"cannot load model '{name}': its weights file is damaged ({_first_line(e)}); copy or save "
+                         "the model folder again") from None
     missing = sorted(info.get("missing_keys") or ())
     if head != "base" and missing:
         # An LM head the checkpoint lacks is randomly initialised: a prompt read through it scores noise.
