@@ -107,6 +107,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ReportError(f"{path} is not valid JSON (line {e.lineno}); rerun the command that wrote it") from None
+    except UnicodeDecodeError as e:
+        raise ReportError(f"{path} is not UTF-8 text ({e.reason}), so not a file transferlm wrote; rerun the command "
+                          "that wrote it") from None
     except OSError as e:
         raise ReportError(f"cannot read {path}: {e.strerror}") from None
     if not isinstance(data, dict):

@@ -63,8 +63,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for item in args.task or []:
         if "=" not in item:
             raise ConfigError(f"--task expects NAME=FOLDER (a run's <output>/model), got '{item}'")
-        name, folder = item.split("=", 1)
-        tasks[name.strip()] = folder.strip()
+        name, folder = (part.strip() for part in item.split("=", 1))
+        if not folder:
+            raise ConfigError(f"--task {item}: no folder after '='; give NAME=FOLDER (a run's <output>/model)")
+        if name in tasks:
+            raise ConfigError(f"--task {name} is given twice ({tasks[name]} and {folder}); give each task name once")
+        tasks[name] = folder
     flags = {"model": args.model, "tasks": tasks, "host": args.host, "port": args.port, "batching": args.batching,
              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
              "request_timeout_s": args.timeout, "header_timeout_s": args.header_timeout,
