@@ -151,3 +151,93 @@ def test_prompt_flags_reach_method_args(tmp_path) -> None:
     bad = build_parser().parse_args(["run", "--label-words", "{not json"])
     with pytest.raises(ConfigError, match="--label-words"):
         build_run_dict(bad)
+
+
+def _in_process_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run ``transferlm argv`` in this process: a traceback raises here; else the one error line and exit 2."""
+    from transferlm.cli import main
+
+    rc = main(list(argv))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and lines and lines[-1].startswith("transferlm: error:"), (rc, lines[-5:])
+    return lines[-1]
+
+
+# (files to write under tmp: name -> text, argv with {tmp}/{model}/{data} filled in, needles of the error line)
+BAD_INPUT = {
+    "yaml data scalar": ({"c.yaml": "data: 5\n"}, ["run", "--config", "{tmp}/c.yaml", "--output", "{tmp}/o"],
+                         ["c.yaml.data must be a mapping"]),
+    "yaml data null": ({"c.yaml": "data: null\n"}, ["run", "--config", "{tmp}/c.yaml", "--output", "{tmp}/o"],
+                       ["no data directory"]),
+    "yaml method_args scalar": ({"c.yaml": "method_args: 5\n"},
+                                ["run", "--config", "{tmp}/c.yaml", "--data-dir", "{data}", "--output", "{tmp}/o"],
+                                ["c.yaml.method_args must be a mapping"]),
+    "yaml task list": ({"c.yaml": "task: [a, b]\n"}, ["run", "--config", "{tmp}/c.yaml", "--output", "{tmp}/o"],
+                       ["c.yaml.task must be a single str"]),
+    "yaml shots named as the file's": ({"c.yaml": "data:\n  shots: -1\n"},
+                                       ["run", "--config", "{tmp}/c.yaml", "--output", "{tmp}/o"],
+                                       ["c.yaml.data.shots must be a positive integer"]),
+    "set empty key": ({}, ["run", "--set", "=3", "--output", "{tmp}/o"], ["bad key ''"]),
+    "compare yaml grid list": ({"c.yaml": "grid: [1]\n"}, ["compare", "--config", "{tmp}/c.yaml", "--output",
+                                                           "{tmp}/o"], ["c.yaml.grid must be a mapping"]),
+    "compare yaml seeds": ({"c.yaml": "seeds: 13x\n"}, ["compare", "--config", "{tmp}/c.yaml", "--output", "{tmp}/o"],
+                           ["c.yaml.seeds: bad value '13x'"]),
+    "compare later grid value": ({}, ["compare", "--task", "toy", "--data-dir", "{data}", "--model", "{model}",
+                                      "--seeds", "13", "--steps", "1", "--quiet", "--grid", "train.batch_size=4,0",
+                                      "--output", "{tmp}/o"], ["train.batch_size must be > 0"]),
+    "multitask yaml data scalar": ({"c.yaml": "data: 5\ntasks: [a, b]\n"},
+                                   ["multitask", "--config", "{tmp}/c.yaml", "--output", "{tmp}/o"],
+                                   ["c.yaml.data must be a mapping"]),
+    "pretrain yaml texts scalar": ({"c.yaml": "texts: 5\n"}, ["pretrain", "--config", "{tmp}/c.yaml", "--output",
+                                                              "{tmp}/o"], ["c.yaml.texts must be a list"]),
+    "train file missing": ({}, ["run", "--task", "mine", "--train-file", "{tmp}/nope.csv", "--output", "{tmp}/o"],
+                           ["--train-file", "nope.csv: not found"]),
+    "run output is a file": ({"o": "keep"}, ["run", "--task", "toy", "--data-dir", "{data}", "--model", "{model}",
+                                             "--steps", "1", "--quiet", "--output", "{tmp}/o"],
+                             ["--output", "is an existing file"]),
+    "kshot output is a file": ({"o": "keep"}, ["kshot", "--task", "toy", "--data-dir", "{data}", "--seeds", "13",
+                                               "--output", "{tmp}/o"], ["is a file, so no folder can be made"]),
+    "pretrain output holds other files": ({"o/notes.txt": "keep"},
+                                          ["pretrain", "--model", "{model}", "--text", "{tmp}/t.txt", "--steps", "1",
+                                           "--quiet", "--output", "{tmp}/o"], ["is a folder with other files"]),
+    "model without tokenizer": ({}, ["run", "--task", "toy", "--data-dir", "{data}", "--model", "{tmp}/notok",
+                                     "--steps", "1", "--quiet", "--output", "{tmp}/o"], ["has no tokenizer files"]),
+    "model with truncated weights": ({}, ["run", "--task", "toy", "--data-dir", "{data}", "--model", "{tmp}/cut",
+                                          "--steps", "1", "--quiet", "--output", "{tmp}/o"],
+                                     ["weights file is damaged"]),
+    "report summary not utf-8": ({}, ["report", "{tmp}/bin", "--output", "{tmp}/o"], ["not UTF-8 text"]),
+    "serve task twice": ({}, ["serve", "--task", "a={tmp}/x", "--task", "a={tmp}/y"], ["--task a is given twice"]),
+    "serve task without folder": ({}, ["serve", "--task", "a="], ["no folder after '='"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_leaves_nothing(case: str, tiny_bert: Path, toy_data: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    files, argv, needles = BAD_INPUT[case]
+    monkeypatch.delenv("TRANSFERLM_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for name, text in {"t.txt": "good movie\nbad film\n", **files}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "notok").mkdir()  # config and weights, no tokenizer files
+    (tmp_path / "cut").mkdir()  # tokenizer and config, weights cut short
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_bert / name, tmp_path / "notok" / name)
+    for p in tiny_bert.iterdir():
+        if p.name != "model.safetensors":
+            shutil.copy(p, tmp_path / "cut" / p.name)
+    (tmp_path / "cut" / "model.safetensors").write_bytes((tiny_bert / "model.safetensors").read_bytes()[:1000])
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "summary.json").write_bytes(b"\xff\xfe{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    dirs = {p for p in tmp_path.rglob("*") if p.is_dir()}
+    line = _in_process_error(capsys, *(a.format(tmp=tmp_path, model=tiny_bert, data=toy_data) for a in argv))
+    for n in needles:
+        assert n in line, line
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, "bad input must write nothing and delete nothing"
+    assert {p for p in tmp_path.rglob("*") if p.is_dir()} == dirs, "no folders made either"
