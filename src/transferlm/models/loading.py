@@ -49,7 +49,7 @@ class Backbone:
 
 # Any one of these in a model folder is a saved tokenizer (fast, WordPiece, BPE or SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "tokenizer.model", "sentencepiece.bpe.model")
+                   "tokenizer.model", "sentencepiece.bpe.model", "spm.model", "sentencepiece.model", "merges.txt")
 
 
 def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
