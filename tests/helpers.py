@@ -68,3 +68,21 @@ def run_killed_in_test_evaluation(monkeypatch, cfg, batches: int) -> None:
         m.setattr(eval_resume.PartialPredictions, "add", dying)
         with pytest.raises(KeyboardInterrupt):
             run(cfg)
+
+
+def killed_when(monkeypatch, owner, attr: str, when, job) -> None:
+    """Run ``job()`` with ``owner.attr`` raising KeyboardInterrupt, as a kill would, on the first call whose
+    arguments satisfy ``when(*args)``; the interruption must happen."""
+    import pytest
+
+    real = getattr(owner, attr)
+
+    def dying(*args):
+        if when(*args):
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(owner, attr, dying)
+        with pytest.raises(KeyboardInterrupt):
+            job()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import killed_when
 from transferlm.training.pretrain import PretrainConfig, Pretrainer, pretrain
 
 TEXT = ["the movie was good", "the plot is boring", "very fun acting and a good story", "I hate the film",
@@ -25,17 +26,7 @@ def pretrain_cfg(model: Path, texts: list[str], out: Path, **kw) -> PretrainConf
 
 def cut_after_step_4(monkeypatch: pytest.MonkeyPatch, cfg: PretrainConfig) -> None:
     """Run ``cfg`` until it is interrupted after its step-4 checkpoint, as a killed run would be."""
-    original = Pretrainer._batch
-
-    def dying(self, rows, step):
-        if step == 5:
-            raise KeyboardInterrupt
-        return original(self, rows, step)
-
-    with monkeypatch.context() as m:
-        m.setattr(Pretrainer, "_batch", dying)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(cfg)
+    killed_when(monkeypatch, Pretrainer, "_batch", lambda self, rows, step: step == 5, lambda: pretrain(cfg))
 
 
 def strict_json(path: Path):

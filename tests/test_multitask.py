@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import killed_when
 from transferlm.config import RunConfig
 from transferlm.models.loading import load_backbone
 from transferlm.protocol import multitask as mt
@@ -31,17 +32,7 @@ def _cfg(model: Path, data: Path, out: Path | None, **train: object) -> Multitas
 
 def _killed_after_step_4(monkeypatch: pytest.MonkeyPatch, cfg: MultitaskConfig) -> None:
     """Run ``cfg`` until it is interrupted in its sixth step, after its step-4 checkpoint, as a kill would."""
-    real = mt.step_seed
-
-    def dying(seed: int, step: int, rank: int) -> int:
-        if step == 5:
-            raise KeyboardInterrupt
-        return real(seed, step, rank)
-
-    with monkeypatch.context() as m:
-        m.setattr(mt, "step_seed", dying)
-        with pytest.raises(KeyboardInterrupt):
-            multitask(cfg)
+    killed_when(monkeypatch, mt, "step_seed", lambda seed, step, rank: step == 5, lambda: multitask(cfg))
     state = json.loads((Path(cfg.output) / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4 and not (Path(cfg.output) / "model").exists()
 
