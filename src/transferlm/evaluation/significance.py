@@ -82,6 +82,14 @@ def _p_value(pairs: list[tuple[float, float]], diffs: list[float]) -> float | No
     return float(ttest_rel(a, b).pvalue)
 
 
+def best_by_mean(items: Sequence[Any], mean: Any) -> Any:
+    """The item with the highest finite ``mean(item)`` (higher is better; the first of equal means), or None.
+
+    One rule for compare's ``vs_best`` and the report's marks, so both name the same best."""
+    finite = [x for x in items if isinstance(m := mean(x), int | float) and math.isfinite(m)]
+    return max(finite, key=mean) if finite else None  # max keeps the first of equal means
+
+
 def vs_best(rows: Sequence[dict[str, Any]], seeds: Sequence[int] | None = None) -> dict[str, Any] | None:
     """Compare's ``vs_best`` section: the method with the best mean (higher is better; the first on a tie; a
     NaN mean never wins) and every other method's paired test against it (difference = method - best).
@@ -89,10 +97,9 @@ def vs_best(rows: Sequence[dict[str, Any]], seeds: Sequence[int] | None = None) 
     ``rows`` carry ``method``, ``mean``, ``per_seed`` and ``seeds`` (``seeds`` falls back to the argument, for
     rows written before they carried their own). None when no row has a finite mean.
     """
-    finite = [r for r in rows if isinstance(r.get("mean"), int | float) and math.isfinite(r["mean"])]
-    if not finite:
+    best = best_by_mean(rows, lambda r: r.get("mean"))
+    if best is None:
         return None
-    best = max(finite, key=lambda r: r["mean"])  # max keeps the first of equal means
 
     def seeds_of(r: dict[str, Any]) -> list[int]:
         return list(r.get("seeds") or seeds or [])

@@ -17,7 +17,6 @@ checkpoint written under other settings or data is discarded. The checkpoint goe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -42,7 +41,6 @@ from ..evaluation.metrics import compute_metrics
 from ..io import atomic_dir, check_output_dir, write_json
 from ..methods.finetune import make_collate, pool, resolve_pooling
 from ..models.loading import Backbone, load_backbone
-from ..models.zoo import model_digest
 from ..training.checkpoint import (
     checkpoint_state,
     load_checkpoint,
@@ -53,7 +51,7 @@ from ..training.checkpoint import (
 from ..training.engine import effective_precision, get_accelerator
 from ..training.optim import adamw, linear_schedule, optimizer_step
 from ..training.seeding import set_seed, step_seed
-from .run import IGNORED_TRAIN, LOCATION
+from .run import config_fingerprint
 
 log = logging.getLogger(__name__)
 HEADS_FILE, HEADS_JSON = "heads.safetensors", "heads.json"
@@ -136,19 +134,6 @@ def total_steps(train: TrainConfig, sizes: list[int]) -> int:
     return max(1, math.ceil(train.epochs * sum(math.ceil(n / train.batch_size) for n in sizes)))
 
 
-def training_fingerprint(cfg: MultitaskConfig, digests: dict[str, dict[str, str]]) -> str:
-    """A digest of what the training depends on (config, each task's data, the model's files), as ``run``'s:
-    a checkpoint written under another one is not resumed."""
-    config = asdict(cfg)
-    for key in ("output", "quiet", "resume"):
-        config.pop(key)
-    config["train"] = {k: v for k, v in config["train"].items() if k not in IGNORED_TRAIN}
-    config["data"] = {k: v for k, v in config["data"].items() if k not in LOCATION}
-    payload = json.dumps({"config": config, "data": digests, "model": model_digest(cfg.model)}, sort_keys=True,
-                         default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
 def _rng_state(rng: np.random.RandomState) -> list[Any]:
     name, keys, pos, has_gauss, cached = rng.get_state()
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
@@ -201,7 +186,8 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}
     start, best, best_score, history, seconds_before, resumed_from = 0, None, -math.inf, [], 0.0, None
     out_dir = Path(cfg.output) if cfg.output else None
-    fingerprint = training_fingerprint(cfg, {t: d.digests() for t, (_, d) in loaded.items()})
+    # What a checkpoint must match to be resumed, as run's: config, each task's data, the model's files.
+    fingerprint = config_fingerprint(asdict(cfg), cfg.model, data={t: d.digests() for t, (_, d) in loaded.items()})
     if out_dir is not None and cfg.resume:
         restored = _restore(out_dir, fingerprint, model, optimizer, scheduler)
         if restored is not None:

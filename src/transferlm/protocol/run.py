@@ -53,13 +53,16 @@ def training_fingerprint(cfg: RunConfig, method_settings: dict[str, Any], digest
     """A digest of what a run's training depends on: its config, the method's settings after ``resolve``
     (an automatic search's choice included), the digests of the data it reads and the model's files (a
     checkpoint of a model folder rewritten since, e.g. a pretrain output, is not resumed)."""
-    config = cfg.to_dict()
-    for key in IGNORED:
-        config.pop(key, None)
+    return config_fingerprint(cfg.to_dict(), cfg.model, method=method_settings, data=digests)
+
+
+def config_fingerprint(config: dict[str, Any], model: str, **parts: Any) -> str:
+    """A digest of a config (less ``IGNORED``, ``IGNORED_TRAIN`` and ``LOCATION``), the model's files and
+    ``parts``: what a checkpoint of ``run`` or ``multitask`` must match to be resumed."""
+    config = {k: v for k, v in config.items() if k not in IGNORED}
     config["train"] = {k: v for k, v in (config.get("train") or {}).items() if k not in IGNORED_TRAIN}
     config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k not in LOCATION}
-    payload = json.dumps({"config": config, "method": method_settings, "data": digests,
-                          "model": model_digest(cfg.model)}, sort_keys=True, default=str)
+    payload = json.dumps({"config": config, **parts, "model": model_digest(model)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 

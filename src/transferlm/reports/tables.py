@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..evaluation.significance import ALPHA, TEST, paired_test
+from ..evaluation.significance import ALPHA, TEST, best_by_mean, paired_test
 from ..protocol.table import DEV_ONLY_NOTE, METRIC_ABBREV, human_count, percent_text
 from .collect import Cell, Collection
 
@@ -83,10 +83,9 @@ def mark_near_best(rows: list[list[TableCell]], j: int, cells: list[Cell | None]
     mark those not significantly behind. ``cells``: the row's Cell per row. Whether any pair was tested.
 
     Only cells over the same K and split as the best are paired: another K draws other examples per seed."""
-    scored = [(r, c) for r, c in zip(rows, cells, strict=True) if c is not None and math.isfinite(c.mean)]
-    if not scored:
+    top = best_by_mean([c for c in cells if c is not None], lambda c: c.mean)  # as compare's vs_best
+    if top is None:
         return False
-    _, top = max(scored, key=lambda rc: rc[1].mean)  # the first of equal means, as compare's vs_best
     tested = False
     for r, c in zip(rows, cells, strict=True):
         if c is None or c is top or c.shots != top.shots or c.split != top.split:
@@ -310,10 +309,11 @@ def csv_rows(collection: Collection, table: Table | None = None) -> list[dict[st
     marks = {(task, row[0].text): row[j] for j, task in enumerate(collection.tasks, start=1) for row in table.rows}
     out = []
     for c in collection.cells:
+        mark = marks[c.task, c.method]
         out.append({"task": c.task, "method": c.method, "metric": c.metric, "split": c.split, "mean": c.mean,
                     "std": c.std, "n_seeds": len(c.per_seed), "seeds": ";".join(map(str, c.seeds)),
-                    "per_seed": ";".join(repr(x) for x in c.per_seed), "best": int(marks[c.task, c.method].best),
-                    "p_vs_best": marks[c.task, c.method].p_vs_best, "near_best": int(marks[c.task, c.method].near_best),
+                    "per_seed": ";".join(repr(x) for x in c.per_seed), "best": int(mark.best),
+                    "p_vs_best": mark.p_vs_best, "near_best": int(mark.near_best),
                     "trainable_params": c.trainable_params, "total_params": c.total_params,
                     "trainable_percent": c.trainable_percent, "train_seconds": c.train_seconds,
                     "eval_seconds": c.eval_seconds, "model": c.model, "shots": c.shots, "raw_method": c.raw_method,
