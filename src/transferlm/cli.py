@@ -207,7 +207,7 @@ def _list_arg(raw: Any, cast: type, where: str = "list") -> list[Any]:
     """A comma-separated option (or a config file's list) as a list of ``cast``; ``where`` names it in errors."""
     bad = ConfigError(f"{where}: bad value {raw!r}; expected comma-separated {cast.__name__}s (e.g. "
                       f"{'13,21' if cast is int else 'a,b'})")
-    if isinstance(raw, dict) or isinstance(raw, bool):
+    if isinstance(raw, dict | bool):
         raise bad
     items = raw if isinstance(raw, list) else str(raw).split(",")
     if any(isinstance(x, dict | list | bool) or (isinstance(x, float) and cast is int) for x in items):

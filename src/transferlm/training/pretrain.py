@@ -355,16 +355,16 @@ class Pretrainer:
         self.model.train()
         accum = cfg.grad_accum_steps
         per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))  # micro-batches
-        orders: dict[int, np.ndarray] = {}  # this epoch's order: drawn once, not once per micro-batch
+        order_epoch, perm = -1, np.arange(0)  # this epoch's order: drawn once, not once per micro-batch
         for step in range(start, cfg.steps):
             warm = head_only and step < cfg.head_warmup_steps
             torch.manual_seed(step_seed(cfg.seed, offset + step, 0))
             batches = []
             for micro in range(step * accum, (step + 1) * accum):  # data and masks: functions of the micro-batch
                 epoch, pos = divmod(micro, per_epoch)
-                if epoch not in orders:
-                    orders = {epoch: np.random.RandomState(cfg.seed * 31 + epoch + idx * 1000).permutation(len(train_rows))}
-                perm = orders[epoch]
+                if epoch != order_epoch:
+                    order_epoch = epoch
+                    perm = np.random.RandomState(cfg.seed * 31 + epoch + idx * 1000).permutation(len(train_rows))
                 rows = [train_rows[i] for i in perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
                 batches.append(self._batch(rows, offset * accum + micro))
             tokens += sum(int(b["attention_mask"].sum()) for b in batches)
