@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 from helpers import killed_when
 from transferlm.config import RunConfig
+from transferlm.errors import TransferLMError
 from transferlm.models.loading import load_backbone
 from transferlm.protocol import multitask as mt
 from transferlm.protocol.multitask import MultitaskConfig, multitask
@@ -145,3 +147,87 @@ def test_a_failed_save_leaves_no_model_folder_and_the_rerun_does_not_train_again
     res = multitask(_cfg(tiny_bert, two_tasks, out))
     assert res["resumed_from_step"] == 8 and (out / "model" / "heads.safetensors").is_file()
     assert not (out / "checkpoint").exists()
+
+
+def _built(monkeypatch: pytest.MonkeyPatch) -> list[mt.MultiTaskModel]:
+    """The multi-task models ``multitask`` builds, recorded (the one whose weights the folder holds)."""
+    built: list[mt.MultiTaskModel] = []
+
+    class Recorded(mt.MultiTaskModel):
+        def __init__(self, *a, **k) -> None:
+            super().__init__(*a, **k)
+            built.append(self)
+
+    monkeypatch.setattr(mt, "MultiTaskModel", Recorded)
+    return built
+
+
+def _prompt_run(model: Path, data: Path, out: Path) -> RunConfig:
+    from prompt_helpers import prompt_cfg
+
+    cfg = prompt_cfg(model, data, "prompt-finetune")
+    cfg.output, cfg.train.max_steps, cfg.train.eval_every = str(out), 2, 2
+    return cfg
+
+
+@pytest.mark.parametrize("base", ["tiny_mlm", "tiny_gpt2", "tiny_llama"])
+def test_a_base_with_an_lm_head_saves_it_beside_the_trained_encoder_and_prompt_methods_start_from_it(
+        base: str, two_tasks: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> None:
+    base_dir = request.getfixturevalue(base)
+    built = _built(monkeypatch)
+    out = tmp_path / "mt"
+    multitask(_cfg(base_dir, two_tasks, out, checkpoint_every=0))
+    monkeypatch.undo()
+    folder, encoder = out / "model", built[0].backbone
+    kind = "mlm" if base == "tiny_mlm" else "causal"
+    assert json.loads((folder / "heads.json").read_text())["lm_head"] == kind
+    trained = encoder.state_dict()
+    # `run --model` (a bare backbone) gets exactly the trained encoder, BERT's untrained pooler included, as before.
+    assert _same_tensors(load_backbone(str(folder)).model.state_dict(), trained)
+    # The LM loads with its head: the trained encoder, and the base's LM head ...
+    lm, original = load_backbone(str(folder), head=kind).model, load_backbone(str(base_dir), head=kind).model
+    core = lm.base_model.state_dict()
+    assert core and all(torch.equal(v, trained[k]) for k, v in core.items())
+    prefix = f"{lm.base_model_prefix}."
+    head = {k: v for k, v in lm.state_dict().items() if not k.startswith(prefix)}
+    base_head = {k: v for k, v in original.state_dict().items() if not k.startswith(prefix)}
+    out_layer, embeddings = lm.get_output_embeddings().weight, lm.get_input_embeddings().weight
+    tied = bool(lm.config.tie_word_embeddings)
+    assert tied == (base != "tiny_llama")  # one untied case: the Llama's lm_head is its own
+    # ... whose output layer, where the base ties it to the input embeddings, is them: the trained ones.
+    assert (out_layer is embeddings) == tied
+    out_key = next(f"{n}.weight" for n, m in lm.named_modules(remove_duplicate=False)
+                   if m is lm.get_output_embeddings())  # cls.predictions.decoder.weight, lm_head.weight
+    embeddings_key = next(k for k, v in encoder.named_parameters() if v is encoder.get_input_embeddings().weight)
+    assert torch.equal(out_layer, trained[embeddings_key] if tied else base_head[out_key])
+    assert not torch.equal(embeddings, original.get_input_embeddings().weight)  # training moved them
+    assert head.keys() == base_head.keys() and all(torch.equal(head[k], base_head[k]) for k in head if k != out_key)
+    # A prompt method starts from the folder and trains; fine-tuning a classifier from it still does too.
+    prompted = run(_prompt_run(folder, two_tasks, tmp_path / "prompt")).results
+    assert prompted["steps"] == 2 and "accuracy" in prompted["metrics"]
+    target = RunConfig.from_dict({"task": "toy", "model": str(folder), "quiet": True,
+                                  "data": {"data_dir": str(two_tasks), "shots": 8},
+                                  "train": {"max_steps": 2, "eval_every": 2, "checkpoint_every": 0}})
+    assert "accuracy" in run(target).results["metrics"]
+
+
+@pytest.mark.parametrize("config", ["as_saved", "no_architectures"])
+def test_a_base_without_an_lm_head_saves_the_encoder_alone_which_prompt_methods_refuse(
+        tiny_bert: Path, two_tasks: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str) -> None:
+    base = tiny_bert
+    if config == "no_architectures":  # the kind unknown until loading with an MLM head finds no head weights
+        base = tmp_path / "bare"
+        shutil.copytree(tiny_bert, base)
+        settings = json.loads((base / "config.json").read_text())
+        del settings["architectures"]
+        (base / "config.json").write_text(json.dumps(settings))
+    built = _built(monkeypatch)
+    out = tmp_path / "mt"
+    multitask(_cfg(base, two_tasks, out, checkpoint_every=0))
+    monkeypatch.undo()
+    folder = out / "model"
+    assert json.loads((folder / "heads.json").read_text())["lm_head"] is None
+    assert _same_tensors(load_file(str(folder / "model.safetensors")), built[0].backbone.state_dict())
+    with pytest.raises(TransferLMError, match="LM head"):
+        run(_prompt_run(folder, two_tasks, tmp_path / "prompt"))

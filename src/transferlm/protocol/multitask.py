@@ -9,7 +9,10 @@ errors here rather than silently ignored.
 With an ``output`` folder it writes ``multitask.json`` (metrics, history) and the (dev-selected) model in
 ``output/model/``: the shared encoder and its tokenizer in Hugging Face format, so ``transferlm run --model
 output/model`` fine-tunes on a target task from it (MT-DNN style pre-finetuning), plus every task's head in
-``heads.safetensors`` described by ``heads.json`` (``load_multitask_model`` reads both back). Every
+``heads.safetensors`` described by ``heads.json`` (``load_multitask_model`` reads both back). When the base model
+has an LM head (a masked or causal LM), the folder holds the whole ``*ForMaskedLM``/``*ForCausalLM``: the trained
+encoder with the base's own (untrained) LM head, so prompt methods (prompt-finetune, prompt-zero-shot, icl) start
+from it too; a bare-encoder base (minilm-l6) gives the encoder alone, which prompt methods refuse. Every
 ``train.checkpoint_every`` steps it checkpoints to ``output/checkpoint/`` as the one-task engine does; a rerun
 of the same config resumes there and ends with the same weights and history as an uninterrupted run, while a
 checkpoint written under other settings or data is discarded. The checkpoint goes once the run is recorded.
@@ -36,10 +39,11 @@ from tqdm.auto import tqdm
 from ..config import DataConfig, TrainConfig
 from ..data.loading import DataOptions, load_task
 from ..data.tasks import TaskSpec
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, ModelError
 from ..evaluation.metrics import compute_metrics
 from ..io import atomic_dir, check_output_dir, write_json
 from ..methods.finetune import make_collate, pool, resolve_pooling
+from ..methods.prompting.common import prompt_head
 from ..models.loading import Backbone, load_backbone
 from ..training.checkpoint import (
     checkpoint_state,
@@ -259,7 +263,8 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
         results["tasks"][t] = {"primary_metric": spec.metric, "dev_metrics": evaluate(t, data.dev),
                                "metrics": evaluate(t, data.test) if data.test else {}}
     if out_dir is not None:
-        save_multitask_model(out_dir / "model", inner, backbone.tokenizer, {t: s for t, (s, _) in loaded.items()})
+        save_multitask_model(out_dir / "model", inner, backbone.tokenizer, {t: s for t, (s, _) in loaded.items()},
+                             lm=base_lm(cfg.model))
         results["model_dir"] = str(out_dir / "model")
         write_json(out_dir / "multitask.json", results)
         if not cfg.train.keep_checkpoint:  # recorded: the checkpoint (kept through the evaluations) goes
@@ -267,17 +272,59 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     return results
 
 
-def save_multitask_model(folder: Path, model: MultiTaskModel, tokenizer: Any, specs: dict[str, TaskSpec]) -> None:
+def base_lm(name: str) -> Backbone | None:
+    """The base model ``name`` with its LM head (masked or causal), or None where it has none (a bare encoder such
+    as minilm-l6): the saved folder then holds the encoder alone, as prompt methods' refusal expects."""
+    try:
+        head = prompt_head(name)
+    except ConfigError:  # the zoo or its config.json says: an encoder without an LM head
+        return None
+    try:
+        return load_backbone(name, head=head)
+    except ModelError as e:
+        # The bare model loaded from these same files, so this is a missing head (or no head class), not damage.
+        log.info("base model %s has no usable %s head (%s); the saved model is the encoder alone, which prompt "
+                 "methods refuse", name, head, e)
+        return None
+
+
+def with_trained_encoder(lm: nn.Module, encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of ``lm`` (the base with its LM head, changed in place) with the trained ``encoder`` in it: the
+    base's LM head beside the trained encoder, plus the encoder weights the LM class lacks (BERT's pooler) under
+    its prefix, so the folder loads as ``AutoModel`` with exactly the trained encoder, as before."""
+    core = lm.base_model
+    if core is lm:
+        raise CheckpointError(f"{type(lm).__name__} has no separate encoder module to put the trained one in")
+    trained = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    # load_state_dict copies into the existing tensors: an output layer tied to the input embeddings (BERT's
+    # decoder, GPT-2's lm_head) follows the trained embeddings, as the Hugging Face class keeps it.
+    result = core.load_state_dict(trained, strict=False)
+    if result.missing_keys:
+        raise CheckpointError(f"the trained encoder lacks weights of {type(lm).__name__} "
+                              f"(e.g. {result.missing_keys[0]}); it is not the base model's architecture")
+    lm.tie_weights()  # re-tied as from_pretrained leaves it, whatever load_state_dict did to the shared tensor
+    return {**lm.state_dict(), **{f"{lm.base_model_prefix}.{k}": trained[k] for k in result.unexpected_keys}}
+
+
+def save_multitask_model(folder: Path, model: MultiTaskModel, tokenizer: Any, specs: dict[str, TaskSpec],
+                         lm: Backbone | None = None) -> None:
     """The shared encoder and its tokenizer in Hugging Face format (a model folder that ``load_backbone`` and
-    ``run --model`` take) with every task's head beside it; written atomically, never half."""
+    ``run --model`` take) with every task's head beside it; written atomically, never half. With ``lm`` (the base
+    with its LM head) the folder is that LM class with the trained encoder, so prompt methods load it too."""
     with atomic_dir(folder) as tmp:
-        model.backbone.save_pretrained(tmp)
+        if lm is None:
+            model.backbone.save_pretrained(tmp)
+        else:
+            # save_pretrained drops the tied duplicates (the output layer shared with the embeddings): safetensors.
+            lm.model.save_pretrained(tmp, state_dict=with_trained_encoder(lm.model, model.backbone))
         tokenizer.save_pretrained(tmp)
         save_file({f"{t}.{k}": v.detach().cpu().contiguous() for t in specs
                    for k, v in model.heads[_key(t)].state_dict().items()}, str(tmp / HEADS_FILE))
-        write_json(tmp / HEADS_JSON, {"pooling": model.pooling, "tasks": {
-            t: {"num_labels": s.num_labels, "labels": list(s.labels), "regression": s.regression, "metric": s.metric}
-            for t, s in specs.items()}})
+        # lm_head: "mlm"/"causal" where prompt methods can load the folder, None for the encoder alone.
+        write_json(tmp / HEADS_JSON, {"pooling": model.pooling, "lm_head": lm.kind if lm is not None else None,
+                                      "tasks": {t: {"num_labels": s.num_labels, "labels": list(s.labels),
+                                                    "regression": s.regression, "metric": s.metric}
+                                                for t, s in specs.items()}})
 
 
 def load_multitask_model(folder: str | Path) -> tuple[Backbone, MultiTaskModel]:
