@@ -183,6 +183,8 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tiny_bert: Path, toy_data
         changed = run(_cfg(tiny_bert, toy_data, out, learning_rate=1e-5, checkpoint_every=8)).results
     fresh = run(_cfg(tiny_bert, toy_data, None, learning_rate=1e-5)).results
     assert changed["resumed_from_step"] is None and "starting over" in caplog.text
+    assert [r.name for r in caplog.records if "starting over" in r.getMessage()] == ["transferlm.training.engine"]
+    assert "was written by a run with another config, method settings or data (step 8)" in caplog.text
     assert [h["loss"] for h in changed["history"]] == [h["loss"] for h in fresh["history"]]
     assert changed["metrics"] == fresh["metrics"]
     # Where only checkpointing options differ, the checkpoint is the same run's: it is resumed.

@@ -113,7 +113,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_bert: Path,
 
 @pytest.mark.parametrize("change", ["learning_rate", "seed", "tasks", "no_resume"])
 def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_bert: Path, two_tasks: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch, change: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     _killed_after_step_4(monkeypatch, _cfg(tiny_bert, two_tasks, tmp_path / "mt"))
     cfgs = [_cfg(tiny_bert, two_tasks, tmp_path / "mt"), _cfg(tiny_bert, two_tasks, None)]
     for cfg in cfgs:
@@ -125,8 +126,15 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_bert: Path, two_task
             cfg.tasks = ["toy2", "toy"]  # the same heads, another draw order: resuming it is wrong too
         else:
             cfg.resume = False
-    again, fresh = multitask(cfgs[0]), multitask(cfgs[1])
+    with caplog.at_level("WARNING", logger="transferlm.protocol.multitask"):
+        again = multitask(cfgs[0])
+    fresh = multitask(cfgs[1])
     assert again["resumed_from_step"] is None
+    # --no-resume never reads it; another setting finds it stale and says so.
+    warned = [r.getMessage() for r in caplog.records if "starting over" in r.getMessage()]
+    assert warned == ([] if change == "no_resume" else [
+        f"checkpoint in {tmp_path / 'mt'} was written by a multitask run with another config or data (step 4); "
+        "starting over"])
     assert again["history"] == fresh["history"] and again["tasks"] == fresh["tasks"]
 
 

@@ -308,3 +308,67 @@ def test_mlm_with_a_tokenizer_without_a_mask_token_is_a_model_error(tiny_bert: P
     with pytest.raises(ModelError, match="no mask token"):
         pretrain(pretrain_cfg(folder, [str(text_file)], tmp_path / "o"))
     assert not (tmp_path / "o").exists() and not (tmp_path / ".o.pretrain").exists(), "nothing written"
+
+
+def test_phase_names_tell_apart_sources_of_one_name() -> None:
+    from transferlm.training.texts import phase_names
+
+    usb = "/data/unlabeled/usb_subsets"
+    # The dapt suite's imdb corpora: both files are dev.json.
+    assert phase_names([f"{usb}/amazon_review/dev.json", f"{usb}/yelp_review/dev.json"]) == [
+        "amazon_review/dev", "yelp_review/dev"]
+    # Names that are unique stay the file's stem, the folder's name, tapt-<task>.
+    assert phase_names(["/d/text.txt", "/d/corpus", "task:toy"]) == ["text", "corpus", "tapt-toy"]
+    # Only the sources that share a name get folders, as many as tell them apart.
+    assert phase_names(["/a/x/dev.json", "/b/x/dev.json", "/c/train.txt"]) == ["a/x/dev", "b/x/dev", "train"]
+    assert phase_names(["/a/dev.json", "/a/dev.txt"]) == ["a/dev.json", "a/dev.txt"]  # only the suffix differs
+    assert phase_names(["/a/x/text.txt", "/a/x/text.txt"]) == ["text (phase 1)", "text (phase 2)"]
+    assert phase_names(["task:toy", "task:toy"]) == ["tapt-toy (phase 1)", "tapt-toy (phase 2)"]
+
+
+def _two_dev_files(tmp_path: Path) -> list[str]:
+    """Two corpora whose files share the stem ``dev``, as the dapt suite's amazon_review and yelp_review."""
+    files = []
+    for corpus, texts in (("amazon_review", TEXT), ("yelp_review", TEXT[::-1])):
+        (tmp_path / corpus).mkdir()
+        path = tmp_path / corpus / "dev.txt"
+        path.write_text("\n".join(texts) + "\n")
+        files.append(str(path))
+    return files
+
+
+def test_corpora_with_one_file_name_get_distinct_phase_names(tiny_bert: Path, tmp_path: Path) -> None:
+    report = pretrain(pretrain_cfg(tiny_bert, _two_dev_files(tmp_path), tmp_path / "o"))
+    names = ["amazon_review/dev", "yelp_review/dev"]
+    assert [p["phase"] for p in report["phases"]] == names
+    assert [p["phase"] for p in json.loads((tmp_path / "o" / "pretrain.json").read_text())["phases"]] == names
+
+
+def test_work_interrupted_before_phases_had_distinct_names_still_resumes(tiny_bert: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import hashlib
+
+    from helpers import killed_when
+
+    cfg = pretrain_cfg(tiny_bert, _two_dev_files(tmp_path), tmp_path / "o")
+    # Killed in the second phase (steps 6 + 4: after its step-4 checkpoint), the first one finished.
+    killed_when(monkeypatch, Pretrainer, "_batch", lambda self, rows, step: step == 10, lambda: pretrain(cfg))
+    work = tmp_path / ".o.pretrain"
+    # The resume stamp is what the code before distinct names wrote: it hashed each phase's name, both "dev".
+    old = hashlib.sha256()
+    for name, texts in (("dev", TEXT), ("dev", TEXT[::-1])):
+        for piece in (name, *texts, ""):
+            raw = piece.encode("utf-8")
+            old.update(len(raw).to_bytes(8, "little") + raw)
+    assert json.loads((work / "settings.json").read_text())["texts_sha256"] == old.hexdigest()
+    # ... and its finished phase's report has the old name.
+    done = work / "phase-0.done.json"
+    recorded = json.loads(done.read_text()) | {"phase": "dev"}
+    done.write_text(json.dumps(recorded))
+    with caplog.at_level("WARNING", logger="transferlm.training.pretrain"):
+        report = pretrain(cfg)
+    assert "discarding" not in caplog.text
+    first, second = report["phases"]
+    assert first == recorded | {"phase": "amazon_review/dev"}, "the finished phase is reused, under its new name"
+    assert second["phase"] == "yelp_review/dev" and second["resumed_from_step"] == 4

@@ -295,6 +295,31 @@ def test_pretrain_reuse_compares_dropped_overrides_at_their_defaults(tmp_path: P
     assert not reproduce_mod._pretrain_done(folder, plain.pretrains[0].config)
 
 
+def test_a_dapt_pretraining_is_reused_whatever_names_its_phases_were_recorded_under(tiny_bert: Path,
+                                                                                   tmp_path: Path) -> None:
+    from transferlm.training.pretrain import PretrainConfig, pretrain
+
+    data = tmp_path / "data"
+    small = {"steps": 2, "head_warmup_steps": 1, "eval_every": 0, "checkpoint_every": 0, "batch_size": 4,
+             "max_eval_texts": 2}
+    plan = build_plan("dapt", tasks=["imdb"], model=str(tiny_bert), data_dir=str(data), pretrain_overrides=small)
+    step = plan.pretrains[0]
+    for text in step.config["texts"]:  # the suite's two dev.json corpora, a few texts each
+        Path(text).parent.mkdir(parents=True)
+        Path(text).write_text(json.dumps({str(i): {"ori": f"{Path(text).parent.name} review {i} was good"}
+                                          for i in range(8)}))
+    folder = tmp_path / step.dir
+    pretrain(PretrainConfig(**{**step.config, "output": str(folder), "quiet": True}))
+    record = json.loads((folder / "pretrain.json").read_text())
+    assert [p["phase"] for p in record["phases"]] == ["amazon_review/dev", "yelp_review/dev"]
+    assert reproduce_mod._pretrain_done(folder, step.config)
+    # Recorded before phases got distinct names (both "dev"): the settings decide reuse, not the names.
+    for phase in record["phases"]:
+        phase["phase"] = "dev"
+    (folder / "pretrain.json").write_text(json.dumps(record))
+    assert reproduce_mod._pretrain_done(folder, step.config)
+
+
 def test_pretraining_rows_name_each_phase_by_its_text_source(tmp_path: Path) -> None:
     from transferlm.reports.collect import load_pretraining
 

@@ -46,7 +46,7 @@ from ..methods.finetune import make_collate, pool, resolve_pooling
 from ..methods.prompting.common import prompt_head
 from ..models.loading import Backbone, load_backbone
 from ..training.checkpoint import (
-    checkpoint_state,
+    drop_stale_checkpoint,
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
@@ -153,11 +153,7 @@ def _restore(out_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch
                                       dict[str, torch.Tensor] | None] | None:
     """The checkpoint in ``out_dir`` loaded into model/optimizer/scheduler, or None; one that another config
     or data wrote is removed (resuming it would train on with the old settings under the new config)."""
-    found = checkpoint_state(out_dir)
-    if found is not None and found.get("fingerprint") != fingerprint:
-        log.warning("checkpoint in %s was written by a multitask run with another config or data (step %s); "
-                    "starting over", out_dir, found.get("step"))
-        remove_checkpoint(out_dir)
+    drop_stale_checkpoint(out_dir, fingerprint, "a multitask run with another config or data", logger=log)
     return load_checkpoint(out_dir, model, optimizer, scheduler)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from ..io import atomic_dir
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 EVAL_DIR = "checkpoint-eval"  # the saved part of an interrupted evaluation (eval_resume)
@@ -135,3 +138,24 @@ def remove_checkpoint(out_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
     shutil.rmtree(out_dir / EVAL_DIR, ignore_errors=True)
+
+
+def drop_stale_checkpoint(out_dir: Path, fingerprint: str, writer: str, *, main_process: bool = True,
+                          logger: logging.Logger = log) -> bool:
+    """Remove the checkpoint in ``out_dir`` if its fingerprint is not ``fingerprint``: another config, method
+    setting or data wrote it, and resuming it would train on with the old settings and record the result under
+    the new ones. Returns whether it was stale; a missing or unreadable one is not (``load_checkpoint`` finds
+    nothing, or says what is wrong with it).
+
+    ``writer`` says who wrote it in the warning ("a run with another config ..."); ``logger`` is the caller's,
+    so the warning keeps its source. Every process gets the answer; only ``main_process`` logs and removes (the
+    caller then synchronises the processes).
+    """
+    found = checkpoint_state(out_dir)
+    if found is None or found.get("fingerprint") == fingerprint:
+        return False
+    if main_process:
+        logger.warning("checkpoint in %s was written by %s (step %s); starting over", out_dir, writer,
+                       found.get("step"))
+        remove_checkpoint(out_dir)
+    return True

@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
 from ..methods.base import Prepared
 from .checkpoint import (
-    checkpoint_state,
+    drop_stale_checkpoint,
     load_checkpoint,
     load_trainable,
     remove_checkpoint,
@@ -273,14 +273,11 @@ class Engine:
         """Remove a checkpoint that another config, method setting or data wrote (resuming it would train on
         with the old learning rate, schedule or steps and record the result under the new config)."""
         assert self.out_dir is not None
-        found = checkpoint_state(self.out_dir)
-        if found is None or self.fingerprint is None or found.get("fingerprint") == self.fingerprint:
+        if self.fingerprint is None:  # nothing to compare it with
             return
-        if self.acc.is_main_process:
-            log.warning("checkpoint in %s was written by a run with another config, method settings or data "
-                        "(step %s); starting over", self.out_dir, found.get("step"))
-            remove_checkpoint(self.out_dir)
-        self.acc.wait_for_everyone()
+        if drop_stale_checkpoint(self.out_dir, self.fingerprint, "a run with another config, method settings or data",
+                                 main_process=self.acc.is_main_process, logger=log):
+            self.acc.wait_for_everyone()  # no process loads it while the main one removes it
 
     # -- evaluation -------------------------------------------------------------------------------------
     def predict(self, examples: Sequence[Example], desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save
 from .optim import adamw, linear_factor
 from .param_groups import build_param_groups
 from .seeding import set_seed, step_seed
-from .texts import load_phase_texts
+from .texts import load_phase_texts, phase_names
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,10 @@ class Pretrainer:
         # Read every source before loading the model: bad text files fail fast, nothing written.
         loaded = [load_phase_texts(src, cfg.text_field, cfg.data_dir, dev_shots=cfg.tapt_shots,
                                    dev_seeds=cfg.tapt_seeds) for src in cfg.texts]
-        self.phases = [(name, texts) for name, texts, _ in loaded]
+        # Distinct names for the report and logs (two corpora's dev.json: amazon_review/dev, yelp_review/dev).
+        self.phases = [(name, texts) for name, (_, texts, _) in zip(phase_names(cfg.texts), loaded, strict=True)]
+        # Each source's own name (a file's stem), which the resume stamp hashes: see _claim_work_folder.
+        self.source_names = [own for own, _, _ in loaded]
         # Per phase: how many training texts TAPT left out for being downstream dev text (None: not a task).
         self.excluded_dev = [excluded for _, _, excluded in loaded]
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -233,7 +236,9 @@ class Pretrainer:
         settings = {k: v for k, v in self.cfg.__dict__.items() if k not in ("quiet", "output")}
         # The text itself, not only its path: an edited file (or a task's changed data) is another run.
         digest = hashlib.sha256()
-        for name, texts in self.phases:
+        # The sources' own names, as before phases got distinct ones: the texts and paths (cfg.texts, in the
+        # settings) decide alike, and work interrupted before the names changed still resumes.
+        for name, (_, texts) in zip(self.source_names, self.phases, strict=True):
             for piece in (name, *texts, ""):  # length-prefixed: no two lists of texts hash alike
                 raw = piece.encode("utf-8")
                 digest.update(len(raw).to_bytes(8, "little") + raw)
@@ -330,7 +335,8 @@ class Pretrainer:
         done_file = self.work / f"phase-{idx}.done.safetensors"
         if done_file.is_file():  # finished before an interruption: reuse its weights and report
             load_trainable(self.model, load_file(str(done_file)), str(done_file))
-            return json.loads(done_file.with_suffix(".json").read_text(encoding="utf-8"))
+            # Under this run's name: one written before phases got distinct names has the file's stem.
+            return json.loads(done_file.with_suffix(".json").read_text(encoding="utf-8")) | {"phase": name}
         head_only = bool(self.new_head) and idx == 0 and cfg.head_warmup_steps > 0
         params = dict(self.model.named_parameters())
         # BERT's recipe, as in fine-tuning: no weight decay on biases and LayerNorm weights.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,9 +59,52 @@ def task_texts(name: str, data_dir: str | None, dev_shots: int | None,
     return kept, len(texts) - len(kept)
 
 
+def source_name(source: str) -> str:
+    """A text source's own name: ``tapt-<task>``, or its file's stem or folder's name (``dev`` for
+    ``.../amazon_review/dev.json``). Unique only among sources of unlike names: see :func:`phase_names`."""
+    if source.startswith("task:"):
+        return f"tapt-{source[5:]}"
+    path = Path(source)
+    return path.stem or path.name
+
+
+def _qualified(source: str, depth: int, suffix: bool) -> str:
+    """The last ``depth`` parts of a file or folder source's path (``amazon_review/dev``), its file suffix kept or
+    not; a task source keeps its own name (its name is its task's, unique unless the task comes twice)."""
+    if source.startswith("task:"):
+        return source_name(source)
+    parts = Path(os.path.abspath(source)).parts[1:]
+    last = parts[-1] if suffix else source_name(parts[-1])
+    return "/".join([*parts[-depth:-1], last])
+
+
+def phase_names(sources: Sequence[str]) -> list[str]:
+    """One distinct name per source, for pretrain's report and logs: its own name (:func:`source_name`) where
+    no other source has it; else as many of its parent folders as tell the sources that share it apart
+    (``amazon_review/dev`` and ``yelp_review/dev``, not ``dev`` twice), then the file suffix, and for one source
+    given twice its phase number (``text (phase 2)``)."""
+    names = [source_name(s) for s in sources]
+    for own in dict.fromkeys(names):
+        group = [i for i, n in enumerate(names) if n == own]
+        if len(group) == 1:
+            continue
+        deepest = max(len(Path(os.path.abspath(sources[i])).parts) - 1 for i in group)
+        tries = [(depth, suffix) for suffix in (False, True) for depth in range(2, deepest + 1)]
+        for depth, suffix in tries:
+            qualified = [_qualified(sources[i], depth, suffix) for i in group]
+            if len(set(qualified)) == len(group):
+                break
+        else:  # the same source more than once: only its position tells the phases apart
+            qualified = [f"{own} (phase {i + 1})" for i in group]
+        for i, name in zip(group, qualified, strict=True):
+            names[i] = name
+    return names
+
+
 def load_phase_texts(source: str, field: str, data_dir: str | None, *, dev_shots: int | None = DEFAULT_SHOTS,
                      dev_seeds: Sequence[int] = DEFAULT_SEEDS) -> tuple[str, list[str], int | None]:
-    """(phase name, texts, dev texts left out) for one source: a file, a folder of files, or ``task:<name>``.
+    """(the source's own name, texts, dev texts left out) for one source: a file, a folder of files, or
+    ``task:<name>``. The name is :func:`source_name`'s; pretrain names the phase with :func:`phase_names`.
 
     ``task:<name>`` reads the task's training text only (Gururangan et al.), less every text of the dev
     splits of the downstream runs (``dev_shots``, ``dev_seeds``: see :func:`task_texts`): dev text in the
@@ -69,7 +113,7 @@ def load_phase_texts(source: str, field: str, data_dir: str | None, *, dev_shots
     if source.startswith("task:"):
         name = source[5:]
         texts, excluded = task_texts(name, data_dir, dev_shots, dev_seeds)
-        return f"tapt-{name}", texts, excluded
+        return source_name(source), texts, excluded
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
@@ -85,4 +129,4 @@ def load_phase_texts(source: str, field: str, data_dir: str | None, *, dev_shots
         texts.extend(read_texts(f, field))
     if not texts:
         raise DataError(f"{source}: no non-empty text found (text field '{field}'); check --text-field")
-    return path.stem or path.name, texts, None
+    return source_name(source), texts, None
