@@ -121,7 +121,8 @@ def iter_rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, Any]]:
                 names = next(reader, None) if header else None
                 # Every row must have as many fields as the header (or, headerless, the first row): an unquoted
                 # comma in the text otherwise adds a field, and the text column would silently get only its
-                # first part. (LM-BFF reads these files with pandas.read_csv(header=None), which errors too.)
+                # first part. LM-BFF reads these files with pandas.read_csv(header=None), which refuses an extra
+                # field too ("Expected 2 fields in line N, saw 3"); a short row it pads with NaN, here an error.
                 width, first = (len(names), None) if names else (None, 0)
                 for i, cells in enumerate(reader, 2 if header else 1):
                     if not cells:
