@@ -192,6 +192,16 @@ BAD_INPUT = {
                                                               "{tmp}/o"], ["c.yaml.texts must be a list"]),
     "train file missing": ({}, ["run", "--task", "mine", "--train-file", "{tmp}/nope.csv", "--output", "{tmp}/o"],
                            ["--train-file", "nope.csv: not found"]),
+    "csv row with an unquoted comma": ({"mine/train.csv": "0,plain\n1,a fine, funny film\n", "mine/test.csv": "0,ok\n"},
+                                       ["run", "--task", "mine", "--data-dir", "{tmp}", "--model", "{model}",
+                                        "--steps", "1", "--quiet", "--output", "{tmp}/o"],
+                                       ["train.csv:2: 3 fields, expected 2 as on line 1", "double quotes"]),
+    "model typo of a built-in": ({}, ["run", "--task", "toy", "--data-dir", "{data}", "--model", "minilm-l7",
+                                      "--steps", "1", "--quiet", "--output", "{tmp}/o"],
+                                 ["model 'minilm-l7' not found", "did you mean 'minilm-l6'?"]),
+    "model folder missing": ({}, ["run", "--task", "toy", "--data-dir", "{data}", "--model", "./no/such",
+                                  "--steps", "1", "--quiet", "--output", "{tmp}/o"],
+                             ["model folder './no/such' does not exist"]),
     "run output is a file": ({"o": "keep"}, ["run", "--task", "toy", "--data-dir", "{data}", "--model", "{model}",
                                              "--steps", "1", "--quiet", "--output", "{tmp}/o"],
                              ["--output", "is an existing file"]),
@@ -219,6 +229,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case: str, tiny_bert: Path, to
 
     files, argv, needles = BAD_INPUT[case]
     monkeypatch.delenv("TRANSFERLM_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a model name cases may try must not reach the hub
     monkeypatch.chdir(tmp_path)
     for name, text in {"t.txt": "good movie\nbad film\n", **files}.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

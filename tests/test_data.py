@@ -139,6 +139,36 @@ def test_missing_columns(tmp_path: Path) -> None:
     assert "missing column 'review'" in _one_line(e) and str(p) in str(e.value)
 
 
+_SENT = TaskSpec(name="x", text_columns=(1,), label_column=0, format="csv", header=False, labels=("0", "1"))
+_HEADED = TaskSpec(name="x", text_columns=("text",), label_column="label", format="csv", labels=("0", "1"))
+
+
+# (spec, file content, texts read | the error's needles): an unquoted comma in a csv row used to be
+# cut silently (headerless: the text became its part before the comma; with a header: the rest was dropped).
+@pytest.mark.parametrize("spec, content, want", [
+    (_SENT, '0,"a fine, funny film"\n1,plain\n', ["a fine, funny film", "plain"]),
+    (_SENT, '0,plain\n\n1,"say ""hi"", then go"\n', ["plain", 'say "hi", then go']),
+    (_SENT, "0,plain\n1,a fine, funny film\n", (":2: 3 fields, expected 2 as on line 1", "double quotes")),
+    (_SENT, "0,a fine, funny film\n1,plain\n", (":2: 2 fields, expected 3 as on line 1", "line 1's text")),
+    (_SENT, "0,plain\n\n0,ok\n1,x,y,z\n", (":4: 4 fields, expected 2 as on line 1",)),
+    (_HEADED, 'text,label\n"a, b",1\n', ["a, b"]),
+    (_HEADED, "text,label\nplain,0\na, b,1\n", (":3: 3 fields, expected 2 as in the header", "double quotes")),
+])
+def test_csv_rows_with_another_field_count(tmp_path: Path, spec: TaskSpec, content: str,
+                                           want: list[str] | tuple[str, ...]) -> None:
+    p = tmp_path / "train.csv"
+    p.write_text(content)
+    if isinstance(want, list):
+        assert [x.text_a for x in read_examples(p, spec)] == want
+        return
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    line = _one_line(e)
+    assert line.startswith(f"{p}:"), line
+    for needle in want:
+        assert needle in line, line
+
+
 def test_label_outside_declared_set(tmp_path: Path) -> None:
     p = tmp_path / "train.csv"
     p.write_text("text,label\nhello,a\nbye,z\n")

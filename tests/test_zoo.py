@@ -62,6 +62,108 @@ def test_hub_ids_pass_through(hub_id: str, tmp_path: Path, monkeypatch: pytest.M
     assert (got.path, got.source, got.kind) == (hub_id, "hub", None)
 
 
+# --- names nothing loads: fast, one line, with the nearest built-in ---------------------------
+# No test here reaches the network: offline mode is set, or the hub probe is replaced.
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine with internet: not offline (whatever the test environment sets)."""
+    import huggingface_hub.constants
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def _no_probe(repo_id: str) -> str | None:
+    raise AssertionError(f"the hub was asked about {repo_id}")
+
+
+@pytest.mark.parametrize("name, needles", [
+    ("minilm-l7", ["'minilm-l7'", "did you mean 'minilm-l6'?", "HF_HUB_OFFLINE"]),
+    ("Splade-Tiny2", ["did you mean 'splade-tiny'?"]),
+    ("qwen2.5-0.6b", ["did you mean 'qwen2.5-0.5b'?"]),
+    ("zzzz", ["the built-in names are minilm-l6, splade-tiny", "Hub id"]),
+    ("org/no-such-model", ["there is no folder org/no-such-model here either"]),
+])
+def test_unknown_hub_name_offline_fails_at_once_with_the_nearest_builtin(
+        name: str, needles: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(zoo, "hub_unreachable", _no_probe)  # offline: the hub is not even asked
+    with pytest.raises(ModelError) as err:
+        zoo.locate_model(name)
+    msg = str(err.value)
+    assert "\n" not in msg and "local model folder" in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_unreachable_hub_fails_at_once(online: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(zoo, "hub_unreachable", lambda repo_id: "[Errno -2] Name or service not known")
+    with pytest.raises(ModelError, match=r"cannot be reached \(\[Errno -2\].*did you mean 'minilm-l6'\?"):
+        zoo.locate_model("minilm-l7")
+
+
+def test_a_hub_that_answers_is_left_to_from_pretrained(online: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Users with internet load any hub id: a hub that answers passes the id on untouched.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(zoo, "hub_unreachable", lambda repo_id: None)
+    got = zoo.locate_model("org/name")
+    assert (got.path, got.source) == ("org/name", "hub")
+
+
+def test_hub_probe_asks_once_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    calls: list[dict] = []
+
+    def refused(url: str, **kw: object) -> None:
+        calls.append({"url": url, **kw})
+        raise httpx2.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refused)
+    assert zoo.hub_unreachable("minilm-l7") == "[Errno -2] Name or service not known"
+    assert len(calls) == 1 and calls[0]["retry_on_errors"] is False and "minilm-l7" in calls[0]["url"]
+
+    def not_found(url: str, **kw: object) -> None:
+        raise RepositoryNotFoundError("404 Client Error", response=httpx2.Response(404, request=httpx2.Request("HEAD", url)))
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", not_found)
+    assert zoo.hub_unreachable("minilm-l7") is None  # the hub answered: from_pretrained reports it
+
+
+def test_load_backbone_names_the_nearest_builtin_when_the_hub_lacks_the_model(
+        online: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlm.models import loading
+
+    class NotOnHub:
+        @staticmethod
+        def from_pretrained(path: str, **kw: object) -> None:
+            raise OSError(f"{path} is not a local folder and is not a valid model identifier listed on "
+                          "'https://huggingface.co/models'\nIf this is a private repository, ...")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(zoo, "hub_unreachable", lambda repo_id: None)
+    monkeypatch.setattr(loading, "AutoConfig", NotOnHub)
+    with pytest.raises(ModelError) as err:
+        loading.load_backbone("minilm-l7")
+    msg = str(err.value)
+    assert "\n" not in msg and "not a valid model identifier" in msg and "did you mean 'minilm-l6'?" in msg, msg
+
+
+@pytest.mark.parametrize("path", ["./no/such", "../no/such", "/no/such/model", "~/no/such", "no/such/deeper"])
+def test_missing_folder_says_it_does_not_exist(path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=f"model folder '{path}' does not exist"):
+        zoo.locate_model(path)
+
+
 def test_missing_package_error_has_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(

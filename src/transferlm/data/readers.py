@@ -119,15 +119,37 @@ def iter_rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, Any]]:
             with path.open(encoding="utf-8-sig", newline="") as f:
                 reader = csv.reader(f)
                 names = next(reader, None) if header else None
+                # Every row must have as many fields as the header (or, headerless, the first row): an unquoted
+                # comma in the text otherwise adds a field, and the text column would silently get only its
+                # first part. LM-BFF reads these files with pandas.read_csv(header=None), which refuses an extra
+                # field too ("Expected 2 fields in line N, saw 3"); a short row it pads with NaN, here an error.
+                width, first = (len(names), None) if names else (None, 0)
                 for i, cells in enumerate(reader, 2 if header else 1):
-                    if cells:
-                        yield i, dict(zip(names, cells, strict=False)) | {"__cells__": cells} if names else cells
+                    if not cells:
+                        continue
+                    if width is None:
+                        width, first = len(cells), i
+                    elif len(cells) != width:
+                        raise DataError(_csv_width_message(path, i, len(cells), width, first))
+                    yield i, dict(zip(names, cells, strict=False)) | {"__cells__": cells} if names else cells
         else:
             raise DataError(f"{path}: unknown format '{fmt}'; use tsv, csv, jsonl or json")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _csv_width_message(path: Path, lineno: int, found: int, width: int, first: int | None) -> str:
+    # first: the line that set the width (None: the header did).
+    where = "in the header" if first is None else f"on line {first}"
+    if found > width:
+        fix = 'a field holds an unquoted comma: put that text in double quotes ("like, this")'
+    else:
+        fix = (f"give every row {width} fields"
+               + ("" if first is None else f" (if line {first}'s text holds an unquoted comma, quote that one)")
+               + ', and put text with commas in double quotes ("like, this")')
+    return f"{path}:{lineno}: {found} fields, expected {width} as {where}; {fix}"
 
 
 def _json_obj(line: str, path: Path, lineno: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from .. import compat
 from ..errors import ModelError
-from .zoo import resolve_model
+from .zoo import locate_model, model_help
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,13 @@ def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
 
 def load_backbone(name: str, *, head: str = "base", trust_remote_code: bool = False) -> Backbone:
     """Load ``name`` as a bare backbone (``head="base"``) or with its LM head (``"mlm"``/``"causal"``)."""
-    resolved = resolve_model(name)
+    resolved = locate_model(name)
     path = str(resolved.path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
+        if resolved.source == "hub":  # the hub answered, without it: most often a typo of a built-in name
+            raise ModelError(f"cannot load model '{name}' ({_first_line(e)}){model_help(name)}") from None
         raise ModelError(f"cannot load model '{name}' ({_first_line(e)}); use a built-in name "
                          "(`transferlm models`), a local folder with config.json, or a hub id while online") from None
     is_decoder = is_decoder_config(config)

@@ -7,6 +7,7 @@ heavy or unrelated code on import. GGUF models are converted once into the cache
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -224,7 +225,89 @@ def resolve_model(name_or_path: str, *, cache_dir: Path | None = None) -> Resolv
         raise ModelError(f"model {text!r} is a file, not a model folder; give a folder with config.json")
     if _looks_like_hub_id(text):
         return ResolvedModel(text, text, None, "hub")
-    raise ModelError(f"model {text!r} not found: not a folder, a hub id or a built-in ({', '.join(ZOO)})")
+    if any(sep in text for sep in "/\\") or text.startswith(("~", ".")):
+        raise ModelError(f"model folder {text!r} does not exist; check the path, or use a built-in name "
+                         f"({', '.join(ZOO)}) or a hub id (org/name)")
+    raise ModelError(unknown_model_message(text, "not a folder, a hub id or a built-in"))
+
+
+def suggest_models(text: str) -> list[str]:
+    """The built-in names nearest to ``text`` (a typo such as minilm-l7), best first."""
+    return difflib.get_close_matches(text.strip().lower(), list(ZOO), n=3, cutoff=0.6)
+
+
+def model_help(name: str) -> str:
+    """The end of an error about a model nothing loads: the nearest built-ins, and what else works."""
+    close = suggest_models(name)
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else f"the built-in names are {', '.join(ZOO)} (`transferlm models`).")
+    folder = f"; there is no folder {name} here either" if "/" in name else ""
+    return (f"{folder}; {hint} A local model folder (with config.json) or a Hugging Face Hub id (org/name, "
+            "while online) also works")
+
+
+def unknown_model_message(name: str, reason: str) -> str:
+    return f"model {name!r} not found ({reason}){model_help(name)}"
+
+
+def locate_model(name_or_path: str, *, cache_dir: Path | None = None) -> ResolvedModel:
+    """:func:`resolve_model`, and for a hub id that is not in the local hub cache, a fast check that the hub
+    can be asked for it at all.
+
+    Without it a typo (minilm-l7) on a machine without internet waits out huggingface_hub's retries (five,
+    backing off 1+2+4+8+8 s; no setting shortens them) before any error. One request without retries tells
+    the same: unreachable (or HF_HUB_OFFLINE set) and not cached fails now. A hub that answers, and a model
+    in the cache, go on to ``from_pretrained`` as before, so any hub id still loads while online.
+    """
+    resolved = resolve_model(name_or_path, cache_dir=cache_dir)
+    if resolved.source != "hub" or _hub_cached(resolved.name):
+        return resolved  # a cached hub model: transformers uses the cache at once when the hub fails
+    if _hub_offline():
+        raise ModelError(unknown_model_message(resolved.name, "HF_HUB_OFFLINE is set and it is not in the local "
+                                                              "Hugging Face cache"))
+    problem = hub_unreachable(resolved.name)
+    if problem is not None:
+        raise ModelError(unknown_model_message(resolved.name, f"the Hugging Face Hub cannot be reached ({problem}) "
+                                                              "and it is not in the local cache"))
+    return resolved
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; the environment is read here too, so setting it
+    # later in the process (as tests and notebooks do) counts.
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id for the cache
+        return False
+
+
+def hub_unreachable(repo_id: str) -> str | None:
+    """Why the hub cannot be asked about ``repo_id`` (one request, no retries), or None when it answers.
+
+    An answer of any kind (found, not found, gated) is None: ``from_pretrained`` then reports it at once.
+    Waits at most HF_HUB_ETAG_TIMEOUT seconds (huggingface_hub's setting, 10 by default) on a silent network.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                             retry_on_errors=False)
+    except HfHubHTTPError:
+        return None  # the hub answered
+    except Exception as e:  # DNS, refused, timeout, proxy: whatever keeps the answer away
+        lines = str(e).strip().splitlines()
+        return lines[0][:200] if lines else type(e).__name__
+    return None
 
 
 def model_identity(name_or_path: str) -> str:

@@ -160,9 +160,9 @@ def cmd_search_templates(args: argparse.Namespace) -> int:
     else:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from ..models.zoo import resolve_model
+        from ..models.zoo import locate_model
 
-        path = str(resolve_model(args.generator).path)
+        path = str(locate_model(args.generator).path)
         t5, t5_tok = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path)
         firsts = [w[0] for w in normalize_label_words(words, spec.labels, spec.label_names or spec.labels)]
         candidates = t5_templates(t5, t5_tok, data.train, firsts, is_pair=spec.is_pair, beams=args.beams,

@@ -51,9 +51,9 @@ class SbertEmbedder:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
 
-                from ..models.zoo import resolve_model
+                from ..models.zoo import locate_model
 
-                self._model = SentenceTransformer(str(resolve_model(self.model_name).path), device="cpu")
+                self._model = SentenceTransformer(str(locate_model(self.model_name).path), device="cpu")
             vecs = self._model.encode(todo, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
                                       show_progress_bar=False)
             self._cache.update(zip(todo, vecs, strict=True))

@@ -34,7 +34,7 @@ from ..config import DEFAULT_SEEDS, DEFAULT_SHOTS
 from ..errors import ConfigError, DataError, ModelError
 from ..io import atomic_dir, atomic_path, check_output_dir, write_json
 from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
-from ..models.zoo import model_digest, resolve_model
+from ..models.zoo import locate_model, model_digest
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
 from .optim import adamw, linear_factor
 from .param_groups import build_param_groups
@@ -216,7 +216,7 @@ class Pretrainer:
         # Per phase: how many training texts TAPT left out for being downstream dev text (None: not a task).
         self.excluded_dev = [excluded for _, _, excluded in loaded]
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        resolved = resolve_model(cfg.model)
+        resolved = locate_model(cfg.model)
         # The base model's files, read once: the resume stamp and pretrain.json record the base this run started on.
         self.base_digest = model_digest(cfg.model)
         self.tokenizer = load_tokenizer(str(resolved.path), trust_remote_code=False)

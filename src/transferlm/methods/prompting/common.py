@@ -96,14 +96,16 @@ class DemoConfig(PromptConfig):
 def prompt_head(model: str) -> str:
     """"mlm" or "causal" for ``model``, decided before loading it (run() loads the backbone with it)."""
     from ...models.loading import is_decoder_config
-    from ...models.zoo import resolve_model
+    from ...models.zoo import locate_model
 
-    kind = resolve_model(model).kind
+    # locate_model: an unknown hub id fails here at once, not after the hub client's retries.
+    resolved = locate_model(model)
+    kind = resolved.kind
     if kind is None:
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(str(resolve_model(model).path))
+            config = AutoConfig.from_pretrained(str(resolved.path))
         except (OSError, ValueError):
             return "mlm"  # let load_backbone report the loading problem
         decoder = is_decoder_config(config)
