@@ -123,8 +123,8 @@ def test_hub_probe_asks_once_without_retries(monkeypatch: pytest.MonkeyPatch) ->
 
     calls: list[dict] = []
 
-    def refused(url: str, **kw: object) -> None:
-        calls.append({"url": url, **kw})
+    def refused(url: str, timeout: float | None = 10, retry_on_errors: bool = True) -> None:
+        calls.append({"url": url, "retry_on_errors": retry_on_errors})
         raise httpx2.ConnectError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refused)
@@ -136,6 +136,12 @@ def test_hub_probe_asks_once_without_retries(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", not_found)
     assert zoo.hub_unreachable("minilm-l7") is None  # the hub answered: from_pretrained reports it
+
+    def older_release(url: str, timeout: float | None = 10) -> None:  # no retry_on_errors keyword: never retried
+        raise httpx2.ConnectError("refused")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", older_release)
+    assert zoo.hub_unreachable("minilm-l7") == "refused"  # not "unexpected keyword argument"
 
 
 def test_load_backbone_names_the_nearest_builtin_when_the_hub_lacks_the_model(

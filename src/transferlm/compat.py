@@ -104,3 +104,14 @@ def decoder_only_model_types() -> frozenset[str]:
     causal = set(getattr(auto, "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", {}))
     return frozenset(causal - set(getattr(auto, "MODEL_FOR_MASKED_LM_MAPPING_NAMES", {}))
                      - set(getattr(auto, "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", {})))
+
+
+def hub_file_metadata(url: str, timeout: float) -> Any:
+    """``huggingface_hub.get_hf_file_metadata`` asked once: ``retry_on_errors`` is a newer keyword (older releases
+    never retried here), and an unknown keyword would read as an unreachable hub."""
+    import inspect
+
+    from huggingface_hub import get_hf_file_metadata
+
+    extra = {"retry_on_errors": False} if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters else {}
+    return get_hf_file_metadata(url, timeout=timeout, **extra)

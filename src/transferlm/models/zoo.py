@@ -296,12 +296,13 @@ def hub_unreachable(repo_id: str) -> str | None:
     An answer of any kind (found, not found, gated) is None: ``from_pretrained`` then reports it at once.
     Waits at most HF_HUB_ETAG_TIMEOUT seconds (huggingface_hub's setting, 10 by default) on a silent network.
     """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
+    from ..compat import hub_file_metadata
+
     try:
-        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT,
-                             retry_on_errors=False)
+        hub_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except HfHubHTTPError:
         return None  # the hub answered
     except Exception as e:  # DNS, refused, timeout, proxy: whatever keeps the answer away
