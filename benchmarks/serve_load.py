@@ -17,6 +17,11 @@ Usage:
     python benchmarks/serve_load.py --soak-seconds 300               # plus a 5-minute soak
     python benchmarks/serve_load.py --model smollm2-135m --clients 16 --no-faults   # -> serve-load-smollm2.json
     python benchmarks/serve_load.py --precision bf16 --clients 8,32 --no-faults --out /tmp/bf16.json
+
+On a GPU machine without the data or the model packages (benchmarks/gpu/: prepare.sh here, run_serve.sh there),
+`--write-inputs FILE` saves the test inputs this picks from --data-dir, `--inputs FILE` reads them back, and
+`--model` takes a model folder (with random weights from benchmarks/gpu/model_shapes.py; throughput does not
+depend on their values). `--device cuda` makes the servers fail at start rather than fall back to the CPU.
 """
 
 from __future__ import annotations
@@ -91,6 +96,36 @@ def build_adapters(model: str, work: Path, how: str, data_dir: str | None, steps
     return folders
 
 
+def check_inputs(inputs: Any, source: str) -> dict[str, list[Any]]:
+    """``inputs`` as load_inputs returns them ({served task name: [text, or {"sentence1", "sentence2"}]}),
+    with every task present and non-empty; else SystemExit naming what is wrong in ``source``."""
+    if not isinstance(inputs, dict):
+        raise SystemExit(f"{source}: expected a JSON object {{task: [inputs]}}, got {type(inputs).__name__}")
+    out: dict[str, list[Any]] = {}
+    for task in TASKS:
+        rows = inputs.get(served_name(task))
+        if not isinstance(rows, list) or not rows:
+            raise SystemExit(f"{source}: no inputs for task {served_name(task)!r} (has: {', '.join(sorted(inputs))}); "
+                             "write the file again with --write-inputs")
+        for row in rows:
+            ok = isinstance(row, str) or (isinstance(row, dict) and isinstance(row.get("sentence1"), str)
+                                          and isinstance(row.get("sentence2", ""), str))
+            if not ok:
+                raise SystemExit(f"{source}: task {served_name(task)!r}: an input must be a text or "
+                                 f"{{\"sentence1\", \"sentence2\"}}, got {row!r:.80}")
+        out[served_name(task)] = rows
+    return out
+
+
+def read_inputs(path: str | Path) -> dict[str, list[Any]]:
+    """The inputs saved by ``--write-inputs`` (a JSON object {task: [inputs]})."""
+    try:
+        inputs = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--inputs {path}: cannot read it ({e})") from None
+    return check_inputs(inputs, f"--inputs {path}")
+
+
 def load_inputs(data_dir: str | None) -> dict[str, list[Any]]:
     """Test (or dev) inputs of each task from the benchmark data; synthetic text when it is absent."""
     from transferlm.data.loading import DataOptions, load_task
@@ -105,11 +140,13 @@ def load_inputs(data_dir: str | None) -> dict[str, list[Any]]:
         except Exception as e:  # noqa: BLE001  (any data problem: fall back, and say so)
             print(f"  {task}: no data ({e}); synthetic inputs", flush=True)
             rows = []
-        if not rows:
-            pair = task in ("MRPC", "RTE")
-            rows = [{"sentence1": t, "sentence2": FALLBACK[0]} if pair else t for t in FALLBACK]
-        out[served_name(task)] = rows
+        out[served_name(task)] = rows or synthetic_inputs(task)
     return out
+
+
+def synthetic_inputs(task: str) -> list[Any]:
+    pair = task in ("MRPC", "RTE")
+    return [{"sentence1": t, "sentence2": FALLBACK[0]} if pair else t for t in FALLBACK]
 
 
 # -- the server -----------------------------------------------------------------------------------------------
@@ -124,27 +161,45 @@ def free_port() -> int:
 class Server:
     """`transferlm serve` in a subprocess; stop() sends SIGTERM and reports how it ended."""
 
-    def __init__(self, config: Path, mode: str, args: argparse.Namespace, log: Path) -> None:
+    def __init__(self, config: Path, mode: str, args: argparse.Namespace, log: Path, wait: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "transferlm", "serve", "--config", str(config), "--batching", mode,
                "--port", str(self.port), "--threads", str(args.threads), "--log-level", "warning",
                "--precision", args.precision]
+        if getattr(args, "device", None):
+            cmd += ["--device", args.device]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
         self.log = log.open("w")
-        t0 = time.perf_counter()
+        self.log_path = log
+        self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.startup_s = 0.0
+        if not wait:
+            return
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Poll /health until the server answers (up to ~2 minutes of failed polls); SystemExit if it exits."""
+        log = self.log_path
         for _ in range(1200):
             if self.proc.poll() is not None:
-                raise SystemExit(f"server exited with {self.proc.returncode}; see {log}")
+                raise SystemExit(f"server exited with {self.proc.returncode}; see {log}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
         else:
-            raise SystemExit(f"server did not start; see {log}")
-        self.startup_s = round(time.perf_counter() - t0, 1)
+            raise SystemExit(f"server did not start; see {log}:\n{self.log_tail()}")
+        self.startup_s = round(time.perf_counter() - self.t0, 1)
+
+    def log_tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def stop(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -364,6 +419,23 @@ def measure_modes(servers: dict[str, Server], inputs: dict[str, list[Any]], clie
     return out
 
 
+def device_info(device: str | None) -> dict[str, Any]:
+    """What the servers compute on (serve --device; auto picks cuda when there is one), for the report."""
+    import torch
+    import transformers
+
+    want = device or "auto"
+    cuda = torch.cuda.is_available()
+    uses_cuda = want.startswith("cuda") or (want == "auto" and cuda)
+    out: dict[str, Any] = {"requested": want, "type": "cuda" if uses_cuda else "cpu", "torch": torch.__version__,
+                           "transformers": transformers.__version__}
+    if uses_cuda and cuda:
+        index = int(want.split(":")[1]) if ":" in want else 0
+        out["name"] = torch.cuda.get_device_name(index)
+        out["cuda"] = torch.version.cuda
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm-l6")
@@ -391,7 +463,15 @@ def main() -> None:
                     help="the server's header_timeout_s; the stalled half-header clients wait past it")
     ap.add_argument("--no-faults", action="store_true")
     ap.add_argument("--soak-seconds", type=float, default=0.0, help="mixed-mode soak, sampling the server's RSS")
+    ap.add_argument("--device", default=None,
+                    help="the servers' device (serve --device): auto (default: cuda when there is one), cpu, cuda")
+    ap.add_argument("--parallel-start", action="store_true",
+                    help="start the modes' servers at once rather than one after another (a machine with cores to spare)")
     ap.add_argument("--data-dir", default=os.environ.get("TRANSFERLM_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--inputs", default=None,
+                    help="read the inputs from this JSON file (written by --write-inputs) instead of --data-dir")
+    ap.add_argument("--write-inputs", metavar="FILE", default=None,
+                    help="write the inputs picked from --data-dir (up to 300 test inputs per task) to FILE and exit")
     ap.add_argument("--work", default="runs/bench-serve")
     ap.add_argument("--out", default=None, help="default benchmarks/results/serve-load-<model>.json")
     args = ap.parse_args()
@@ -401,6 +481,17 @@ def main() -> None:
         ap.error(f"--clients {args.clients!r}: give a number or a comma list of numbers, e.g. 8,32,64")
     if any(c < 1 for c in client_counts):
         ap.error(f"--clients {args.clients!r}: every count must be >= 1")
+    if args.write_inputs:
+        inputs = check_inputs(load_inputs(args.data_dir), args.data_dir)
+        missing = [task for task in TASKS if inputs[served_name(task)] == synthetic_inputs(task)]
+        if missing:
+            raise SystemExit(f"--write-inputs: no data for {', '.join(missing)} in {args.data_dir}; give --data-dir "
+                             "(or TRANSFERLM_DATA) the folder holding lm-bff/")
+        Path(args.write_inputs).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.write_inputs), inputs)
+        print(f"{sum(len(v) for v in inputs.values())} inputs of {len(inputs)} tasks -> {args.write_inputs}")
+        return
+    inputs = read_inputs(args.inputs) if args.inputs else None
     out_path = Path(args.out or f"benchmarks/results/serve-load-{args.model.split('/')[-1].split('-')[0]}.json")
     work = Path(args.work) / args.model.replace("/", "_")
     work.mkdir(parents=True, exist_ok=True)
@@ -413,7 +504,8 @@ def main() -> None:
     t0 = time.perf_counter()
     folders = build_adapters(args.model, work, args.adapters, args.data_dir, args.train_steps)
     print(f"8 {args.adapters} LoRA adapters on {args.model} in {time.perf_counter() - t0:.0f}s", flush=True)
-    inputs = load_inputs(args.data_dir)
+    if inputs is None:
+        inputs = load_inputs(args.data_dir)
     config = work / "serve.yaml"
     config.write_text(yaml.safe_dump({"model": args.model, "tasks": folders, "max_batch_size": args.max_batch_size,
                                       "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
@@ -427,11 +519,43 @@ def main() -> None:
                    "max_queue": args.max_queue},
         "machine": f"{os.cpu_count()} CPU cores; client and server on the same cores; load average before the "
                    f"servers started {os.getloadavg()[0]:.2f} (above 0.5: other jobs shared the cores)",
+        "device": device_info(args.device), "inputs": args.inputs or args.data_dir,
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "modes": {}}
     modes = args.modes.split(",")
     servers: dict[str, Server] = {}
+    try:
+        run_servers(servers, config, modes, inputs, client_counts, work, report, args)
+    except BaseException:
+        for server in servers.values():  # a failed run leaves no server behind (it would hold the GPU, the cores)
+            if server.proc.poll() is None:
+                server.proc.kill()
+        raise
+    modes = report["modes"]
+    report.update(ratios(modes))
+    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    for n, row in report.get("by_clients", {}).items():
+        print(f"{n:>4s} clients: " + "  ".join(f"{m} {row[m]['throughput_rps']} req/s" for m in report["modes"])
+              + (f"  mixed/none {row['ratio_mixed_over_none']}x" if "ratio_mixed_over_none" in row else ""))
+    print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass  fwd ms  fwd busy  client cpu")
+    for mode, s in modes.items():
+        print(f"{mode:8s} {s['throughput_rps']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['failed']:7d} "
+              f"{s['mean_rows_per_pass']:10.2f} {s['mean_forward_ms']:7.1f} {s['forward_busy']:9.2f} {s['client_cpu']:11.2f}")
+    if "ratio_mixed_over_none" in report:
+        print(f"mixed / one-at-a-time: {report['ratio_mixed_over_none']}x"
+              + (f"; mixed / per-task: {report['ratio_mixed_over_per_task']}x" if "ratio_mixed_over_per_task" in report
+                 else ""))
+    write_json(out_path, report)
+    print(f"-> {out_path}")
+
+
+def run_servers(servers: dict[str, Server], config: Path, modes: list[str], inputs: dict[str, list[Any]],
+                client_counts: list[int], work: Path, report: dict[str, Any], args: argparse.Namespace) -> None:
+    """Start a server per mode (into ``servers``), load them, run the faults and soak, stop them; into ``report``."""
     for mode in modes:  # all up at once: an idle server costs memory, not CPU
-        servers[mode] = Server(config, mode, args, work / f"server-{mode}.log")
+        servers[mode] = Server(config, mode, args, work / f"server-{mode}.log", wait=not args.parallel_start)
+    for mode in modes:
+        if args.parallel_start:
+            servers[mode].wait_ready()
         print(f"[{mode}] server up in {servers[mode].startup_s}s (rss {rss_mb(servers[mode].proc.pid):.0f} MB)",
               flush=True)
     by_clients: dict[str, dict[str, Any]] = {}
@@ -475,22 +599,6 @@ def main() -> None:
               flush=True)
     for mode, server in servers.items():
         report["modes"][mode]["shutdown"] = server.stop()
-    modes = report["modes"]
-    report.update(ratios(modes))
-    report["total_seconds"] = round(time.perf_counter() - t0, 1)
-    for n, row in report.get("by_clients", {}).items():
-        print(f"{n:>4s} clients: " + "  ".join(f"{m} {row[m]['throughput_rps']} req/s" for m in report["modes"])
-              + (f"  mixed/none {row['ratio_mixed_over_none']}x" if "ratio_mixed_over_none" in row else ""))
-    print("\nmode      req/s   p50 ms   p99 ms  failed  rows/pass  fwd ms  fwd busy  client cpu")
-    for mode, s in modes.items():
-        print(f"{mode:8s} {s['throughput_rps']:6.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} {s['failed']:7d} "
-              f"{s['mean_rows_per_pass']:10.2f} {s['mean_forward_ms']:7.1f} {s['forward_busy']:9.2f} {s['client_cpu']:11.2f}")
-    if "ratio_mixed_over_none" in report:
-        print(f"mixed / one-at-a-time: {report['ratio_mixed_over_none']}x"
-              + (f"; mixed / per-task: {report['ratio_mixed_over_per_task']}x" if "ratio_mixed_over_per_task" in report
-                 else ""))
-    write_json(out_path, report)
-    print(f"-> {out_path}")
 
 
 if __name__ == "__main__":
