@@ -86,3 +86,33 @@ def killed_when(monkeypatch, owner, attr: str, when, job) -> None:
         m.setattr(owner, attr, dying)
         with pytest.raises(KeyboardInterrupt):
             job()
+
+
+_HOLDER = """
+import sys
+from transferlm.io import output_lock
+with output_lock(sys.argv[1], beside=sys.argv[2] == "beside"):
+    print("locked", flush=True)
+    sys.stdin.readline()  # held until the test closes stdin (or kills it)
+"""
+
+
+def hold_lock(folder: Path, *, beside: bool = False):
+    """A separate process holding output_lock(folder) until its stdin is closed; returns it once it holds it."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), "beside" if beside else "in"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+    return proc
+
+
+def hold_lock_fails(folder: Path) -> bool:
+    """Whether another process fails to take output_lock(folder)."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = ("import sys\nfrom transferlm.errors import ConfigError\nfrom transferlm.io import output_lock\n"
+            "try:\n    with output_lock(sys.argv[1]): sys.exit(0)\nexcept ConfigError: sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], env={**os.environ, "PYTHONPATH": src},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (0, 3), proc.stderr
+    return proc.returncode == 3

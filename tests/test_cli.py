@@ -252,3 +252,22 @@ def test_bad_input_is_one_line_and_leaves_nothing(case: str, tiny_bert: Path, to
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before, "bad input must write nothing and delete nothing"
     assert {p for p in tmp_path.rglob("*") if p.is_dir()} == dirs, "no folders made either"
+
+
+def test_run_in_a_folder_another_process_works_in_fails_fast(tiny_bert: Path, toy_data: Path, tmp_path: Path) -> None:
+    from helpers import hold_lock
+
+    out = tmp_path / "o"
+    holder = hold_lock(out)  # the first `transferlm run --output o`, still training
+    try:
+        proc = run_cli(*toy_run_args(tiny_bert, toy_data, out, "--steps", "2"))
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("transferlm: error:") and str(out) in line
+        assert f"in use by another transferlm process (pid {holder.pid}); wait for it to finish" in line
+        assert [p.name for p in out.iterdir()] == [".transferlm.lock"], "the second wrote nothing"
+    finally:
+        holder.stdin.close()  # the first finishes
+        holder.wait()
+    run_cli(*toy_run_args(tiny_bert, toy_data, out, "--steps", "2"), check=True)
+    assert (out / "results.json").is_file()

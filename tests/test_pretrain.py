@@ -372,3 +372,26 @@ def test_work_interrupted_before_phases_had_distinct_names_still_resumes(tiny_be
     first, second = report["phases"]
     assert first == recorded | {"phase": "amazon_review/dev"}, "the finished phase is reused, under its new name"
     assert second["phase"] == "yelp_review/dev" and second["resumed_from_step"] == 4
+
+
+def test_pretrain_output_is_locked_beside_it_and_a_lock_file_is_no_other_file(tiny_bert: Path, text_file: Path,
+                                                                              tmp_path: Path) -> None:
+    from helpers import hold_lock
+    from transferlm.errors import ConfigError
+    from transferlm.io import LOCK_FILE
+
+    out = tmp_path / "adapted"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("1 an earlier run's lock file\n")  # e.g. a run that failed on its data
+    cfg = pretrain_cfg(tiny_bert, [str(text_file)], out)
+    cfg.steps, cfg.eval_every = 2, 0
+    holder = hold_lock(out, beside=True)  # another pretrain of this folder, running
+    try:
+        with pytest.raises(ConfigError, match=rf"adapted is in use by another transferlm process \(pid {holder.pid}\)"):
+            pretrain(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not list(tmp_path.glob(".adapted.pretrain*")), "nothing started"
+    pretrain(cfg)  # the lock file is not 'other files' the adapted model would replace
+    assert (out / "pretrain.json").is_file() and not (tmp_path / ".adapted.lock").exists()

@@ -437,3 +437,58 @@ def test_pretrain_reuse_needs_the_same_tapt_protocol(tmp_path: Path) -> None:
                    if k not in ("tapt_shots", "tapt_seeds")}
     (folder / "pretrain.json").write_text(json.dumps({"config": dapt_record}))
     assert reproduce_mod._pretrain_done(folder, default[0].config), "a DAPT record of before is still good"
+
+
+def test_report_at_the_end_is_of_this_invocations_plan(tiny_bert: Path, toy_data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two invocations for other tasks on one folder: the other's suite.json, written while this one runs, does
+    not turn this one's finished runs into 'none of the suite's runs has finished yet'."""
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, tiny_bert, toy_data)
+    other = Plan("test", True, str(out), "Tiny suite", [Entry("FT", "toy2", "finetune", "toy2/ft", [13],
+                                                              {**plan.entries[0].run, "task": "toy2"})])
+    real_run = compare_mod.run
+
+    def meanwhile(cfg, **kw):  # the other invocation starts: its suite.json replaces this one's
+        reproduce_mod.write_json(out / "suite.json", other.manifest())
+        return real_run(cfg, **kw)
+
+    monkeypatch.setattr(compare_mod, "run", meanwhile)
+    lines: list[str] = []
+    files = execute(plan, log=lines.append)
+    assert files is not None, lines
+    text = files.markdown.read_text()
+    assert "| FT |" in text and "| BitFit |" in text
+
+
+def test_a_step_another_invocation_is_running_fails_fast_and_says_a_rerun_reuses_it(
+        tiny_bert: Path, tiny_mlm: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import hold_lock
+
+    out = tmp_path / "suite"
+    plan = _tiny_plan(out, tiny_bert, toy_data, tiny_mlm)
+
+    def fail(*a, **k):
+        raise AssertionError("trained a step another invocation is running")
+
+    monkeypatch.setattr("transferlm.training.pretrain.pretrain", fail)
+    holder = hold_lock(out / plan.pretrains[0].dir, beside=True)  # the other invocation, in the shared step
+    try:
+        with pytest.raises(ConfigError) as e:
+            execute(plan, log=lambda s: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    msg = str(e.value)
+    assert f"models/tapt is in use by another transferlm process (pid {holder.pid})" in msg
+    assert "run this command again: it reuses the finished step" in msg
+    # A compare entry too (the same tasks started twice).
+    plan = _tiny_plan(out, tiny_bert, toy_data)
+    holder = hold_lock(out / plan.entries[0].dir)
+    monkeypatch.setattr(compare_mod, "run", fail)
+    try:
+        with pytest.raises(ConfigError, match=rf"toy/ft is in use by another transferlm process \(pid {holder.pid}\)"):
+            execute(plan, log=lambda s: None)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlm.errors import ModelError
+from transferlm.io import ignorable
 from transferlm.models import gguf
 
 KINDS = ("encoder", "mlm", "causal")
@@ -342,7 +343,7 @@ def model_digest(name_or_path: str) -> str | None:
     if not folder.is_dir():
         return None
     h = hashlib.blake2b(digest_size=16)
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not ignorable(p)):  # not a run's lock file
         h.update(f"{f.name}:{_file_digest(f)}".encode())
     return h.hexdigest()
 

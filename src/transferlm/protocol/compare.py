@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..config import CompareConfig, RunConfig, from_dict, set_dotted
 from ..errors import ConfigError
 from ..evaluation.significance import vs_best
-from ..io import check_output_dir, write_json, write_text
+from ..io import check_output_dir, output_lock, write_json, write_text
 from ..methods import get_method
 from ..models.zoo import model_digest
 from .run import run
@@ -68,6 +68,12 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             candidate.train.validate()
             method.parse_config(candidate.method_args)
     out = Path(cfg.output)
+    # Its own folder (summary.json, the eval memos); each run locks its sub-folder too (another lock file).
+    with output_lock(out):
+        return _compare(cfg, out, points)
+
+
+def _compare(cfg: CompareConfig, out: Path, points: list[dict[str, Any]]) -> dict[str, Any]:
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
     # Which runs came from the cache: wall time is only known for the ones computed now.
     reused = dict.fromkeys(cfg.methods, 0)

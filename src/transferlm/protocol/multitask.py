@@ -20,6 +20,7 @@ checkpoint written under other settings or data is discarded. The checkpoint goe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ from ..data.loading import DataOptions, load_task
 from ..data.tasks import TaskSpec
 from ..errors import CheckpointError, ConfigError, ModelError
 from ..evaluation.metrics import compute_metrics
-from ..io import atomic_dir, check_output_dir, write_json
+from ..io import atomic_dir, check_output_dir, output_lock, write_json
 from ..methods.finetune import make_collate, pool, resolve_pooling
 from ..methods.prompting.common import prompt_head
 from ..models.loading import Backbone, load_backbone
@@ -158,6 +159,13 @@ def _restore(out_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch
 
 
 def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
+    """Train one model on all of ``cfg.tasks``; with an output folder, locked (``io.output_lock``) from the end
+    of the checks to the end of the run."""
+    with contextlib.ExitStack() as held:
+        return _multitask(cfg, held)
+
+
+def _multitask(cfg: MultitaskConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     cfg.validate()
     if cfg.output:
         check_output_dir(cfg.output)
@@ -186,6 +194,8 @@ def multitask(cfg: MultitaskConfig) -> dict[str, Any]:
     orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}
     start, best, best_score, history, seconds_before, resumed_from = 0, None, -math.inf, [], 0.0, None
     out_dir = Path(cfg.output) if cfg.output else None
+    if out_dir is not None:  # before the checkpoint is read: another process's would be resumed alongside it
+        held.enter_context(output_lock(out_dir))
     # What a checkpoint must match to be resumed, as run's: config, each task's data, the model's files.
     fingerprint = config_fingerprint(asdict(cfg), cfg.model, data={t: d.digests() for t, (_, d) in loaded.items()})
     if out_dir is not None and cfg.resume:

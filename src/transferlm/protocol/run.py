@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,7 @@ from ..config import RunConfig
 from ..data.loading import DataOptions, load_task, spec_with_overrides
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
-from ..io import atomic_dir, check_output_dir, write_json
+from ..io import atomic_dir, check_output_dir, output_lock, write_json
 from ..methods import get_method
 from ..methods.base import count_parameters, freeze_unused_parameters
 from ..models.loading import load_backbone
@@ -91,7 +92,16 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     the other seeds of a comparison reuse them instead of evaluating the same test set again.
     ``defer_test``: train and score dev only (a grid candidate); results.json says ``test_deferred`` until
     ``RunResult.finish_test`` evaluates the test split, which compare does for the selected candidate only.
+
+    The output folder is locked (``io.output_lock``) from the end of the checks to the end of the run: another
+    process working in it fails fast instead of training, checkpointing and resuming alongside.
     """
+    with contextlib.ExitStack() as held:
+        return _run(cfg, held, keep_engine=keep_engine, eval_memo=eval_memo, defer_test=defer_test)
+
+
+def _run(cfg: RunConfig, held: contextlib.ExitStack, *, keep_engine: bool, eval_memo: str | Path | None,
+         defer_test: bool) -> RunResult:
     cfg.train.validate()
     if cfg.output:
         check_output_dir(cfg.output)
@@ -108,6 +118,10 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.model, head=method.head_for(cfg.model))
     intermediate = None
+    out_dir = Path(cfg.output) if cfg.output else None
+    if out_dir is not None:
+        # After the checks that need no training (bad input writes nothing), before the first write or resume.
+        held.enter_context(output_lock(out_dir))
     if cfg.intermediate is not None:
         torch.manual_seed(cfg.seed)
         intermediate = train_intermediate(cfg, method, method_cfg, backbone)
@@ -121,7 +135,6 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
         if unused:
             log.info("not trained (unused by the forward pass): %s", ", ".join(unused))
     trainable, total = count_parameters(prepared.model)
-    out_dir = Path(cfg.output) if cfg.output else None
     digests = data.digests()  # hashes every split's examples: once per run
     engine = Engine(prepared, spec, cfg.train, seed=cfg.seed, out_dir=out_dir, quiet=cfg.quiet, resume=cfg.resume,
                     fingerprint=training_fingerprint(cfg, method_cfg.to_dict(), {
@@ -173,6 +186,10 @@ def run(cfg: RunConfig, *, keep_engine: bool = False, eval_memo: str | Path | No
     engine.finish()
 
     def finish_test() -> dict[str, Any]:
+        with output_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+            return _finish_test()
+
+    def _finish_test() -> dict[str, Any]:
         metrics, seconds, memo_seed = _evaluate_test(cfg, method, method_cfg, prepared, engine, data.test, eval_memo)
         results.pop("test_deferred", None)
         results.update(metrics=metrics, eval_seconds=round(results["eval_seconds"] + seconds, 3))

@@ -301,9 +301,9 @@ def _find(folder: Path) -> list[Path]:
     return sorted(p for p in found if not any(s in p.parents for s in suites))
 
 
-def load_suite(folder: Path) -> tuple[list[Cell], dict[str, Any]]:
-    """The cells of a reproduce output folder, labelled as its suite.json says."""
-    suite = _read_json(folder / SUITE)
+def load_suite(folder: Path, suite: dict[str, Any] | None = None) -> tuple[list[Cell], dict[str, Any]]:
+    """The cells of a reproduce output folder, labelled as its suite.json (or the manifest ``suite``) says."""
+    suite = _read_json(folder / SUITE) if suite is None else suite
     cells: list[Cell] = []
     stale = []
     for entry in suite.get("entries", []):
@@ -400,8 +400,18 @@ def _disambiguate(cells: list[Cell]) -> None:
             c.method = f"{c.method.rsplit(' (', 1)[0]} ({c.source})"
 
 
-def collect(folders: list[str | Path], *, title: str | None = None) -> Collection:
-    """Everything the report needs from the given folders, in the order given."""
+def collect(folders: list[str | Path], *, title: str | None = None,
+            suites: dict[Path, dict[str, Any]] | None = None) -> Collection:
+    """Everything the report needs from the given folders, in the order given.
+
+    ``suites``: manifests (``Plan.manifest``) by reproduce folder, read instead of the folder's suite.json: the
+    report at the end of a reproduce is of its own plan, though another invocation on the folder (other tasks)
+    may have written its suite.json since."""
+    given = {Path(f).resolve(): m for f, m in (suites or {}).items()}
+
+    def manifest(folder: Path) -> dict[str, Any]:
+        return given.get(folder.resolve()) or _read_json(folder / SUITE)
+
     if not folders:
         raise ReportError("report needs at least one compare or reproduce output folder")
     cells: list[Cell] = []
@@ -423,14 +433,14 @@ def collect(folders: list[str | Path], *, title: str | None = None) -> Collectio
         per_arg.append(found)
     # A suite's own compare folders, named beside it, are reported through the suite (its label, its checks).
     entries = {(f / e["dir"]).resolve() for found in per_arg for f in found if (f / SUITE).is_file()
-               for e in _read_json(f / SUITE).get("entries", [])}
+               for e in manifest(f).get("entries", [])}
     for found in per_arg:
         for f in found:
             if f.resolve() in seen or (f.resolve() in entries and not (f / SUITE).is_file()):
                 continue
             seen.add(f.resolve())
             if (f / SUITE).is_file():
-                more, suite = load_suite(f)
+                more, suite = load_suite(f, manifest(f))
                 cells.extend(more)
                 order.extend(e["label"] for e in suite.get("entries", []) if e["label"] not in order)
                 notes.extend(suite.get("notes", []))

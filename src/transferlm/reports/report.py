@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..io import check_output_dir, write_text
 from .collect import Collection, collect
@@ -33,6 +34,8 @@ def write_report(collection: Collection, output: str | Path) -> ReportFiles:
     return files
 
 
-def build_report(folders: list[str | Path], output: str | Path, *, title: str | None = None) -> ReportFiles:
-    """Collect the folders' results (validating everything first), then write the report into ``output``."""
-    return write_report(collect(folders, title=title), output)
+def build_report(folders: list[str | Path], output: str | Path, *, title: str | None = None,
+                 suites: dict[Path, dict[str, Any]] | None = None) -> ReportFiles:
+    """Collect the folders' results (validating everything first), then write the report into ``output``.
+    ``suites``: reproduce folders' manifests to use instead of their suite.json (see ``collect``)."""
+    return write_report(collect(folders, title=title, suites=suites), output)

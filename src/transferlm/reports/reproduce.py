@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import DEFAULT_SEEDS, CompareConfig, RunConfig, parse_shots, set_dotted
 from ..errors import ConfigError
-from ..io import as_json, write_json
+from ..io import as_json, output_lock, write_json
 from .collect import ReportError
 from .report import ReportFiles, build_report
 
@@ -410,22 +410,30 @@ def validate(plan: Plan) -> None:
         get_method(e.method).parse_config(e.run.get("method_args") or {})
 
 
+# The lock message of a step another invocation is running (io.output_lock): nothing of it is lost by stopping.
+STEP_IN_USE = "wait for it to finish, then run this command again: it reuses the finished step"
+
+
 def execute(plan: Plan, *, log: Callable[[str], None] = print, report: bool = True) -> ReportFiles | None:
     """Run every pretraining step and compare of the plan (reusing finished work), then write the report."""
     from ..protocol.compare import compare
-    from ..training.pretrain import PretrainConfig, pretrain
+    from ..training.pretrain import PretrainConfig, pretrain, pretrain_lock
 
     validate(plan)
     out = Path(plan.output)
-    write_json(out / "suite.json", plan.manifest())
+    manifest = as_json(plan.manifest())  # as suite.json holds it; the report at the end reads this one
+    write_json(out / "suite.json", manifest)
     for i, step in enumerate(plan.pretrains, start=1):
         folder = out / step.dir
-        if _pretrain_done(folder, step.config):
-            log(f"[pretrain {i}/{len(plan.pretrains)}] {step.name}: done before, reused ({folder})")
-            continue
-        log(f"[pretrain {i}/{len(plan.pretrains)}] {step.name} -> {folder}")
-        t0 = time.perf_counter()
-        done = pretrain(PretrainConfig(**{**step.config, "output": str(folder), "quiet": True}))
+        # Each step is locked on its own, not the suite folder: invocations for other tasks share the folder and
+        # run beside this one; one reaching a step this one is running fails fast (see STEP_IN_USE).
+        with pretrain_lock(folder, advice=STEP_IN_USE):
+            if _pretrain_done(folder, step.config):  # in the lock: the other invocation may just have finished it
+                log(f"[pretrain {i}/{len(plan.pretrains)}] {step.name}: done before, reused ({folder})")
+                continue
+            log(f"[pretrain {i}/{len(plan.pretrains)}] {step.name} -> {folder}")
+            t0 = time.perf_counter()
+            done = pretrain(PretrainConfig(**{**step.config, "output": str(folder), "quiet": True}))
         phases = "; ".join(f"{p['phase']}: perplexity {p['perplexity_before']:.1f} -> {p['perplexity_after']:.1f}, "
                            f"{p['tokens_per_second']:.0f} tokens/s" for p in done["phases"])
         log(f"  {time.perf_counter() - t0:.0f}s ({phases})")
@@ -434,24 +442,26 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, report: bool = Tr
             folder = out / e.dir
             t0 = time.perf_counter()
             run = RunConfig.from_dict({**e.run, "output": str(folder)}, source=f"{plan.suite} suite ({e.label})")
-            summary = compare(CompareConfig(run=run, methods=[e.method], seeds=e.seeds, grid=e.grid,
-                                            output=str(folder)))
+            with output_lock(folder, advice=STEP_IN_USE):
+                summary = compare(CompareConfig(run=run, methods=[e.method], seeds=e.seeds, grid=e.grid,
+                                                output=str(folder)))
             row = summary["rows"][0]
             log(f"[{i}/{len(plan.entries)}] {e.task:8s} {e.label}: {100 * row['mean']:.1f} ({100 * row['std']:.1f}) "
                 f"{summary['primary_metric']} over {len(e.seeds)} seed(s), {time.perf_counter() - t0:.0f}s"
                 + (f" ({row['reused_runs']} run(s) reused from the cache)" if row["reused_runs"] else ""))
     finally:
         # Also when interrupted: the report then shows what has finished so far, under this plan's settings.
-        files = _report_current(out, log) if report else None
+        files = _report_current(out, log, manifest) if report else None
     return files
 
 
-def _report_current(out: Path, log: Callable[[str], None]) -> ReportFiles | None:
-    """The report of the suite's current results; where none is current yet (a rerun with changed settings
-    stopped before its first entry finished), an earlier report is removed rather than left showing the old
-    settings' numbers as the suite's."""
+def _report_current(out: Path, log: Callable[[str], None], manifest: dict[str, Any]) -> ReportFiles | None:
+    """The report of the suite's current results under this invocation's plan (``manifest``, not suite.json:
+    another invocation on the folder, for other tasks, may have written its own since); where none is current
+    yet (a rerun with changed settings stopped before its first entry finished), an earlier report is removed
+    rather than left showing the old settings' numbers as the suite's."""
     try:
-        return build_report([out], out)
+        return build_report([out], out, suites={out: manifest})
     except ReportError as e:  # never mask the exception (an interruption) that may be propagating
         stale = [f for f in (out / "report.html", out / "report.md", out / "results.csv") if f.is_file()]
         for f in stale:

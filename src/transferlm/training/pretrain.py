@@ -8,6 +8,7 @@ an MLM head (MiniLM) get a new head tied to the input embeddings, trained alone 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ from transformers import (
 
 from ..config import DEFAULT_SEEDS, DEFAULT_SHOTS
 from ..errors import ConfigError, DataError, ModelError
-from ..io import atomic_dir, atomic_path, check_output_dir, write_json
+from ..io import atomic_dir, atomic_path, check_output_dir, ignorable, output_lock, write_json
 from ..models.loading import SAFETENSORS_ONLY, _first_line, is_decoder_config, load_tokenizer
 from ..models.zoo import locate_model, model_digest
 from .checkpoint import load_checkpoint, load_trainable, remove_checkpoint, save_checkpoint, trainable_state
@@ -201,7 +203,8 @@ class Pretrainer:
         cfg.validate()
         self.cfg = cfg
         self.out = check_output_dir(cfg.output)
-        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / "pretrain.json").is_file():
+        if self.out.is_dir() and any(not ignorable(p) for p in self.out.iterdir()) \
+                and not (self.out / "pretrain.json").is_file():
             # The adapted model replaces the folder whole: never a folder of something else.
             raise ConfigError(f"--output {self.out} is a folder with other files in it, and pretrain replaces its "
                               "output folder whole; give a new folder (or an earlier pretrain output)")
@@ -438,4 +441,12 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run all phases and write the adapted model folder atomically; returns the report."""
     if not cfg.texts:
         raise DataError("pretrain needs at least one text source")
-    return Pretrainer(cfg).run()
+    pretrainer = Pretrainer(cfg)  # every check first: bad input writes nothing, not even the lock
+    with pretrain_lock(pretrainer.out):
+        return pretrainer.run()
+
+
+def pretrain_lock(folder: str | Path, **kwargs: Any) -> contextlib.AbstractContextManager[None]:
+    """The lock of pretrain output ``folder`` (``io.output_lock``): its file sits beside the folder, next to the
+    work folder, as the adapted model replaces the output folder whole (a lock file in it would go with it)."""
+    return output_lock(folder, beside=True, **kwargs)
