@@ -49,13 +49,13 @@ EXAMPLES = {
     "pretrain": """examples:
   # DAPT on science text, then TAPT on chemprot's own training text (less the dev texts of the runs it
   # prepares for: --tapt-shots/--tapt-seeds, as the runs' --shots/--seed), in one command:
-  transferlm pretrain --model minilm-l6 --text ../shared/data/unlabeled/scibert/mag/dev.txt \
-      --tapt-task chemprot --tapt-shots full --tapt-seeds 13 --data-dir ../shared/data --steps 200 \
+  transferlm pretrain --model minilm-l6 --text ../shared/data/unlabeled/scibert/mag/dev.txt \\
+      --tapt-task chemprot --tapt-shots full --tapt-seeds 13 --data-dir ../shared/data --steps 200 \\
       --output models/minilm-sci
   transferlm run --task chemprot --shots full --model models/minilm-sci --output runs/chemprot-dapt
   transferlm pretrain --model smollm2-135m --text reviews.jsonl --text-field review --output models/smol-rev""",
     "multitask": """examples:
-  transferlm multitask --tasks SST-2,cr,mr --data-dir ../shared/data --model minilm-l6 --sampling temperature \
+  transferlm multitask --tasks SST-2,cr,mr --data-dir ../shared/data --model minilm-l6 --sampling temperature \\
       --temperature 2 --steps 300 --output runs/mt
   transferlm run --task SST-2 --shots 16 --model runs/mt/model --output runs/sst2-after-mt""",
     "kshot": """examples:
@@ -218,10 +218,15 @@ def _list_arg(raw: Any, cast: type, where: str = "list") -> list[Any]:
         raise bad from None
 
 
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of ``run``/``probe``/``search`` flags (and their ``--config`` file); reads no data or model."""
+    return RunConfig.from_dict(build_run_dict(args)["run"], source=args.config or "flags")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .protocol.run import run
 
-    cfg = RunConfig.from_dict(build_run_dict(args)["run"], source=args.config or "flags")
+    cfg = run_config(args)
     if not cfg.output:
         raise ConfigError("run needs --output (a folder for results.json)")
     res = run(cfg).results
@@ -233,9 +238,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .protocol.compare import compare
-
+def compare_config(args: argparse.Namespace) -> CompareConfig:
+    """The CompareConfig of ``compare``'s flags (and its ``--config`` file); reads no data or model."""
     d = build_run_dict(args)
     run_cfg = RunConfig.from_dict(d["run"], source=args.config or "flags")
     grid = dict(d.get("grid") or {})
@@ -250,6 +254,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         seeds=_list_arg(args.seeds or d.get("seeds") or "13,21,42,87,100", int,
                                         "--seeds" if args.seeds else f"{args.config}.seeds"),
                         grid=grid)
+    return cfg
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .protocol.compare import compare
+
+    cfg = compare_config(args)
     summary = compare(cfg)
     print(summary["table"])
     print(f"summary: {cfg.output}/summary.json")
@@ -322,7 +333,7 @@ def cmd_kshot(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from .protocol.probe import format_probe, probe
 
-    cfg = RunConfig.from_dict(build_run_dict(args)["run"], source=args.config or "flags")
+    cfg = run_config(args)
     layers = _list_arg(args.layers, int, "--layers") if args.layers else None
     report = probe(cfg, layers)
     print(format_probe(report))
@@ -331,8 +342,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .training.pretrain import PretrainConfig, pretrain
+def pretrain_config(args: argparse.Namespace) -> Any:
+    """The PretrainConfig of ``pretrain``'s flags (and its ``--config`` file); reads no text or model."""
+    from .training.pretrain import PretrainConfig
 
     d: dict[str, Any] = load_yaml(args.config) if args.config else {}
     flags = {"model": args.model, "output": args.output, "text_field": args.text_field, "objective": args.objective,
@@ -356,17 +368,25 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         d["whole_word_mask"] = True
     if args.quiet:
         d["quiet"] = True
-    report = pretrain(from_dict(PretrainConfig, d, source=args.config or "flags"))
+    return from_dict(PretrainConfig, d, source=args.config or "flags")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .training.pretrain import pretrain
+
+    cfg = pretrain_config(args)
+    report = pretrain(cfg)
     for ph in report["phases"]:
         left_out = f", {ph['excluded_dev_texts']} dev texts left out" if "excluded_dev_texts" in ph else ""
         print(f"{ph['phase']}: perplexity {ph['perplexity_before']:.2f} -> {ph['perplexity_after']:.2f} "
               f"({ph['train_texts']} texts{left_out}, {ph['seconds']:.1f}s, {ph['tokens_per_second']:.0f} tokens/s)")
-    print(f"adapted model: {args.output or d.get('output')} (use it with run --model)")
+    print(f"adapted model: {cfg.output} (use it with run --model)")
     return 0
 
 
-def cmd_multitask(args: argparse.Namespace) -> int:
-    from .protocol.multitask import MultitaskConfig, multitask
+def multitask_config(args: argparse.Namespace) -> Any:
+    """The MultitaskConfig of ``multitask``'s flags (and its ``--config`` file); reads no data or model."""
+    from .protocol.multitask import MultitaskConfig
 
     d: dict[str, Any] = load_yaml(args.config) if args.config else {}
     check_sections(MultitaskConfig, d, args.config)
@@ -387,7 +407,13 @@ def cmd_multitask(args: argparse.Namespace) -> int:
         d["quiet"] = True
     if args.no_resume:
         d["resume"] = False
-    res = multitask(from_dict(MultitaskConfig, d, source=args.config or "flags"))
+    return from_dict(MultitaskConfig, d, source=args.config or "flags")
+
+
+def cmd_multitask(args: argparse.Namespace) -> int:
+    from .protocol.multitask import multitask
+
+    res = multitask(multitask_config(args))
     for task, r in res["tasks"].items():
         m = r["metrics"] or r["dev_metrics"]
         print(f"{task}: {r['primary_metric']} = {m.get(r['primary_metric'], float('nan')):.4f} "
@@ -508,6 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("transferlm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `transferlm reproduce --dry-run | head`: the reader left; stop quietly, as other Unix tools do, and keep
+        # the interpreter from failing again when it flushes stdout at exit.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured): nothing is left to flush at exit
+            pass
+        return 141
     finally:
         _close_process_group()
 

@@ -64,10 +64,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+def reproduce_plan(args: argparse.Namespace) -> Any:
+    """The plan of ``reproduce``'s flags (no I/O)."""
     from ..cli import _key_values, _list_arg  # the same KEY=VALUE and comma-list parsing as run/compare
     from ..config import parse_shots
-    from .reproduce import build_plan, execute
+    from .reproduce import build_plan
 
     overrides = dict(_key_values(args.set, "--set"))
     pretrain_overrides = dict(_key_values(args.pretrain_set, "--pretrain-set"))
@@ -77,6 +78,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                       shots=parse_shots(args.shots) if args.shots is not None else "default",
                       max_test=(None if args.max_test == 0 else args.max_test) if args.max_test is not None
                       else "default", overrides=overrides, pretrain_overrides=pretrain_overrides)
+    return plan
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import execute, validate
+
+    plan = reproduce_plan(args)
+    if args.dry_run:
+        validate(plan, check_data=False)  # a misspelt --set key fails here too, not only once the suite runs
     runs = plan.runs()
     print(f"{plan.title}: {len(plan.pretrains)} pretraining step(s), {len(plan.entries)} compare(s), "
           f"{len(runs)} run(s) -> {plan.output}")

@@ -395,12 +395,12 @@ def _pretrain_done(folder: Path, config: dict[str, Any]) -> bool:
     return base is None or model_digest(mine["model"]) == base
 
 
-def validate(plan: Plan) -> None:
-    """Fail on a bad name or a missing data folder before anything is trained or written."""
+def validate(plan: Plan, *, check_data: bool = True) -> None:
+    """Fail on a bad name or a missing data folder (``check_data``) before anything is trained or written."""
     from ..data.loading import find_task_dir, resolve_data_dir
     from ..methods import get_method
 
-    roots = {e.run["data"]["data_dir"] for e in plan.entries}
+    roots = {e.run["data"]["data_dir"] for e in plan.entries} if check_data else set()
     for root in roots:
         path = resolve_data_dir(root)
         for task in dict.fromkeys(e.task for e in plan.entries if e.run["data"]["data_dir"] == root):

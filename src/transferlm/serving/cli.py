@@ -56,8 +56,9 @@ def add_serve_command(subparsers: Any) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="JSON log level (default info)")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from . import load_serve_config, serve
+def serve_config(args: argparse.Namespace) -> Any:
+    """The ServeConfig of ``serve``'s flags (and its ``--config`` file); loads no model or adapter."""
+    from . import load_serve_config
 
     tasks: dict[str, str] = {}
     for item in args.task or []:
@@ -76,5 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "admin_token": args.admin_token, "device": args.device,
              "threads": args.threads, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
              "precision": args.precision, "allow_base_mismatch": args.allow_base_mismatch}
-    serve(load_serve_config(args.config, flags))
+    return load_serve_config(args.config, flags)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    serve(serve_config(args))
     return 0
