@@ -1,23 +1,34 @@
 """transferlm: transfer a pretrained language model to your task, and measure which method wins."""
 
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run", "compare", "RunConfig", "CompareConfig", "TrainConfig", "DataConfig", "load_task"]
+# The public API: name -> the module that defines it. Imported on first use, so `import transferlm` stays fast
+# and torch loads only when a run starts.
+_EXPORTS = {
+    "run": ".protocol.run", "compare": ".protocol.compare", "probe": ".protocol.probe",
+    "RunConfig": ".config", "CompareConfig": ".config", "TrainConfig": ".config", "DataConfig": ".config",
+    "IntermediateConfig": ".config",
+    "load_task": ".data.loading",
+    "load_backbone": ".models.loading",
+    "pretrain": ".training.pretrain", "PretrainConfig": ".training.pretrain",
+    "multitask": ".protocol.multitask", "MultitaskConfig": ".protocol.multitask",
+    "load_multitask_model": ".protocol.multitask",
+    "load_task_adapter": ".methods.efficient", "TaskModel": ".methods.efficient",
+    "build_report": ".reports",
+}
+
+__all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str):
-    # Lazy: `import transferlm` stays fast, torch loads only when a run starts.
-    if name in ("run", "compare"):
-        from .protocol import compare as _c
-        from .protocol import run as _r
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transferlm' has no attribute {name!r}")
+    return getattr(import_module(module, __name__), name)
 
-        return {"run": _r.run, "compare": _c.compare}[name]
-    if name in ("RunConfig", "CompareConfig", "TrainConfig", "DataConfig"):
-        from . import config
 
-        return getattr(config, name)
-    if name == "load_task":
-        from .data.loading import load_task
-
-        return load_task
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return sorted(__all__)
