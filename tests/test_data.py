@@ -181,9 +181,9 @@ _TSV_NOHEAD = TaskSpec(name="x", text_columns=(3,), label_column=1, format="tsv"
     (_TSV_NAMED, "sentence\tlabel\textra\nfine\t1\n", ["fine"]),  # short, but not for the columns read
     (_TSV_TAIL, "a\tb\tx\tlabel\np\tq\tx\t1\np\tq\tx\ty1\ty2\t0\n", ["p", "p"]),  # SNLI-like
     (_TSV_NOHEAD, "s\t1\t\tgood\ns\t0\t\tbad\n", ["good", "bad"]),
-    (_TSV_NAMED, "sentence\tlabel\nfine\t1\nno label here\n", (":3: the row has 1 fields, too few for column 'label' (needs 2)", "tab")),
-    (_TSV_TAIL, "a\tb\tlabel\np\tq\t1\np\n", (":3: the row has 1 fields, too few for column 'b' (needs 2)",)),
-    (_TSV_NOHEAD, "s\t1\t\tgood\ns\t0\tbad\n", (":2: the row has 3 fields, too few for column 3 (needs 4)",
+    (_TSV_NAMED, "sentence\tlabel\nfine\t1\nno label here\n", (":3: the row has 1 fields, too few for column 'label' (needs 2 fields)", "tab")),
+    (_TSV_TAIL, "a\tb\tlabel\np\tq\t1\np\n", (":3: the row has 1 fields, too few for column 'b' (needs 2 fields)",)),
+    (_TSV_NOHEAD, "s\t1\t\tgood\ns\t0\tbad\n", (":2: the row has 3 fields, too few for column 3 (needs 4 fields)",
                                                    "remove the tab or use CSV/JSONL")),
 ])
 def test_tsv_rows_with_another_field_count(tmp_path: Path, spec: TaskSpec, content: str,

@@ -211,7 +211,7 @@ def cell(row: Any, col: Column, path: Path, lineno: int) -> str:
         short = _short_row(row, col)
         if short is not None:
             found, need = short
-            raise DataError(f"{path}:{lineno}: the row has {found} fields, too few for column {col!r} (needs {need}); "
+            raise DataError(f"{path}:{lineno}: the row has {found} fields, too few for column {col!r} (needs {need} fields); "
                             "a text with a tab in it must not be split: remove the tab or use CSV/JSONL, or fix the "
                             "row's missing fields") from None
         have = [k for k in row if k not in _SPLIT_KEYS] if isinstance(row, dict) else f"{len(row)} columns"
