@@ -271,3 +271,39 @@ def test_run_in_a_folder_another_process_works_in_fails_fast(tiny_bert: Path, to
         holder.wait()
     run_cli(*toy_run_args(tiny_bert, toy_data, out, "--steps", "2"), check=True)
     assert (out / "results.json").is_file()
+
+
+# The other writers lock their output folder too, after their checks: (argv, the folder locked).
+OTHER_LOCKED = {
+    "probe": (["probe", "--task", "toy", "--data-dir", "{data}", "--model", "{model}", "--shots", "8", "--steps", "1",
+               "--layers", "0,1", "--quiet", "--output", "{tmp}/o"], "o"),
+    "kshot": (["kshot", "--task", "toy", "--data-dir", "{data}", "--seeds", "13", "--output", "{tmp}/o"], "o/toy"),
+    "report": (["report", "{tmp}/in/sst2", "{tmp}/in/cr", "--output", "{tmp}/o"], "o"),
+}
+
+
+@pytest.mark.parametrize("cmd", list(OTHER_LOCKED))
+def test_other_writers_in_a_folder_another_process_holds_fail_fast(cmd: str, tiny_bert: Path, toy_data: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import hold_lock
+    from reports_fixtures import two_task_dirs
+    from transferlm.cli import main
+
+    two_task_dirs(tmp_path / "in")
+    argv, locked = OTHER_LOCKED[cmd]
+    argv = [a.format(tmp=tmp_path, model=tiny_bert, data=toy_data) for a in argv]
+    holder = hold_lock(tmp_path / locked)
+    try:
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        dirs = {p for p in tmp_path.rglob("*") if p.is_dir()}
+        line = _in_process_error(capsys, *argv)
+        assert str(tmp_path / locked) in line, line
+        assert f"in use by another transferlm process (pid {holder.pid}); wait for it to finish" in line, line
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, "the second wrote nothing"
+        assert {p for p in tmp_path.rglob("*") if p.is_dir()} == dirs, "nor made a folder"
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert main(argv) == 0, capsys.readouterr().err  # once the holder is gone
+    capsys.readouterr()

@@ -169,6 +169,50 @@ def test_csv_rows_with_another_field_count(tmp_path: Path, spec: TaskSpec, conte
         assert needle in line, line
 
 
+_TSV_NAMED = TaskSpec(name="x", text_columns=("sentence",), label_column="label", format="tsv", labels=("0", "1"))
+_TSV_TAIL = TaskSpec(name="x", text_columns=("a", "b"), label_column=-1, format="tsv", labels=("0", "1"))
+_TSV_NOHEAD = TaskSpec(name="x", text_columns=(3,), label_column=1, format="tsv", header=False, labels=("0", "1"))
+
+
+# tsv rows may have more fields than the header (GLUE SNLI: 11 or 15); one too short for a column the task
+# reads would be misread, so it is an error naming the file, the line and the counts.
+@pytest.mark.parametrize("spec, content, want", [
+    (_TSV_NAMED, "sentence\tlabel\nfine\t1\n\nplain\t0\n", ["fine", "plain"]),
+    (_TSV_NAMED, "sentence\tlabel\textra\nfine\t1\n", ["fine"]),  # short, but not for the columns read
+    (_TSV_TAIL, "a\tb\tx\tlabel\np\tq\tx\t1\np\tq\tx\ty1\ty2\t0\n", ["p", "p"]),  # SNLI-like
+    (_TSV_NOHEAD, "s\t1\t\tgood\ns\t0\t\tbad\n", ["good", "bad"]),
+    (_TSV_NAMED, "sentence\tlabel\nfine\t1\nno label here\n", (":3: the row has 1 fields, too few for column 'label' (needs 2 fields)", "tab")),
+    (_TSV_TAIL, "a\tb\tlabel\np\tq\t1\np\n", (":3: the row has 1 fields, too few for column 'b' (needs 2 fields)",)),
+    (_TSV_NOHEAD, "s\t1\t\tgood\ns\t0\tbad\n", (":2: the row has 3 fields, too few for column 3 (needs 4 fields)",
+                                                   "remove the tab or use CSV/JSONL")),
+])
+def test_tsv_rows_with_another_field_count(tmp_path: Path, spec: TaskSpec, content: str,
+                                           want: list[str] | tuple[str, ...]) -> None:
+    p = tmp_path / "train.tsv"
+    p.write_text(content)
+    if isinstance(want, list):
+        assert [x.text_a for x in read_examples(p, spec)] == want
+        return
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    line = _one_line(e)
+    assert line.startswith(f"{p}:"), line
+    for needle in want:
+        assert needle in line, line
+
+
+def test_snli_reads_the_gold_label_of_rows_with_five_annotator_labels(data_dir: Path) -> None:
+    # 16-42/train.tsv has 4 rows of 15 fields (label1..label5, gold_label) under an 11-name header; by name,
+    # 2 of them read their second annotator's label and the classes came out 16/18/14.
+    path = data_dir / "lm-bff/SNLI/k-shot/16-42/train.tsv"
+    spec = TASKS["SNLI"]
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    assert sum(len(line.split("\t")) == 15 for line in lines) == 4
+    got = [ex.label for ex in read_examples(path, spec)]
+    assert got == [spec.labels.index(line.split("\t")[-1]) for line in lines]
+    assert sorted(got.count(c) for c in range(3)) == [16, 16, 16]
+
+
 def test_label_outside_declared_set(tmp_path: Path) -> None:
     p = tmp_path / "train.csv"
     p.write_text("text,label\nhello,a\nbye,z\n")

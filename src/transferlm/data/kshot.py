@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from transferlm.errors import DataError
-from transferlm.io import atomic_dir
+from transferlm.io import atomic_dir, output_lock
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,13 @@ def generate_kshot(
         log.warning("%s: no training file in %s; writing the test split only", task, original_dir)
 
     written: list[Path] = []
-    for seed in seeds:
-        setting = output_dir / f"{k}-{seed}"
-        with atomic_dir(setting) as tmp:
-            names = writer.write(seed, tmp)
-        written.extend(setting / name for name in names)
+    # After the checks (the writer has read the original files): one generator per output folder at a time.
+    with output_lock(output_dir):
+        for seed in seeds:
+            setting = output_dir / f"{k}-{seed}"
+            with atomic_dir(setting) as tmp:
+                names = writer.write(seed, tmp)
+            written.extend(setting / name for name in names)
     return written
 
 

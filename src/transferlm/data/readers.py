@@ -107,14 +107,17 @@ def iter_rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, Any]]:
             for i, rec in enumerate(records, 1):
                 yield i, _json_record(rec, path, i)
         elif fmt == "tsv":
-            # GLUE files are not quoted: split on tabs like the LM-BFF reader does.
+            # GLUE files are not quoted: split on tabs like the LM-BFF reader does. Unlike csv rows (checked
+            # below), a row may have more fields than the header: GLUE's SNLI rows carry one to five annotator
+            # labels before gold_label (11 or 15 fields under an 11-name header), so the field count is not
+            # checked here; a row too short for a column the task reads fails in ``cell`` (file, line, counts).
             with path.open(encoding="utf-8-sig") as f:
                 lines = f.read().splitlines()
             names = lines[0].split("\t") if header and lines else None
             for i, line in enumerate(lines[1:] if header else lines, 2 if header else 1):
                 if line.strip():
                     cells = line.split("\t")
-                    yield i, dict(zip(names, cells, strict=False)) | {"__cells__": cells} if names else cells
+                    yield i, _split_row(names, cells)
         elif fmt == "csv":
             with path.open(encoding="utf-8-sig", newline="") as f:
                 reader = csv.reader(f)
@@ -131,7 +134,7 @@ def iter_rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, Any]]:
                         width, first = len(cells), i
                     elif len(cells) != width:
                         raise DataError(_csv_width_message(path, i, len(cells), width, first))
-                    yield i, dict(zip(names, cells, strict=False)) | {"__cells__": cells} if names else cells
+                    yield i, _split_row(names, cells)
         else:
             raise DataError(f"{path}: unknown format '{fmt}'; use tsv, csv, jsonl or json")
     except UnicodeDecodeError as e:
@@ -150,6 +153,33 @@ def _csv_width_message(path: Path, lineno: int, found: int, width: int, first: i
                + ("" if first is None else f" (if line {first}'s text holds an unquoted comma, quote that one)")
                + ', and put text with commas in double quotes ("like, this")')
     return f"{path}:{lineno}: {found} fields, expected {width} as {where}; {fix}"
+
+
+# The keys a split (tsv/csv) row with a header carries beside its named fields.
+_SPLIT_KEYS = ("__cells__", "__header__")
+
+
+def _split_row(names: list[str] | None, cells: list[str]) -> dict[str, Any] | list[str]:
+    if not names:
+        return cells
+    return dict(zip(names, cells, strict=False)) | {"__cells__": cells, "__header__": names}
+
+
+def _short_row(row: Any, col: Column) -> tuple[int, int] | None:
+    """(fields, fields needed) when ``row`` is a split tsv/csv row too short for ``col``, else None."""
+    if isinstance(row, dict) and "__cells__" in row:
+        cells, names = row["__cells__"], row["__header__"]
+    elif isinstance(row, list) and all(isinstance(c, str) for c in row):
+        cells, names = row, []
+    else:
+        return None
+    if isinstance(col, int):
+        need = col + 1 if col >= 0 else -col
+    elif col in names:
+        need = names.index(col) + 1
+    else:
+        return None  # a name not in the header: the "missing column" message lists the header's names
+    return (len(cells), need) if len(cells) < need else None
 
 
 def _json_obj(line: str, path: Path, lineno: int) -> dict[str, Any]:
@@ -178,7 +208,13 @@ def cell(row: Any, col: Column, path: Path, lineno: int) -> str:
         else:
             value = row[col]
     except (KeyError, IndexError, TypeError):
-        have = [k for k in row if k != "__cells__"] if isinstance(row, dict) else f"{len(row)} columns"
+        short = _short_row(row, col)
+        if short is not None:
+            found, need = short
+            raise DataError(f"{path}:{lineno}: the row has {found} fields, too few for column {col!r} (needs {need} fields); "
+                            "a text with a tab in it must not be split: remove the tab or use CSV/JSONL, or fix the "
+                            "row's missing fields") from None
+        have = [k for k in row if k not in _SPLIT_KEYS] if isinstance(row, dict) else f"{len(row)} columns"
         raise DataError(f"{path}:{lineno}: missing column {col!r} (found {have}); "
                         "set text/label columns with --text-columns/--label-column") from None
     if isinstance(value, dict | list):

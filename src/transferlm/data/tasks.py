@@ -109,7 +109,10 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
           ("entailment", "not entailment"), original={"test": "dev.tsv"}, description="question entailment"),
     _glue("MNLI", ("sentence1", "sentence2"), "gold_label", _NLI, _NLI, dev="dev_matched.tsv",
           test="test_matched.tsv", description="multi-genre NLI (no test file here)"),
-    _glue("SNLI", ("sentence1", "sentence2"), "gold_label", _NLI, _NLI, description="NLI (no test file here)"),
+    # SNLI rows hold one to five annotator labels before gold_label (11 or 15 fields under an 11-name header):
+    # the gold label is the last field, as LM-BFF's SnliProcessor (line[-1]) and kshot.py read it; by header
+    # name a 15-field row would give its second annotator's label.
+    _glue("SNLI", ("sentence1", "sentence2"), -1, _NLI, _NLI, description="NLI (no test file here)"),
     _glue("QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("not duplicate", "duplicate"),
           metric="f1", description="question paraphrase (no test file here)"),
     _glue("STS-B", ("sentence1", "sentence2"), "score", (), (), metric="pearson", regression=True,

@@ -6,6 +6,7 @@ the comparison measures what each layer already encodes. The best layer is picke
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..io import write_json
+from ..io import check_output_dir, output_lock, write_json
 from ..models.loading import load_backbone
 from ..training.layers import num_layers
 from .run import run
@@ -27,6 +28,15 @@ def probe(cfg: RunConfig, layers: list[int] | None = None) -> dict[str, Any]:
     if not layers or bad:
         raise ConfigError(f"--layers {','.join(map(str, layers)) or '(empty)'}: name layers between 0 (embeddings) "
                           f"and {depth} for {cfg.model}, or omit --layers to probe them all")
+    if cfg.output:
+        check_output_dir(cfg.output)
+    # Like run's: the output folder is locked from the end of the checks to the report (io.output_lock), so a
+    # second probe into it fails fast instead of training every layer and overwriting probe.json.
+    with output_lock(cfg.output) if cfg.output else contextlib.nullcontext():
+        return _probe(cfg, layers, depth)
+
+
+def _probe(cfg: RunConfig, layers: list[int], depth: int) -> dict[str, Any]:
     rows = []
     for k in tqdm(layers, desc="probe layers", disable=cfg.quiet):
         rc = copy.deepcopy(cfg)

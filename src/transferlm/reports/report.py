@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import check_output_dir, write_text
+from ..io import check_output_dir, output_lock, write_text
 from .collect import Collection, collect
 from .html import render_html
 from .plots import all_plots
@@ -28,9 +28,13 @@ def write_report(collection: Collection, output: str | Path) -> ReportFiles:
     reference = build_reference_table(collection)
     page = render_html(collection, table, reference, all_plots(collection))
     files = ReportFiles(out / "report.html", out / "report.md", out / "results.csv", to_markdown(table))
-    write_text(files.csv, to_csv(collection, table))
-    write_text(files.markdown, markdown_report(collection, table, reference))
-    write_text(files.html, page)
+    csv, markdown = to_csv(collection, table), markdown_report(collection, table, reference)
+    # Everything rendered: lock the folder (io.output_lock) only for the writes; another process writing a
+    # report (or a compare/run) into it fails this one fast.
+    with output_lock(out):
+        write_text(files.csv, csv)
+        write_text(files.markdown, markdown)
+        write_text(files.html, page)
     return files
 
 
