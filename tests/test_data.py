@@ -139,6 +139,21 @@ def test_missing_columns(tmp_path: Path) -> None:
     assert "missing column 'review'" in _one_line(e) and str(p) in str(e.value)
 
 
+def _check_rows(p: Path, spec: TaskSpec, content: str, want: list[str] | tuple[str, ...]) -> None:
+    """Write ``content`` to ``p``: its texts read are ``want`` (a list), or reading it is one error line naming
+    the file and holding every needle of ``want`` (a tuple)."""
+    p.write_text(content)
+    if isinstance(want, list):
+        assert [x.text_a for x in read_examples(p, spec)] == want
+        return
+    with pytest.raises(DataError) as e:
+        read_examples(p, spec)
+    line = _one_line(e)
+    assert line.startswith(f"{p}:"), line
+    for needle in want:
+        assert needle in line, line
+
+
 _SENT = TaskSpec(name="x", text_columns=(1,), label_column=0, format="csv", header=False, labels=("0", "1"))
 _HEADED = TaskSpec(name="x", text_columns=("text",), label_column="label", format="csv", labels=("0", "1"))
 
@@ -156,17 +171,7 @@ _HEADED = TaskSpec(name="x", text_columns=("text",), label_column="label", forma
 ])
 def test_csv_rows_with_another_field_count(tmp_path: Path, spec: TaskSpec, content: str,
                                            want: list[str] | tuple[str, ...]) -> None:
-    p = tmp_path / "train.csv"
-    p.write_text(content)
-    if isinstance(want, list):
-        assert [x.text_a for x in read_examples(p, spec)] == want
-        return
-    with pytest.raises(DataError) as e:
-        read_examples(p, spec)
-    line = _one_line(e)
-    assert line.startswith(f"{p}:"), line
-    for needle in want:
-        assert needle in line, line
+    _check_rows(tmp_path / "train.csv", spec, content, want)
 
 
 _TSV_NAMED = TaskSpec(name="x", text_columns=("sentence",), label_column="label", format="tsv", labels=("0", "1"))
@@ -188,17 +193,7 @@ _TSV_NOHEAD = TaskSpec(name="x", text_columns=(3,), label_column=1, format="tsv"
 ])
 def test_tsv_rows_with_another_field_count(tmp_path: Path, spec: TaskSpec, content: str,
                                            want: list[str] | tuple[str, ...]) -> None:
-    p = tmp_path / "train.tsv"
-    p.write_text(content)
-    if isinstance(want, list):
-        assert [x.text_a for x in read_examples(p, spec)] == want
-        return
-    with pytest.raises(DataError) as e:
-        read_examples(p, spec)
-    line = _one_line(e)
-    assert line.startswith(f"{p}:"), line
-    for needle in want:
-        assert needle in line, line
+    _check_rows(tmp_path / "train.tsv", spec, content, want)
 
 
 def test_snli_reads_the_gold_label_of_rows_with_five_annotator_labels(data_dir: Path) -> None:
