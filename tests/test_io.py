@@ -179,3 +179,13 @@ def test_folder_checks_ignore_the_lock_file(tmp_path: Path) -> None:
     (model / LOCK_FILE).write_text("123 python -m transferlm run\n")
     assert model_digest(str(model)) == before, "a lock file is no file of the model"
     assert ignorable(model / LOCK_FILE) and not ignorable(model / "config.json")
+
+
+def test_output_lock_of_no_folder_locks_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlm.io import output_lock
+
+    # A run without --output has nothing to share: the lock is a no-op, not a lock file in the working directory.
+    monkeypatch.chdir(tmp_path)
+    with output_lock(None), output_lock(None):
+        pass
+    assert list(tmp_path.iterdir()) == []

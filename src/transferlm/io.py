@@ -159,10 +159,12 @@ _ADVICE = "wait for it to finish, or give another --output"
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | os.PathLike[str], *, beside: bool = False, advice: str = _ADVICE) -> Iterator[None]:
+def output_lock(folder: str | os.PathLike[str] | None, *, beside: bool = False,
+                advice: str = _ADVICE) -> Iterator[None]:
     """Hold an exclusive, advisory lock on output folder ``folder`` for the block: two transferlm processes
     never train, checkpoint and resume in one folder at once. Another process holding it fails this one fast
     with a one-line ConfigError naming the folder and its pid (no waiting). Re-entrant in one process.
+    ``folder`` None (a run without an output folder: nothing to share) locks nothing.
 
     The lock is ``flock`` on a small file: ``LOCK_FILE`` in the folder (made with the folder if needed), or
     ``beside`` it (``.<name>.lock``) for a folder that is replaced whole, such as pretrain's, whose lock file
@@ -174,6 +176,9 @@ def output_lock(folder: str | os.PathLike[str], *, beside: bool = False, advice:
     one under that name (else it locked a removed file, and tries again). Secondary ranks of a multi-process
     launch (RANK > 0) share their rank 0's lock.
     """
+    if folder is None:
+        yield
+        return
     if fcntl is None:
         # Windows has no flock (msvcrt.locking locks byte ranges, with other semantics, and a locked file there
         # cannot be removed or renamed); transferlm trains on POSIX systems, so on Windows the lock is left out.

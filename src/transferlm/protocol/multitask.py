@@ -194,8 +194,8 @@ def _multitask(cfg: MultitaskConfig, held: contextlib.ExitStack) -> dict[str, An
     orders = {t: rng.permutation(len(loaded[t][1].train)) for t in cfg.tasks}
     start, best, best_score, history, seconds_before, resumed_from = 0, None, -math.inf, [], 0.0, None
     out_dir = Path(cfg.output) if cfg.output else None
-    if out_dir is not None:  # before the checkpoint is read: another process's would be resumed alongside it
-        held.enter_context(output_lock(out_dir))
+    # Before the checkpoint is read: another process's would be resumed alongside it.
+    held.enter_context(output_lock(out_dir))
     # What a checkpoint must match to be resumed, as run's: config, each task's data, the model's files.
     fingerprint = config_fingerprint(asdict(cfg), cfg.model, data={t: d.digests() for t, (_, d) in loaded.items()})
     if out_dir is not None and cfg.resume:

@@ -6,7 +6,6 @@ the comparison measures what each layer already encodes. The best layer is picke
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def probe(cfg: RunConfig, layers: list[int] | None = None) -> dict[str, Any]:
         check_output_dir(cfg.output)
     # Like run's: the output folder is locked from the end of the checks to the report (io.output_lock), so a
     # second probe into it fails fast instead of training every layer and overwriting probe.json.
-    with output_lock(cfg.output) if cfg.output else contextlib.nullcontext():
+    with output_lock(cfg.output or None):
         return _probe(cfg, layers, depth)
 
 

@@ -119,9 +119,8 @@ def _run(cfg: RunConfig, held: contextlib.ExitStack, *, keep_engine: bool, eval_
     backbone = load_backbone(cfg.model, head=method.head_for(cfg.model))
     intermediate = None
     out_dir = Path(cfg.output) if cfg.output else None
-    if out_dir is not None:
-        # After the checks that need no training (bad input writes nothing), before the first write or resume.
-        held.enter_context(output_lock(out_dir))
+    # After the checks that need no training (bad input writes nothing), before the first write or resume.
+    held.enter_context(output_lock(out_dir))
     if cfg.intermediate is not None:
         torch.manual_seed(cfg.seed)
         intermediate = train_intermediate(cfg, method, method_cfg, backbone)
@@ -186,7 +185,7 @@ def _run(cfg: RunConfig, held: contextlib.ExitStack, *, keep_engine: bool, eval_
     engine.finish()
 
     def finish_test() -> dict[str, Any]:
-        with output_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        with output_lock(out_dir):
             return _finish_test()
 
     def _finish_test() -> dict[str, Any]:
