@@ -248,13 +248,12 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
             raise ConfigError(f"--grid expects KEY=V1,V2, got '{item}'")
         k, v = item.split("=", 1)
         grid[k.strip()] = [_yaml_value(x) for x in v.split(",")]
-    cfg = CompareConfig(run=run_cfg, output=run_cfg.output,
-                        methods=_list_arg(args.methods or d.get("methods") or "finetune", str,
-                                          "--methods" if args.methods else f"{args.config}.methods"),
-                        seeds=_list_arg(args.seeds or d.get("seeds") or "13,21,42,87,100", int,
-                                        "--seeds" if args.seeds else f"{args.config}.seeds"),
-                        grid=grid)
-    return cfg
+    return CompareConfig(run=run_cfg, output=run_cfg.output,
+                           methods=_list_arg(args.methods or d.get("methods") or "finetune", str,
+                                             "--methods" if args.methods else f"{args.config}.methods"),
+                           seeds=_list_arg(args.seeds or d.get("seeds") or "13,21,42,87,100", int,
+                                           "--seeds" if args.seeds else f"{args.config}.seeds"),
+                           grid=grid)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -72,13 +72,12 @@ def reproduce_plan(args: argparse.Namespace) -> Any:
 
     overrides = dict(_key_values(args.set, "--set"))
     pretrain_overrides = dict(_key_values(args.pretrain_set, "--pretrain-set"))
-    plan = build_plan(args.suite, quick=args.quick, output=args.output, model=args.model, data_dir=args.data_dir,
+    return build_plan(args.suite, quick=args.quick, output=args.output, model=args.model, data_dir=args.data_dir,
                       tasks=_list_arg(args.tasks, str, "--tasks") if args.tasks else None,
                       seeds=_list_arg(args.seeds, int, "--seeds") if args.seeds else None,
                       shots=parse_shots(args.shots) if args.shots is not None else "default",
                       max_test=(None if args.max_test == 0 else args.max_test) if args.max_test is not None
                       else "default", overrides=overrides, pretrain_overrides=pretrain_overrides)
-    return plan
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
