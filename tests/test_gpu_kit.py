@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import check_wheels  # noqa: E402
 import model_shapes  # noqa: E402
 import serve_load  # noqa: E402
+import serve_tasks  # noqa: E402
 
 
 def test_shape_folder_keeps_config_and_tokenizer_but_no_weights(tiny_bert: Path, tmp_path: Path) -> None:
@@ -53,20 +54,20 @@ def test_materialize_refuses_a_folder_without_config(tmp_path: Path) -> None:
 
 
 def test_inputs_file_round_trip_and_errors(tmp_path: Path) -> None:
-    inputs = serve_load.load_inputs(str(tmp_path / "no-data"))  # no data: every task gets the synthetic inputs
+    inputs = serve_tasks.load_inputs(str(tmp_path / "no-data"))  # no data: every task gets the synthetic inputs
     path = tmp_path / "inputs.json"
     path.write_text(json.dumps(inputs))
-    assert serve_load.read_inputs(path) == inputs
-    assert set(inputs) == {serve_load.served_name(t) for t in serve_load.TASKS}
+    assert serve_tasks.read_inputs(path) == inputs
+    assert set(inputs) == {serve_tasks.served_name(t) for t in serve_tasks.TASKS}
     assert isinstance(inputs["rte"][0], dict) and isinstance(inputs["sst-2"][0], str)
     path.write_text(json.dumps({k: v for k, v in inputs.items() if k != "trec"}))
     with pytest.raises(SystemExit, match="no inputs for task 'trec'"):
-        serve_load.read_inputs(path)
+        serve_tasks.read_inputs(path)
     path.write_text(json.dumps({**inputs, "cr": [{"text": "no sentence1"}]}))
     with pytest.raises(SystemExit, match="task 'cr': an input must be"):
-        serve_load.read_inputs(path)
+        serve_tasks.read_inputs(path)
     with pytest.raises(SystemExit, match="cannot read it"):
-        serve_load.read_inputs(tmp_path / "missing.json")
+        serve_tasks.read_inputs(tmp_path / "missing.json")
 
 
 def _wheel(folder: Path, name: str, version: str, *requires: str) -> None:
